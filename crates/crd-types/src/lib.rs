@@ -1,0 +1,52 @@
+//! Every Orrery custom resource type, and KubeStellar's types that Orrery reads and writes.
+//!
+//! These Rust types are the single source of the CRD YAML in `manifests/crds/`
+//! (`cargo run -p crd-types --bin crdgen`). Doc comments become `kubectl explain` text.
+//!
+//! | group | kinds | controller |
+//! |---|---|---|
+//! | `workflow.orrery.dev` | [`Ignitor`], [`Task`], [`TaskRun`] | ignitor-scheduler, task-workflow |
+//! | `placement.orrery.dev` | [`StagedBindingPolicy`] | staged-binding |
+//! | `hierarchy.orrery.dev` | [`Project`], [`Cluster`], [`VirtualCluster`], [`Application`] | hierarchy-executor, policy-runner |
+//! | `control.kubestellar.io` | [`BindingPolicy`], [`Binding`], [`CombinedStatus`] | KubeStellar (installed by KubeStellar in production) |
+
+pub mod common;
+pub mod hierarchy;
+pub mod kubestellar;
+pub mod placement;
+pub mod workflow;
+
+mod schema;
+
+pub use common::{CONDITION_READY, Condition, PluginRef};
+pub use hierarchy::{Application, Cluster, Project, VirtualCluster};
+pub use kubestellar::{Binding, BindingPolicy, CombinedStatus};
+pub use placement::StagedBindingPolicy;
+pub use workflow::{Ignitor, Task, TaskRun};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+
+/// Every CRD Orrery defines, in a stable order.
+pub fn orrery_crds() -> Vec<CustomResourceDefinition> {
+    vec![
+        Ignitor::crd(),
+        Task::crd(),
+        TaskRun::crd(),
+        StagedBindingPolicy::crd(),
+        Project::crd(),
+        Cluster::crd(),
+        VirtualCluster::crd(),
+        Application::crd(),
+    ]
+}
+
+/// KubeStellar's CRDs, for tests and simulators only: KubeStellar installs its own in production.
+pub fn kubestellar_crds() -> Vec<CustomResourceDefinition> {
+    vec![BindingPolicy::crd(), Binding::crd(), CombinedStatus::crd()]
+}
+
+/// Renders a CRD as the YAML committed under `manifests/crds/`.
+pub fn to_yaml(crd: &CustomResourceDefinition) -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(crd).map(|yaml| format!("---\n{yaml}"))
+}

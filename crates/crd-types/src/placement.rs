@@ -1,0 +1,151 @@
+//! `placement.orrery.dev`: KubeStellar's StagedBindingPolicy. A workload moves through stages
+//! of clusters; each stage is a BindingPolicy, and the next takes over when a CEL condition
+//! over the CombinedStatuses of the stage's objects holds.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, LabelSelector, Time};
+use crate::kubestellar::DownsyncPolicyClause;
+
+/// Annotation approving a stage's gate from kubectl; its value is the stage name:
+/// `kubectl annotate sbp x placement.orrery.dev/approve=prod`.
+pub const APPROVE_ANNOTATION: &str = "placement.orrery.dev/approve";
+
+/// A staged placement: stages of clusters, advanced one by one when each stage's condition holds.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "placement.orrery.dev",
+    version = "v1alpha1",
+    kind = "StagedBindingPolicy",
+    status = "StagedBindingPolicyStatus",
+    shortname = "sbp",
+    category = "orrery",
+    doc = "A staged placement: a workload moves through stages of clusters, each advancing when its CEL condition holds.",
+    printcolumn(name = "ACTIVESTAGE", type_ = "string", json_path = ".status.activeStage"),
+    printcolumn(name = "PROGRESSING", type_ = "string", json_path = ".status.conditions[?(@.type==\"Progressing\")].reason"),
+    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedBindingPolicySpec {
+    /// What to place, as in KubeStellar's BindingPolicy: object selectors and status collectors.
+    /// The same objects are placed in every stage.
+    #[schemars(length(min = 1, max = 16))]
+    pub downsync: Vec<DownsyncPolicyClause>,
+
+    /// The stages, in order. Names are unique.
+    #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub stages: Vec<Stage>,
+
+    /// What happens to earlier stages' clusters when a stage advances: `Move` (default) places
+    /// the workload on the new stage's clusters only (dev → test → prod); `Keep` adds them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_mode: Option<PlacementMode>,
+
+    /// A stage whose condition has not held this many seconds after it started fails and
+    /// `onFailure` applies. No deadline when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31_536_000))]
+    pub progress_deadline_seconds: Option<i64>,
+
+    /// What to do when a stage misses its deadline: `Pause` (default) stays on the stage;
+    /// `Rollback` returns placement to the previous stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<FailurePolicy>,
+
+    /// While true the rollout stays where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+}
+
+/// One stage of a staged placement.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stage {
+    /// The stage's name, e.g. `dev`.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// The clusters of this stage, as in BindingPolicy's `clusterSelectors`.
+    #[schemars(length(min = 1, max = 16))]
+    pub cluster_selectors: Vec<LabelSelector>,
+    /// CEL over `downsyncClause` (an object of the Binding): which objects the condition checks.
+    /// All bound objects when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub filter: Option<String>,
+    /// CEL over `combinedStatus`: must hold for every filtered object's CombinedStatus for the
+    /// stage to be fulfilled. Absent on the last stage means the rollout completes there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub condition: Option<String>,
+    /// Seconds the condition must keep holding before the stage is fulfilled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub soak_seconds: Option<i64>,
+    /// The stage starts only after it is approved (the approve annotation names it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_approval: Option<bool>,
+}
+
+/// What happens to earlier stages' clusters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum PlacementMode {
+    /// Only the active stage's clusters hold the workload.
+    #[default]
+    Move,
+    /// Every stage reached so far keeps the workload.
+    Keep,
+}
+
+/// What to do when a stage misses its deadline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FailurePolicy {
+    /// Stay on the failed stage, with `Failed=True`, until the spec changes.
+    #[default]
+    Pause,
+    /// Return placement to the previous stage.
+    Rollback,
+}
+
+/// Where the rollout is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedBindingPolicyStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Complete` and `Failed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+    /// Name of the stage whose BindingPolicy is in force.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_stage: Option<String>,
+    /// Every stage started so far, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<StageRecord>,
+}
+
+/// One stage's passage.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageRecord {
+    /// The stage's name.
+    pub name: String,
+    /// When its BindingPolicy was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<Time>,
+    /// When its condition first held (soak time counts from here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_met: Option<Time>,
+    /// When it was fulfilled, failed or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<Time>,
+    /// `Active`, `Fulfilled`, `Failed` or `RolledBack`.
+    pub outcome: String,
+    /// Why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
