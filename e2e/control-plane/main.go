@@ -53,12 +53,17 @@ func main() {
 	dir := fs.String("dir", "", "state directory: certificates, etcd data, kubeconfig, logs")
 	withKCM := fs.Bool("controller-manager", true, "also run kube-controller-manager")
 	port := fs.Int("port", 0, "API server port (0: a free one)")
+	removeDir := fs.Bool("remove-dir-on-exit", false, "delete --dir when stopping (for throwaway test control planes)")
 	_ = fs.Parse(os.Args[2:])
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "--dir is required")
 		os.Exit(2)
 	}
-	if err := serve(*dir, *withKCM, *port); err != nil {
+	err := serve(*dir, *withKCM, *port)
+	if *removeDir {
+		_ = os.RemoveAll(*dir)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "control-plane:", err)
 		os.Exit(1)
 	}

@@ -1,1 +1,128 @@
-//! e2e
+//! Test support on a real control plane: kube-apiserver and etcd (and kube-controller-manager)
+//! built from Kubernetes' Go modules by `e2e/control-plane`, no fakes.
+//!
+//! ```no_run
+//! # async fn t() {
+//! let env = orrery_e2e::TestEnv::new().await; // one control plane per test binary, a fresh namespace per test
+//! let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = env.namespaced();
+//! # }
+//! ```
+//!
+//! The kubelet's part is played by [`pod_simulator`]: no kubelet runs here.
+
+pub mod control_plane;
+pub mod pod_simulator;
+pub mod wait;
+
+use std::sync::OnceLock;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client, Config};
+use rand::Rng;
+
+pub use control_plane::ControlPlane;
+pub use wait::{poll_until, Deadline};
+
+/// The control plane of this test binary, started on first use and stopped when the binary exits.
+pub fn shared_control_plane() -> &'static ControlPlane {
+    static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let plane = ControlPlane::start().unwrap_or_else(|err| panic!("cannot start the control plane: {err:#}"));
+        plane
+            .install_crds_blocking()
+            .unwrap_or_else(|err| panic!("cannot install the CRDs: {err:#}"));
+        plane
+    })
+}
+
+/// One test's world: a client of the shared control plane and a fresh namespace that is
+/// deleted when the test ends, pass or fail.
+pub struct TestEnv {
+    /// Admin client (system:masters).
+    pub client: Client,
+    /// The test's own namespace.
+    pub namespace: String,
+    plane: &'static ControlPlane,
+}
+
+impl std::fmt::Debug for TestEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestEnv").field("namespace", &self.namespace).finish_non_exhaustive()
+    }
+}
+
+impl TestEnv {
+    /// Starts (or reuses) the control plane and creates a namespace `test-xxxxxx`.
+    pub async fn new() -> Self {
+        let plane = tokio::task::spawn_blocking(shared_control_plane)
+            .await
+            .expect("control plane start panicked");
+        let client = plane.client().await;
+        let suffix: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(8)
+            .map(|c| char::from(c).to_ascii_lowercase())
+            .collect();
+        let namespace = format!("test-{suffix}");
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": namespace, "labels": {"orrery.dev/test": "true"}}
+        }))
+        .expect("namespace literal");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|err| panic!("cannot create namespace {namespace}: {err}"));
+        Self {
+            client,
+            namespace,
+            plane,
+        }
+    }
+
+    /// An API of a namespaced kind in the test's namespace.
+    pub fn namespaced<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// The control plane.
+    pub fn plane(&self) -> &'static ControlPlane {
+        self.plane
+    }
+
+    /// A client configuration acting as `user` (e.g. `system:serviceaccount:ns:name`) with
+    /// `groups`, through the API server's impersonation.
+    pub fn impersonating(&self, user: &str, groups: &[&str]) -> Config {
+        let mut config = self.plane.config().clone();
+        config.auth_info.impersonate = Some(user.to_owned());
+        config.auth_info.impersonate_groups = Some(groups.iter().map(|g| (*g).to_owned()).collect());
+        config
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Drop cannot await; delete from a thread with its own runtime so this works whether
+        // the test passed or is unwinding from a failed assertion.
+        let config = self.plane.config().clone();
+        let namespace = self.namespace.clone();
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async move {
+                let client = Client::try_from(config).ok()?;
+                Api::<Namespace>::all(client)
+                    .delete(&namespace, &DeleteParams::background())
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+        if !matches!(deleted, Ok(Some(_))) {
+            eprintln!("warning: could not delete namespace {}", self.namespace);
+        }
+    }
+}

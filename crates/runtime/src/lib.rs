@@ -1,1 +1,262 @@
-//! runtime
+//! What every Orrery controller binary shares, so each `main` is a few lines:
+//! clap arguments ([`RuntimeArgs`]), structured logs, a rate-limited client, Prometheus
+//! `/metrics`, `/healthz` and `/readyz`, leader election on a Lease, and graceful shutdown on
+//! SIGTERM or SIGINT.
+//!
+//! ```no_run
+//! # async fn controllers(_: orrery_runtime::Context) -> Result<(), orrery_runtime::BoxError> { Ok(()) }
+//! # async fn main_body(args: orrery_runtime::RuntimeArgs) -> Result<(), orrery_runtime::RuntimeError> {
+//! orrery_runtime::run("task-workflow", args, controllers).await
+//! # }
+//! ```
+
+mod args;
+mod client;
+mod health;
+mod metrics;
+mod telemetry;
+
+use std::future::Future;
+use std::time::Duration;
+
+use kube::Client;
+use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use args::{LogFormat, RuntimeArgs};
+pub use client::{RateLimitLayer, build_client, load_config};
+pub use health::{Readiness, router};
+pub use metrics::{Metrics, ReconcileMetrics};
+pub use telemetry::init_tracing;
+
+/// Errors from controllers, as the runtime sees them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why the runtime stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No usable kubeconfig or in-cluster configuration.
+    #[error("cannot load the Kubernetes configuration: {0}")]
+    Config(#[source] kube::Error),
+    /// The HTTP server could not bind its address.
+    #[error("cannot serve metrics and health on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Leader election failed.
+    #[error("leader election on Lease {lease}: {message}")]
+    Lease {
+        /// The Lease's name.
+        lease: String,
+        /// Why.
+        message: String,
+    },
+    /// Another replica took the Lease: exit so this one restarts as a standby.
+    #[error("lost the Lease {0}; exiting so a fresh process stands by")]
+    LeadershipLost(String),
+    /// A controller returned an error.
+    #[error("controller failed: {0}")]
+    Controller(#[source] BoxError),
+}
+
+/// What a controller gets from the runtime.
+#[derive(Clone)]
+pub struct Context {
+    /// A client behind the client-side rate limit.
+    pub client: Client,
+    /// Reconcile metrics to record into.
+    pub metrics: ReconcileMetrics,
+    /// Mark ready once caches have synced.
+    pub readiness: Readiness,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("readiness", &self.readiness).finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Resolves when the process is asked to stop; hand it to
+    /// `Controller::graceful_shutdown_on` so reconciles in flight finish.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut shutdown = self.shutdown.clone();
+        async move {
+            // An error means the sender is gone, which also means stop.
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        }
+    }
+}
+
+/// Runs `controllers` as the controller `name`: loads config, serves metrics and health,
+/// waits for the Lease (unless `--leader-elect=false`), and stops them gracefully on SIGTERM.
+pub async fn run<F, Fut>(name: &'static str, args: RuntimeArgs, controllers: F) -> Result<(), RuntimeError>
+where
+    F: FnOnce(Context) -> Fut,
+    Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    init_tracing(args.log_format);
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+
+    let config = load_config(&args).await.map_err(RuntimeError::Config)?;
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = build_client(config, args.qps, args.burst, metrics.requests.clone()).map_err(RuntimeError::Config)?;
+
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
+        .await
+        .map_err(|source| RuntimeError::Http {
+            addr: args.http_addr,
+            source,
+        })?;
+    info!(controller = name, addr = %args.http_addr, "serving /metrics, /healthz and /readyz");
+    let app = router(metrics.clone(), readiness.clone());
+    tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, app).await {
+            warn!(error = %err, "HTTP server stopped");
+        }
+    });
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut terminate = std::pin::pin!(termination_signal());
+
+    // Leadership: hold the Lease for as long as the controllers run.
+    let mut leadership = None;
+    if args.leader_elect {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        readiness.set_standby();
+        let manager = LeaseManagerBuilder::new(client.clone(), name)
+            .with_namespace(lease_namespace.as_str())
+            .with_parameters(LeaseParams::new(
+                identity.as_str(),
+                args.lease_duration_seconds,
+                (args.lease_duration_seconds / 3).max(1),
+            ))
+            .with_field_manager(name)
+            .build()
+            .await
+            .map_err(|err| RuntimeError::Lease {
+                lease: name.into(),
+                message: err.to_string(),
+            })?;
+        let (mut leader_rx, task) = manager.watch().await;
+        info!(controller = name, identity, namespace = lease_namespace, "waiting for the Lease");
+        loop {
+            if *leader_rx.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = leader_rx.changed() => if changed.is_err() {
+                    return Err(RuntimeError::Lease { lease: name.into(), message: "lease manager stopped".into() });
+                },
+                _ = &mut terminate => {
+                    info!("stopping before becoming leader");
+                    drop(leader_rx);
+                    let _ = task.await;
+                    return Ok(());
+                }
+            }
+        }
+        info!(controller = name, "acquired the Lease; starting");
+        metrics.leader.set(1);
+        leadership = Some((leader_rx, task));
+    }
+    readiness.set_starting();
+
+    let context = Context {
+        client,
+        metrics: metrics.reconcile.clone(),
+        readiness: readiness.clone(),
+        shutdown: stop_rx,
+    };
+    let mut running = tokio::spawn(controllers(context));
+    let lost = async {
+        match leadership.as_mut() {
+            Some((rx, _)) => {
+                // Resolves when the Lease is no longer ours (or the manager stopped).
+                let _ = rx.wait_for(|leading| !*leading).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+
+    let outcome = tokio::select! {
+        finished = &mut running => finished_result(finished),
+        _ = &mut terminate => {
+            info!(controller = name, "signal received; letting reconciles finish");
+            Ok(())
+        }
+        _ = lost => Err(RuntimeError::LeadershipLost(name.into())),
+    };
+    readiness.set_stopping();
+    let _ = stop_tx.send(true);
+    if !running.is_finished() {
+        match tokio::time::timeout(args.shutdown_timeout(), &mut running).await {
+            Ok(finished) => {
+                if let Err(err) = finished_result(finished) {
+                    warn!(error = %err, "controller failed while stopping");
+                }
+            }
+            Err(_) => {
+                warn!(timeout = ?args.shutdown_timeout(), "controllers did not stop in time");
+                running.abort();
+            }
+        }
+    }
+    if let Some((leader_rx, task)) = leadership {
+        // Dropping the receiver makes the manager release the Lease, so a standby takes over
+        // at once instead of waiting for it to expire.
+        drop(leader_rx);
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        metrics.leader.set(0);
+        info!(controller = name, "released the Lease");
+    }
+    outcome
+}
+
+fn finished_result(finished: Result<Result<(), BoxError>, tokio::task::JoinError>) -> Result<(), RuntimeError> {
+    match finished {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(RuntimeError::Controller(err)),
+        Err(join) => Err(RuntimeError::Controller(Box::new(join))),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = ctrl_c => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "orrery".into());
+    format!("{host}-{}", std::process::id())
+}

@@ -1,0 +1,77 @@
+//! /metrics, /healthz and /readyz.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+
+const STARTING: u8 = 0;
+const STANDBY: u8 = 1;
+const SYNCED: u8 = 2;
+const STOPPING: u8 = 3;
+
+/// Readiness of this replica, shared between the controllers and the HTTP server.
+///
+/// `/readyz` answers 200 once the leader's controllers have synced their caches, and for a
+/// standby replica (it is healthy and ready to take over); 503 while starting or stopping.
+#[derive(Clone, Debug, Default)]
+pub struct Readiness(Arc<AtomicU8>);
+
+impl Readiness {
+    /// The controllers have synced their caches and are reconciling.
+    pub fn set_synced(&self) {
+        self.0.store(SYNCED, Ordering::Release);
+    }
+
+    pub(crate) fn set_standby(&self) {
+        self.0.store(STANDBY, Ordering::Release);
+    }
+
+    pub(crate) fn set_starting(&self) {
+        self.0.store(STARTING, Ordering::Release);
+    }
+
+    pub(crate) fn set_stopping(&self) {
+        self.0.store(STOPPING, Ordering::Release);
+    }
+
+    fn describe(&self) -> (StatusCode, &'static str) {
+        match self.0.load(Ordering::Acquire) {
+            SYNCED => (StatusCode::OK, "ok: leading, caches synced\n"),
+            STANDBY => (StatusCode::OK, "ok: standing by for the lease\n"),
+            STOPPING => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
+            _ => (StatusCode::SERVICE_UNAVAILABLE, "starting: caches not synced\n"),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Metrics,
+    readiness: Readiness,
+}
+
+/// The HTTP routes.
+pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(serve_metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(serve_readiness))
+        .with_state(AppState { metrics, readiness })
+}
+
+async fn serve_metrics(State(state): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
+    (
+        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}
+
+async fn serve_readiness(State(state): State<AppState>) -> (StatusCode, &'static str) {
+    state.readiness.describe()
+}

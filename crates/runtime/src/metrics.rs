@@ -1,0 +1,153 @@
+//! Prometheus metrics every controller exports: reconciles, their failures by reason and
+//! duration, and API requests by verb (so "no writes at rest" can be read off /metrics).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels naming a controller.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// The controller (one binary may run several).
+    pub controller: String,
+}
+
+/// Labels of a failed reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// The controller.
+    pub controller: String,
+    /// The error's stable reason, as in conditions and Events.
+    pub reason: String,
+}
+
+/// Labels of an API request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// HTTP method: GET (read, list, watch), POST, PUT, PATCH, DELETE.
+    pub method: String,
+}
+
+/// Reconcile metrics, cheap to clone into every controller.
+#[derive(Clone, Debug)]
+pub struct ReconcileMetrics {
+    runs: Family<ControllerLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for ReconcileMetrics {
+    fn default() -> Self {
+        Self {
+            runs: Family::default(),
+            failures: Family::default(),
+            // 1 ms to 8 s.
+            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
+        }
+    }
+}
+
+impl ReconcileMetrics {
+
+    /// Records one reconcile of `controller` that took `elapsed`, failing with `failure` (a
+    /// stable reason) or not.
+    pub fn observe(&self, controller: &str, elapsed: Duration, failure: Option<&str>) {
+        let labels = ControllerLabels {
+            controller: controller.to_owned(),
+        };
+        self.runs.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        if let Some(reason) = failure {
+            self.failures
+                .get_or_create(&FailureLabels {
+                    controller: controller.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .inc();
+        }
+    }
+}
+
+/// API request metrics, fed by the client's request layer.
+#[derive(Clone, Debug, Default)]
+pub struct RequestMetrics {
+    requests: Family<RequestLabels, Counter>,
+    throttled: Counter,
+}
+
+impl RequestMetrics {
+    pub(crate) fn request(&self, method: &http::Method) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                method: method.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn throttled(&self) {
+        self.throttled.inc();
+    }
+}
+
+/// The registry and the metrics in it.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    /// The registry served on /metrics.
+    pub registry: Arc<Registry>,
+    /// Reconcile metrics for controllers.
+    pub reconcile: ReconcileMetrics,
+    /// API request metrics for the client layer.
+    pub requests: RequestMetrics,
+    /// 1 while this replica holds the Lease.
+    pub leader: Gauge,
+}
+
+impl Metrics {
+    /// A registry with every metric under the `orrery` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("orrery");
+        let reconcile = ReconcileMetrics::default();
+        let requests = RequestMetrics::default();
+        let leader = Gauge::default();
+        registry.register("reconcile", "Reconciles run", reconcile.runs.clone());
+        registry.register("reconcile_failures", "Reconciles that failed, by reason", reconcile.failures.clone());
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time spent in one reconcile",
+            reconcile.duration.clone(),
+        );
+        registry.register("api_requests", "API requests sent, by HTTP method", requests.requests.clone());
+        registry.register(
+            "api_requests_throttled",
+            "API requests delayed by the client-side rate limit",
+            requests.throttled.clone(),
+        );
+        registry.register("leader", "1 while this replica holds the Lease", leader.clone());
+        Self {
+            registry: Arc::new(registry),
+            reconcile,
+            requests,
+            leader,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,219 @@
+//! Starts the control-plane binary (`e2e/control-plane`, built once per machine by its
+//! `build.sh`) on 127.0.0.1 and hands out clients of it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// Field manager of what the test harness applies.
+pub const FIELD_MANAGER: &str = "orrery-e2e";
+
+/// A running control plane: etcd, kube-apiserver and kube-controller-manager.
+#[derive(Debug)]
+pub struct ControlPlane {
+    process: Child,
+    dir: tempfile::TempDir,
+    config: Config,
+    /// Seconds from spawn to the API server answering `/readyz`.
+    pub startup: Duration,
+}
+
+impl ControlPlane {
+    /// Builds (once per machine) and starts a control plane with kube-controller-manager.
+    pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    /// Starts one, with or without kube-controller-manager.
+    pub fn start_with(controller_manager: bool) -> anyhow::Result<Self> {
+        let binary = binary()?;
+        let dir = tempfile::Builder::new().prefix("orrery-control-plane-").tempdir()?;
+        let log = std::fs::File::create(dir.path().join("control-plane.log"))?;
+        let started = Instant::now();
+        let process = Command::new(&binary)
+            .arg("serve")
+            .arg("--dir")
+            .arg(dir.path())
+            .arg(format!("--controller-manager={controller_manager}"))
+            .arg("--remove-dir-on-exit")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning {}", binary.display()))?;
+        let mut plane = ControlPlane {
+            process,
+            config: Config::new("https://127.0.0.1:1".parse()?),
+            dir,
+            startup: Duration::ZERO,
+        };
+        let kubeconfig = plane.kubeconfig_path();
+        while !kubeconfig.exists() {
+            if let Some(status) = plane.process.try_wait()? {
+                bail!("control plane exited with {status}; log:\n{}", plane.log_tail());
+            }
+            if started.elapsed() > Duration::from_secs(180) {
+                bail!("control plane not ready after 180s; log:\n{}", plane.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        plane.startup = started.elapsed();
+        plane.config = load_kubeconfig(&kubeconfig)?;
+        Ok(plane)
+    }
+
+    /// The admin kubeconfig file.
+    pub fn kubeconfig_path(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    /// The state directory (logs, certificates, etcd data).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The admin client configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// A new admin client, bound to the calling test's runtime.
+    pub async fn client(&self) -> Client {
+        Client::try_from(self.config.clone()).expect("client from the control plane's kubeconfig")
+    }
+
+    /// Process id of the control plane (for memory readings).
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
+
+    /// Installs every CRD in `manifests/crds/` (Orrery's and KubeStellar's) and waits until
+    /// each is Established. Runs its own runtime, so it can be called from anywhere.
+    pub fn install_crds_blocking(&self) -> anyhow::Result<Vec<String>> {
+        let config = self.config.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            runtime.block_on(async move {
+                let client = Client::try_from(config)?;
+                install_crds(&client).await
+            })
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("CRD installation panicked"))?
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("control-plane.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // SIGTERM lets the API server and etcd shut down cleanly; the program also stops by
+        // itself when this process goes away, which is what happens to the shared one.
+        let _ = Command::new("kill").arg("-TERM").arg(self.process.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.process.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// The control-plane binary: `$ORRERY_CONTROL_PLANE`, or built (once, cached) by `build.sh`.
+pub fn binary() -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var("ORRERY_CONTROL_PLANE") {
+        return Ok(PathBuf::from(path));
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("control-plane/build.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!("{} failed ({})", script.display(), output.status);
+    }
+    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+}
+
+fn load_kubeconfig(path: &Path) -> anyhow::Result<Config> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    Ok(runtime.block_on(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()))?)
+}
+
+/// The directory holding the generated CRD YAML.
+pub fn crd_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds")
+}
+
+/// Reads every CRD under `manifests/crds/` (recursively).
+pub fn read_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
+    let mut files = Vec::new();
+    let mut dirs = vec![crd_dir()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)?;
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        })
+        .collect()
+}
+
+/// Applies the CRDs and waits for each to be Established; returns their names.
+pub async fn install_crds(client: &Client) -> anyhow::Result<Vec<String>> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let mut names = Vec::new();
+    for crd in read_crds()? {
+        let name = crd.metadata.name.clone().context("CRD without a name")?;
+        api.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .with_context(|| format!("applying CRD {name}"))?;
+        names.push(name);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in &names {
+        loop {
+            let crd = api.get(name).await?;
+            let established = crd
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("CRD {name} not Established after 30s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(names)
+}
