@@ -157,39 +157,51 @@ impl PodSimulator {
 
 fn act(pods: Api<Pod>, pod: Pod, step: Step, in_flight: Arc<Mutex<HashSet<(String, String)>>>) {
     let key = (pod.namespace().unwrap_or_default(), pod.name_any());
-    // One step at a time per pod: the watch replays the pod after each of our own writes.
-    if !in_flight.lock().map(|mut set| set.insert(key.clone())).unwrap_or(false) {
+    let claim = |in_flight: &Mutex<HashSet<(String, String)>>, key: &(String, String)| {
+        in_flight.lock().map(|mut set| set.insert(key.clone())).unwrap_or(false)
+    };
+    // One worker per pod: events that arrive while it works are covered by its re-read below.
+    if !claim(&in_flight, &key) {
         return;
     }
-    let pods = match pod.namespace() {
-        Some(ns) => Api::namespaced(pods.into_client(), &ns),
-        None => pods,
-    };
+    let pods: Api<Pod> = Api::namespaced(pods.into_client(), &key.0);
     tokio::spawn(async move {
-        let name = key.1.clone();
-        let result = match step {
-            Step::FinishDeletion => pods
-                .delete(&name, &DeleteParams::default().grace_period(0))
-                .await
-                .map(|_| ()),
-            Step::Bind => bind(&pods, &pod).await,
-            Step::Start => start(&pods, &pod).await,
-            Step::Terminate {
-                exit_code,
-                message,
-                after,
-            } => {
-                tokio::time::sleep(after).await;
-                terminate(&pods, &name, exit_code, message.as_deref()).await
+        let (mut pod, mut step) = (pod, step);
+        loop {
+            if let Err(err) = perform(&pods, &pod, step).await {
+                tracing::debug!(pod = %key.1, error = %err, "pod simulator step failed; retrying on the next event");
             }
-        };
-        if let Err(err) = result {
-            tracing::debug!(pod = %name, error = %err, "pod simulator step failed; the next event retries");
-        }
-        if let Ok(mut set) = in_flight.lock() {
-            set.remove(&key);
+            if let Ok(mut set) = in_flight.lock() {
+                set.remove(&key);
+            }
+            // Release, then look again: an event skipped while we worked is not lost.
+            let Ok(Some(latest)) = pods.get_opt(&key.1).await else { return };
+            match next_step(&latest) {
+                Some(next) if claim(&in_flight, &key) => (pod, step) = (latest, next),
+                _ => return,
+            }
         }
     });
+}
+
+async fn perform(pods: &Api<Pod>, pod: &Pod, step: Step) -> Result<(), kube::Error> {
+    let name = pod.name_any();
+    match step {
+        Step::FinishDeletion => pods
+            .delete(&name, &DeleteParams::default().grace_period(0))
+            .await
+            .map(|_| ()),
+        Step::Bind => bind(pods, pod).await,
+        Step::Start => start(pods, pod).await,
+        Step::Terminate {
+            exit_code,
+            message,
+            after,
+        } => {
+            tokio::time::sleep(after).await;
+            terminate(pods, &name, exit_code, message.as_deref()).await
+        }
+    }
 }
 
 async fn ensure_node(client: &Client) -> anyhow::Result<()> {

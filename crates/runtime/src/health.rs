@@ -28,6 +28,28 @@ impl Readiness {
         self.0.store(SYNCED, Ordering::Release);
     }
 
+    /// Marks the replica synced once every `store` has had its first full list.
+    ///
+    /// kube's `Store::wait_until_ready` wakes only its most recent waiter, and a `Controller`
+    /// waits on its own store too, so each store is re-polled on a short tick instead.
+    pub async fn set_synced_when_ready<K>(&self, stores: &[kube::runtime::reflector::Store<K>])
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone,
+    {
+        for store in stores {
+            loop {
+                match tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
+                    Ok(Ok(())) => break,
+                    // The store's writer is gone: it will never sync, so neither do we.
+                    Ok(Err(_)) => return,
+                    Err(_elapsed) => continue,
+                }
+            }
+        }
+        self.set_synced();
+    }
+
     pub(crate) fn set_standby(&self) {
         self.0.store(STANDBY, Ordering::Release);
     }

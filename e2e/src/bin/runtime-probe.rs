@@ -66,11 +66,7 @@ async fn controllers(context: Context) -> Result<(), BoxError> {
     let controller = Controller::new(api.clone(), watcher::Config::default().labels("orrery.dev/probe"));
     let store = controller.store();
     let readiness = context.readiness.clone();
-    tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
-            readiness.set_synced();
-        }
-    });
+    tokio::spawn(async move { readiness.set_synced_when_ready(&[store]).await });
     let shutdown = context.shutdown_signal();
     let state = Arc::new(State { api, identity, context });
     controller

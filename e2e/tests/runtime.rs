@@ -1,0 +1,170 @@
+//! orrery-runtime in a real process on the real control plane: health and readiness
+//! endpoints, Prometheus metrics, leader election on a Lease with a standby taking over,
+//! and a graceful exit on SIGTERM that releases the Lease.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+use kube::api::PostParams;
+use orrery_e2e::{Deadline, TestEnv, poll_until};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A probe controller process, killed if the test ends without stopping it.
+struct Probe {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_probe(env: &TestEnv, identity: &str) -> Probe {
+    let port = free_port();
+    let log = std::fs::File::create(env.plane().dir().join(format!("{identity}.log"))).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_runtime-probe"))
+        .arg("--kubeconfig")
+        .arg(env.plane().kubeconfig_path())
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--lease-namespace")
+        .arg(&env.namespace)
+        .arg("--lease-duration-seconds")
+        .arg("4")
+        .env("POD_NAME", identity)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn runtime-probe");
+    Probe { child, port }
+}
+
+/// A plain HTTP/1.0 GET: status code and body.
+async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.map_err(|e| e.to_string())?;
+    let code = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status line in {response:?}"))?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((code, body))
+}
+
+async fn wait_ready(probe: &Probe, expected_body: &str) {
+    poll_until(&format!("/readyz to say {expected_body:?}"), Deadline::default(), || async {
+        let (code, body) = get(probe.port, "/readyz").await?;
+        if code == 200 && body.contains(expected_body) { Ok(()) } else { Err(format!("{code} {body}")) }
+    })
+    .await;
+}
+
+async fn lease_holder(env: &TestEnv) -> Option<String> {
+    env.namespaced::<Lease>()
+        .get_opt("runtime-probe")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+async fn probed_by(env: &TestEnv, configmap: &str, identity: &str) {
+    let configmaps = env.namespaced::<ConfigMap>();
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": configmap, "labels": {"orrery.dev/probe": "yes"}}})).unwrap();
+    configmaps.create(&PostParams::default(), &cm).await.unwrap();
+    poll_until(&format!("{configmap} to be reconciled by {identity}"), Deadline::default(), || async {
+        let cm = configmaps.get(configmap).await.map_err(|e| e.to_string())?;
+        match cm.annotations().get("orrery.dev/probed-by") {
+            Some(by) if by == identity => Ok(()),
+            other => Err(format!("probed-by {other:?}")),
+        }
+    })
+    .await;
+}
+
+fn metric(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn stop(probe: &mut Probe) -> std::process::ExitStatus {
+    let pid = probe.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = probe.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the probe did not exit within 30s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
+    let env = TestEnv::new().await;
+
+    let mut first = start_probe(&env, "probe-a");
+    poll_until("/healthz", Deadline::default(), || async {
+        match get(first.port, "/healthz").await? {
+            (200, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    wait_ready(&first, "leading, caches synced").await;
+    assert_eq!(lease_holder(&env).await.as_deref(), Some("probe-a"));
+    probed_by(&env, "one", "probe-a").await;
+
+    let (_, metrics) = get(first.port, "/metrics").await.unwrap();
+    assert!(metric(&metrics, "orrery_reconcile_total{controller=\"runtime-probe\"}").unwrap_or(0.0) >= 1.0, "{metrics}");
+    assert!(metric(&metrics, "orrery_reconcile_duration_seconds_count{controller=\"runtime-probe\"}").unwrap_or(0.0) >= 1.0);
+    assert!(metric(&metrics, "orrery_api_requests_total{method=\"PATCH\"}").unwrap_or(0.0) >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "orrery_leader"), Some(1.0));
+
+    let mut second = start_probe(&env, "probe-b");
+    wait_ready(&second, "standing by").await;
+    let (_, standby_metrics) = get(second.port, "/metrics").await.unwrap();
+    assert_eq!(metric(&standby_metrics, "orrery_leader"), Some(0.0));
+    assert_eq!(lease_holder(&env).await.as_deref(), Some("probe-a"), "the standby must not take the Lease");
+
+    let status = stop(&mut first);
+    assert!(status.success(), "SIGTERM is a clean exit, got {status}");
+    poll_until("probe-b to hold the Lease", Deadline::default(), || async {
+        match lease_holder(&env).await {
+            Some(h) if h == "probe-b" => Ok(()),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
+    wait_ready(&second, "leading, caches synced").await;
+    probed_by(&env, "two", "probe-b").await;
+
+    let status = stop(&mut second);
+    assert!(status.success(), "SIGTERM is a clean exit, got {status}");
+}
