@@ -119,7 +119,10 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         // SIGTERM lets the API server and etcd shut down cleanly; the program also stops by
         // itself when this process goes away, which is what happens to the shared one.
-        let _ = Command::new("kill").arg("-TERM").arg(self.process.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.process.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.process.try_wait() {
@@ -152,7 +155,10 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 fn load_kubeconfig(path: &Path) -> anyhow::Result<Config> {
     let kubeconfig = Kubeconfig::read_from(path)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    Ok(runtime.block_on(Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()))?)
+    Ok(runtime.block_on(Config::from_custom_kubeconfig(
+        kubeconfig,
+        &KubeConfigOptions::default(),
+    ))?)
 }
 
 /// The directory holding the generated CRD YAML.

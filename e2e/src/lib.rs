@@ -22,7 +22,7 @@ use kube::{Api, Client, Config};
 use rand::Rng;
 
 pub use control_plane::ControlPlane;
-pub use wait::{poll_until, Deadline};
+pub use wait::{Deadline, poll_until};
 
 /// The control plane of this test binary, started on first use and stopped when the binary exits.
 pub fn shared_control_plane() -> &'static ControlPlane {
@@ -48,7 +48,9 @@ pub struct TestEnv {
 
 impl std::fmt::Debug for TestEnv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestEnv").field("namespace", &self.namespace).finish_non_exhaustive()
+        f.debug_struct("TestEnv")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -111,7 +113,10 @@ impl Drop for TestEnv {
         let config = self.plane.config().clone();
         let namespace = self.namespace.clone();
         let deleted = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(async move {
                 let client = Client::try_from(config).ok()?;
                 Api::<Namespace>::all(client)

@@ -19,8 +19,8 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
-use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -66,13 +66,19 @@ pub fn next_step(pod: &Pod) -> Option<Step> {
         return Some(Step::Bind);
     }
     let annotations = pod.annotations();
-    let outcome = annotations.get(OUTCOME).map(String::as_str).unwrap_or_else(|| {
-        match spec.restart_policy.as_deref() {
-            Some("Never") | Some("OnFailure") => "Succeeded",
-            _ => "Running",
-        }
-    });
-    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    let outcome =
+        annotations
+            .get(OUTCOME)
+            .map(String::as_str)
+            .unwrap_or_else(|| match spec.restart_policy.as_deref() {
+                Some("Never") | Some("OnFailure") => "Succeeded",
+                _ => "Running",
+            });
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending");
     match (phase, outcome) {
         ("Succeeded" | "Failed", _) => None,
         (_, "Pending") => None,
@@ -175,7 +181,9 @@ fn act(pods: Api<Pod>, pod: Pod, step: Step, in_flight: Arc<Mutex<HashSet<(Strin
                 set.remove(&key);
             }
             // Release, then look again: an event skipped while we worked is not lost.
-            let Ok(Some(latest)) = pods.get_opt(&key.1).await else { return };
+            let Ok(Some(latest)) = pods.get_opt(&key.1).await else {
+                return;
+            };
             match next_step(&latest) {
                 Some(next) if claim(&in_flight, &key) => (pod, step) = (latest, next),
                 _ => return,
@@ -244,7 +252,10 @@ async fn bind(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 }
 
 fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).map(|t| t.to_string()).unwrap_or_default()
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 fn container_id(pod: &str, container: &str) -> String {
@@ -398,15 +409,21 @@ mod tests {
 
     #[test]
     fn long_running_pods_stay_running_and_finished_pods_rest() {
-        let running = pod(json!({"metadata": {"name": "p"}, "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c"}]}, "status": {"phase": "Running"}}));
+        let running = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c"}]}, "status": {"phase": "Running"}}),
+        );
         assert_eq!(next_step(&running), None);
-        let done = pod(json!({"metadata": {"name": "p"}, "spec": {"nodeName": NODE_NAME, "restartPolicy": "Never", "containers": [{"name": "c"}]}, "status": {"phase": "Succeeded"}}));
+        let done = pod(
+            json!({"metadata": {"name": "p"}, "spec": {"nodeName": NODE_NAME, "restartPolicy": "Never", "containers": [{"name": "c"}]}, "status": {"phase": "Succeeded"}}),
+        );
         assert_eq!(next_step(&done), None);
     }
 
     #[test]
     fn deleted_pods_are_finished_off() {
-        let p = pod(json!({"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c"}]}}));
+        let p = pod(
+            json!({"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c"}]}}),
+        );
         assert_eq!(next_step(&p), Some(Step::FinishDeletion));
     }
 

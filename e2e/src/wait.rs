@@ -29,5 +29,8 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out after {:?} waiting for {what}; last observed: {last}", deadline.0);
+    panic!(
+        "timed out after {:?} waiting for {what}; last observed: {last}",
+        deadline.0
+    );
 }

@@ -1,6 +1,9 @@
 //! The control plane itself: RBAC is really on, the garbage collector really runs, and the pod
 //! simulator completes pods the way a kubelet reports them.
 
+// A test that cannot proceed should stop right there, with the error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -20,30 +23,46 @@ async fn rbac_is_on_an_unbound_service_account_is_denied_until_granted() {
     let config = env.impersonating(&user, &["system:serviceaccounts", "system:authenticated"]);
     let as_nobody: Api<crd_types::Task> = Api::namespaced(Client::try_from(config.clone()).unwrap(), &env.namespace);
 
-    let denied = as_nobody.list(&ListParams::default()).await.expect_err("no RBAC, no access");
+    let denied = as_nobody
+        .list(&ListParams::default())
+        .await
+        .expect_err("no RBAC, no access");
     assert!(matches!(&denied, kube::Error::Api(s) if s.code == 403), "{denied}");
 
     let role: Role = from_json(json!({
         "metadata": {"name": "task-reader"},
         "rules": [{"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks"], "verbs": ["list"]}]
     }));
-    env.namespaced::<Role>().create(&PostParams::default(), &role).await.unwrap();
+    env.namespaced::<Role>()
+        .create(&PostParams::default(), &role)
+        .await
+        .unwrap();
     let binding: RoleBinding = from_json(json!({
         "metadata": {"name": "task-reader"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "task-reader"},
         "subjects": [{"kind": "ServiceAccount", "name": "nobody", "namespace": env.namespace}]
     }));
-    env.namespaced::<RoleBinding>().create(&PostParams::default(), &binding).await.unwrap();
+    env.namespaced::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
 
     poll_until("the Role to take effect", Deadline::default(), || async {
-        as_nobody.list(&ListParams::default()).await.map(|_| ()).map_err(|e| e.to_string())
+        as_nobody
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     })
     .await;
     let still_denied = as_nobody
         .delete("anything", &DeleteParams::default())
         .await
         .expect_err("list was granted, delete was not");
-    assert!(matches!(&still_denied, kube::Error::Api(s) if s.code == 403), "{still_denied}");
+    assert!(
+        matches!(&still_denied, kube::Error::Api(s) if s.code == 403),
+        "{still_denied}"
+    );
 }
 
 #[tokio::test]
@@ -51,7 +70,10 @@ async fn the_garbage_collector_deletes_dependents_of_a_deleted_owner() {
     let env = TestEnv::new().await;
     let configmaps = env.namespaced::<ConfigMap>();
     let owner = configmaps
-        .create(&PostParams::default(), &from_json(json!({"metadata": {"name": "owner"}})))
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "owner"}})),
+        )
         .await
         .unwrap();
     let dependent: ConfigMap = from_json(json!({"metadata": {"name": "dependent", "ownerReferences": [{
@@ -83,7 +105,11 @@ async fn wait_for_phase(pods: &Api<Pod>, name: &str, phase: &str) -> Pod {
     poll_until(&format!("pod {name} to be {phase}"), Deadline::default(), || async {
         let pod = pods.get(name).await.map_err(|e| e.to_string())?;
         let current = pod.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_default();
-        if current == phase { Ok(pod) } else { Err(format!("phase {current:?}")) }
+        if current == phase {
+            Ok(pod)
+        } else {
+            Err(format!("phase {current:?}"))
+        }
     })
     .await
 }
@@ -101,7 +127,9 @@ fn terminated(pod: &Pod) -> k8s_openapi::api::core::v1::ContainerStateTerminated
 #[tokio::test]
 async fn the_pod_simulator_completes_a_pod_with_its_termination_message() {
     let env = TestEnv::new().await;
-    let _simulator = PodSimulator::start(env.client.clone(), Some(&env.namespace)).await.unwrap();
+    let _simulator = PodSimulator::start(env.client.clone(), Some(&env.namespace))
+        .await
+        .unwrap();
     let pods = env.namespaced::<Pod>();
 
     pods.create(
@@ -115,11 +143,17 @@ async fn the_pod_simulator_completes_a_pod_with_its_termination_message() {
     assert_eq!(state.exit_code, 0);
     assert_eq!(state.reason.as_deref(), Some("Completed"));
     assert_eq!(state.message.as_deref(), Some("got from-upstream"));
-    assert_eq!(ok.spec.as_ref().and_then(|s| s.node_name.as_deref()), Some(pod_simulator::NODE_NAME));
+    assert_eq!(
+        ok.spec.as_ref().and_then(|s| s.node_name.as_deref()),
+        Some(pod_simulator::NODE_NAME)
+    );
 
     pods.create(
         &PostParams::default(),
-        &run_to_completion_pod("bad", json!({pod_simulator::OUTCOME: "Failed", pod_simulator::EXIT_CODE: "3"})),
+        &run_to_completion_pod(
+            "bad",
+            json!({pod_simulator::OUTCOME: "Failed", pod_simulator::EXIT_CODE: "3"}),
+        ),
     )
     .await
     .unwrap();
@@ -131,11 +165,16 @@ async fn the_pod_simulator_completes_a_pod_with_its_termination_message() {
 #[tokio::test]
 async fn a_manual_pod_runs_until_the_test_ends_it_and_deletions_complete() {
     let env = TestEnv::new().await;
-    let _simulator = PodSimulator::start(env.client.clone(), Some(&env.namespace)).await.unwrap();
-    let pods = env.namespaced::<Pod>();
-    pods.create(&PostParams::default(), &run_to_completion_pod("manual", json!({pod_simulator::OUTCOME: "Manual"})))
+    let _simulator = PodSimulator::start(env.client.clone(), Some(&env.namespace))
         .await
         .unwrap();
+    let pods = env.namespaced::<Pod>();
+    pods.create(
+        &PostParams::default(),
+        &run_to_completion_pod("manual", json!({pod_simulator::OUTCOME: "Manual"})),
+    )
+    .await
+    .unwrap();
     let running = wait_for_phase(&pods, "manual", "Running").await;
     let ready = running
         .status
@@ -145,7 +184,9 @@ async fn a_manual_pod_runs_until_the_test_ends_it_and_deletions_complete() {
         .any(|c| c.type_ == "Ready" && c.status == "True");
     assert!(ready, "a running simulated pod is Ready");
 
-    pod_simulator::terminate(&pods, "manual", 0, Some("done by hand")).await.unwrap();
+    pod_simulator::terminate(&pods, "manual", 0, Some("done by hand"))
+        .await
+        .unwrap();
     let done = wait_for_phase(&pods, "manual", "Succeeded").await;
     assert_eq!(terminated(&done).message.as_deref(), Some("done by hand"));
 

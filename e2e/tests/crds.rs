@@ -2,6 +2,9 @@
 //! kind round-trips, the seeds' manifests apply unchanged but for apiVersion, and a table of
 //! invalid objects is rejected with the message the schema or validation rule gives.
 
+// A test that cannot proceed should stop right there, with the error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -53,17 +56,50 @@ fn pod_template() -> Value {
 
 fn valid_objects() -> Vec<(&'static str, Value)> {
     vec![
-        ("Ignitor", json!({"spec": {"scheduled": "*/5 * * * *", "timeZone": "Europe/Amsterdam", "data": "hello", "missedFiringPolicy": "Skip"}})),
-        ("Task", json!({"spec": {"template": pod_template(), "startOnIgnition": ["ignitor1"], "failureActions": ["notify", {"name": "http-post", "parameters": {"url": "http://127.0.0.1/"}}], "join": {"mode": "AllOf"}, "retry": {"limit": 2}}})),
-        ("TaskRun", json!({"spec": {"taskRef": {"name": "task1"}, "initiator": {"kind": "Ignitor", "name": "ignitor1", "run": "1"}, "data": "hello"}})),
-        ("StagedBindingPolicy", json!({"spec": {"downsync": [{"objectSelectors": [{"matchLabels": {"app": "x"}}]}], "stages": [{"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": "true", "soakSeconds": 30}], "placementMode": "Keep"}})),
-        ("Project", json!({"spec": {"description": "p", "templates": {"clusters": [{"name": "local", "spec": {}}], "virtualClusters": [{"name": "team-a", "spec": {"cluster": "local"}}]}}})),
-        ("Cluster", json!({"spec": {"project": "p", "executor": {"name": "default", "parameters": {"installGatewayAPI": true}}}})),
-        ("VirtualCluster", json!({"spec": {"cluster": "c", "quota": {"cpu": "4"}, "access": [{"kind": "Group", "name": "devs", "role": "admin"}]}})),
-        ("Application", json!({"spec": {"virtualCluster": "vc", "versions": [{"name": "v1", "image": "nginx"}, {"name": "v2", "image": "nginx:2"}], "weights": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}], "policies": [{"name": "canary", "parameters": {"stepWeight": 10}}]}})),
-        ("BindingPolicy", json!({"spec": {"clusterSelectors": [{"matchLabels": {"env": "dev"}}], "downsync": [{"objectSelectors": [{"matchLabels": {"app": "x"}}], "statusCollectors": ["c"]}]}})),
-        ("Binding", json!({"spec": {"workload": {"namespaceScope": [{"group": "apps", "version": "v1", "resource": "deployments", "namespace": "default", "name": "nginx"}]}, "destinations": [{"clusterId": "dev1"}]}})),
-        ("CombinedStatus", json!({"results": [{"name": "deployments-aggregator", "columnNames": ["count"], "rows": [{"columns": [{"type": "Number", "float": "1"}]}]}]})),
+        (
+            "Ignitor",
+            json!({"spec": {"scheduled": "*/5 * * * *", "timeZone": "Europe/Amsterdam", "data": "hello", "missedFiringPolicy": "Skip"}}),
+        ),
+        (
+            "Task",
+            json!({"spec": {"template": pod_template(), "startOnIgnition": ["ignitor1"], "failureActions": ["notify", {"name": "http-post", "parameters": {"url": "http://127.0.0.1/"}}], "join": {"mode": "AllOf"}, "retry": {"limit": 2}}}),
+        ),
+        (
+            "TaskRun",
+            json!({"spec": {"taskRef": {"name": "task1"}, "initiator": {"kind": "Ignitor", "name": "ignitor1", "run": "1"}, "data": "hello"}}),
+        ),
+        (
+            "StagedBindingPolicy",
+            json!({"spec": {"downsync": [{"objectSelectors": [{"matchLabels": {"app": "x"}}]}], "stages": [{"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": "true", "soakSeconds": 30}], "placementMode": "Keep"}}),
+        ),
+        (
+            "Project",
+            json!({"spec": {"description": "p", "templates": {"clusters": [{"name": "local", "spec": {}}], "virtualClusters": [{"name": "team-a", "spec": {"cluster": "local"}}]}}}),
+        ),
+        (
+            "Cluster",
+            json!({"spec": {"project": "p", "executor": {"name": "default", "parameters": {"installGatewayAPI": true}}}}),
+        ),
+        (
+            "VirtualCluster",
+            json!({"spec": {"cluster": "c", "quota": {"cpu": "4"}, "access": [{"kind": "Group", "name": "devs", "role": "admin"}]}}),
+        ),
+        (
+            "Application",
+            json!({"spec": {"virtualCluster": "vc", "versions": [{"name": "v1", "image": "nginx"}, {"name": "v2", "image": "nginx:2"}], "weights": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}], "policies": [{"name": "canary", "parameters": {"stepWeight": 10}}]}}),
+        ),
+        (
+            "BindingPolicy",
+            json!({"spec": {"clusterSelectors": [{"matchLabels": {"env": "dev"}}], "downsync": [{"objectSelectors": [{"matchLabels": {"app": "x"}}], "statusCollectors": ["c"]}]}}),
+        ),
+        (
+            "Binding",
+            json!({"spec": {"workload": {"namespaceScope": [{"group": "apps", "version": "v1", "resource": "deployments", "namespace": "default", "name": "nginx"}]}, "destinations": [{"clusterId": "dev1"}]}}),
+        ),
+        (
+            "CombinedStatus",
+            json!({"results": [{"name": "deployments-aggregator", "columnNames": ["count"], "rows": [{"columns": [{"type": "Number", "float": "1"}]}]}]}),
+        ),
     ]
 }
 
@@ -75,13 +111,21 @@ async fn every_crd_is_established_with_category_and_short_names() {
         let crd = crds.get(&name).await.expect("CRD installed");
         let conditions = crd.status.and_then(|s| s.conditions).unwrap_or_default();
         assert!(
-            conditions.iter().any(|c| c.type_ == "Established" && c.status == "True"),
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True"),
             "{name} not Established: {conditions:?}"
         );
         assert_eq!(crd.spec.names.categories, Some(vec!["orrery".to_string()]), "{name}");
-        assert!(crd.spec.names.short_names.is_some_and(|s| !s.is_empty()), "{name} has no short name");
+        assert!(
+            crd.spec.names.short_names.is_some_and(|s| !s.is_empty()),
+            "{name} has no short name"
+        );
         let version = &crd.spec.versions[0];
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name} has no status subresource");
+        assert!(
+            version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+            "{name} has no status subresource"
+        );
     }
 }
 
@@ -99,7 +143,11 @@ async fn a_valid_object_of_every_kind_round_trips() {
         let read = api.get(&name).await.expect("read back");
         for key in ["spec", "results"] {
             if let Some(expected) = body.get(key) {
-                assert_eq!(read.data.get(key), Some(expected), "{kind}.{key} changed on the way through the server");
+                assert_eq!(
+                    read.data.get(key),
+                    Some(expected),
+                    "{kind}.{key} changed on the way through the server"
+                );
             }
         }
         assert_eq!(created.metadata.uid, read.metadata.uid);
@@ -139,14 +187,19 @@ spec:
 "#;
     let task: DynamicObject = serde_yaml::from_str(orca).expect("ORCA task parses");
     let tasks = api(&env.client, &env.namespace, "Task");
-    tasks.create(&PostParams::default(), &task).await.expect("ORCA task1 accepted");
+    tasks
+        .create(&PostParams::default(), &task)
+        .await
+        .expect("ORCA task1 accepted");
     let typed: kube::Api<crd_types::Task> = env.namespaced();
     let task1 = typed.get("task1").await.expect("typed read");
     assert_eq!(task1.spec.start_on_failure, vec!["task1"]);
     assert!(task1.spec.start_on_success.is_empty());
     assert_eq!(
         task1.spec.failure_actions,
-        vec![crd_types::workflow::ActionRef::Plugin(crd_types::PluginRef::named("YOUR-PLUGIN-NAME"))]
+        vec![crd_types::workflow::ActionRef::Plugin(crd_types::PluginRef::named(
+            "YOUR-PLUGIN-NAME"
+        ))]
     );
 
     // KubeStellar's workload stager README, verbatim but for apiVersion.
@@ -181,7 +234,9 @@ spec:
     let mut sbp: DynamicObject = serde_yaml::from_str(stager).expect("stager parses");
     sbp.metadata.name = Some(unique(&env, "nginx-staged-bindingpolicy"));
     let sbps = api(&env.client, &env.namespace, "StagedBindingPolicy");
-    sbps.create(&PostParams::default(), &sbp).await.expect("seed StagedBindingPolicy accepted");
+    sbps.create(&PostParams::default(), &sbp)
+        .await
+        .expect("seed StagedBindingPolicy accepted");
     sbps.delete(sbp.metadata.name.as_deref().unwrap_or_default(), &Default::default())
         .await
         .expect("delete");
@@ -194,37 +249,161 @@ fn invalid_objects() -> Vec<(&'static str, Value, &'static str)> {
     let selector = json!([{"matchLabels": {"env": "dev"}}]);
     let v1 = json!({"name": "v1", "image": "nginx"});
     vec![
-        ("Ignitor", json!({"spec": {"scheduled": "every tuesday"}}), "scheduled must be NOW, an RFC 3339 time, a cron schedule"),
-        ("Ignitor", json!({"spec": {"data": "x"}}), "spec.scheduled: Required value"),
-        ("Ignitor", json!({"spec": {"scheduled": "NOW", "data": "x".repeat(4097)}}), "spec.data: Too long"),
-        ("Ignitor", json!({"spec": {"scheduled": "NOW", "timeZone": "../../etc/passwd"}}), "spec.timeZone in body should match"),
-        ("Ignitor", json!({"spec": {"scheduled": "NOW", "missedFiringPolicy": "Sometimes"}}), "spec.missedFiringPolicy: Unsupported value: \"Sometimes\""),
-        ("Ignitor", json!({"spec": {"scheduled": "@hourly", "startingDeadlineSeconds": 0}}), "spec.startingDeadlineSeconds: Invalid value: 0"),
-        ("Ignitor", json!({"spec": {"scheduled": "2026-13-45"}}), "scheduled must be NOW, an RFC 3339 time"),
-        ("Task", json!({"spec": {"description": "no template"}}), "spec.template: Required value"),
-        ("Task", json!({"spec": {"template": {"spec": {}}}}), "spec.template.spec.containers: Required value"),
-        ("Task", json!({"spec": {"template": {"spec": {"containers": []}}}}), "spec.template.spec.containers: Invalid value: 0"),
-        ("Task", json!({"spec": {"template": template, "startOnSuccess": ["a", "a"]}}), "spec.startOnSuccess[1]: Duplicate value: \"a\""),
-        ("Task", json!({"spec": {"template": template, "concurrencyPolicy": "Sometimes"}}), "spec.concurrencyPolicy: Unsupported value"),
-        ("Task", json!({"spec": {"template": template, "join": {"mode": "Condition"}}}), "join.condition is required when mode is Condition"),
-        ("Task", json!({"spec": {"template": template, "retry": {"limit": 1000}}}), "spec.retry.limit: Invalid value: 1000"),
-        ("Task", json!({"spec": {"template": template, "startOnIgnition": (0..33).map(|i| format!("i{i}")).collect::<Vec<_>>()}}), "spec.startOnIgnition: Too many"),
-        ("TaskRun", json!({"spec": {"data": "x"}}), "spec.taskRef: Required value"),
-        ("TaskRun", json!({"spec": {"taskRef": {"name": "t"}, "data": "x".repeat(4097)}}), "spec.data: Too long"),
-        ("TaskRun", json!({"spec": {"taskRef": {"name": "t"}, "initiator": {"kind": "Cron", "name": "x"}}}), "spec.initiator.kind: Unsupported value: \"Cron\""),
-        ("StagedBindingPolicy", json!({"spec": {"downsync": [{}]}}), "spec.stages: Required value"),
-        ("StagedBindingPolicy", json!({"spec": {"downsync": [{}], "stages": [{"name": "dev", "clusterSelectors": selector}, {"name": "dev", "clusterSelectors": selector}]}}), "spec.stages[1]: Duplicate value: {\"name\":\"dev\"}"),
-        ("StagedBindingPolicy", json!({"spec": {"downsync": [{}], "stages": [{"name": "Dev_Stage", "clusterSelectors": selector}]}}), "spec.stages[0].name in body should match"),
-        ("StagedBindingPolicy", json!({"spec": {"downsync": [{}], "stages": [{"name": "dev"}]}}), "spec.stages[0].clusterSelectors: Required value"),
-        ("StagedBindingPolicy", json!({"spec": {"downsync": [{}], "stages": (0..17).map(|i| json!({"name": format!("s{i}"), "clusterSelectors": selector})).collect::<Vec<_>>()}}), "spec.stages: Too many"),
-        ("Application", json!({"spec": {"versions": [v1, {"name": "v2", "image": "nginx"}], "weights": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 40}]}}), "weights must sum to 100"),
-        ("Application", json!({"spec": {"versions": [v1], "weights": [{"version": "v9", "weight": 100}]}}), "every weight must name a version in spec.versions"),
-        ("Application", json!({"spec": {"versions": [v1, v1]}}), "spec.versions[1]: Duplicate value: {\"name\":\"v1\"}"),
-        ("Application", json!({"spec": {"versions": []}}), "spec.versions: Invalid value: 0"),
-        ("Application", json!({"spec": {"versions": [v1], "weights": [{"version": "v1", "weight": 101}]}}), "spec.weights[0].weight: Invalid value: 101"),
-        ("VirtualCluster", json!({"spec": {"access": [{"kind": "User", "name": "ann", "role": "owner"}]}}), "spec.access[0].role: Unsupported value: \"owner\""),
-        ("Cluster", json!({"spec": {"executor": {"name": "bad name!"}}}), "spec.executor.name in body should match"),
-        ("Project", json!({"spec": {"templates": {"clusters": [{"name": "a", "spec": {}}, {"name": "a", "spec": {}}]}}}), "spec.templates.clusters[1]: Duplicate value: {\"name\":\"a\"}"),
+        (
+            "Ignitor",
+            json!({"spec": {"scheduled": "every tuesday"}}),
+            "scheduled must be NOW, an RFC 3339 time, a cron schedule",
+        ),
+        (
+            "Ignitor",
+            json!({"spec": {"data": "x"}}),
+            "spec.scheduled: Required value",
+        ),
+        (
+            "Ignitor",
+            json!({"spec": {"scheduled": "NOW", "data": "x".repeat(4097)}}),
+            "spec.data: Too long",
+        ),
+        (
+            "Ignitor",
+            json!({"spec": {"scheduled": "NOW", "timeZone": "../../etc/passwd"}}),
+            "spec.timeZone in body should match",
+        ),
+        (
+            "Ignitor",
+            json!({"spec": {"scheduled": "NOW", "missedFiringPolicy": "Sometimes"}}),
+            "spec.missedFiringPolicy: Unsupported value: \"Sometimes\"",
+        ),
+        (
+            "Ignitor",
+            json!({"spec": {"scheduled": "@hourly", "startingDeadlineSeconds": 0}}),
+            "spec.startingDeadlineSeconds: Invalid value: 0",
+        ),
+        (
+            "Ignitor",
+            json!({"spec": {"scheduled": "2026-13-45"}}),
+            "scheduled must be NOW, an RFC 3339 time",
+        ),
+        (
+            "Task",
+            json!({"spec": {"description": "no template"}}),
+            "spec.template: Required value",
+        ),
+        (
+            "Task",
+            json!({"spec": {"template": {"spec": {}}}}),
+            "spec.template.spec.containers: Required value",
+        ),
+        (
+            "Task",
+            json!({"spec": {"template": {"spec": {"containers": []}}}}),
+            "spec.template.spec.containers: Invalid value: 0",
+        ),
+        (
+            "Task",
+            json!({"spec": {"template": template, "startOnSuccess": ["a", "a"]}}),
+            "spec.startOnSuccess[1]: Duplicate value: \"a\"",
+        ),
+        (
+            "Task",
+            json!({"spec": {"template": template, "concurrencyPolicy": "Sometimes"}}),
+            "spec.concurrencyPolicy: Unsupported value",
+        ),
+        (
+            "Task",
+            json!({"spec": {"template": template, "join": {"mode": "Condition"}}}),
+            "join.condition is required when mode is Condition",
+        ),
+        (
+            "Task",
+            json!({"spec": {"template": template, "retry": {"limit": 1000}}}),
+            "spec.retry.limit: Invalid value: 1000",
+        ),
+        (
+            "Task",
+            json!({"spec": {"template": template, "startOnIgnition": (0..33).map(|i| format!("i{i}")).collect::<Vec<_>>()}}),
+            "spec.startOnIgnition: Too many",
+        ),
+        (
+            "TaskRun",
+            json!({"spec": {"data": "x"}}),
+            "spec.taskRef: Required value",
+        ),
+        (
+            "TaskRun",
+            json!({"spec": {"taskRef": {"name": "t"}, "data": "x".repeat(4097)}}),
+            "spec.data: Too long",
+        ),
+        (
+            "TaskRun",
+            json!({"spec": {"taskRef": {"name": "t"}, "initiator": {"kind": "Cron", "name": "x"}}}),
+            "spec.initiator.kind: Unsupported value: \"Cron\"",
+        ),
+        (
+            "StagedBindingPolicy",
+            json!({"spec": {"downsync": [{}]}}),
+            "spec.stages: Required value",
+        ),
+        (
+            "StagedBindingPolicy",
+            json!({"spec": {"downsync": [{}], "stages": [{"name": "dev", "clusterSelectors": selector}, {"name": "dev", "clusterSelectors": selector}]}}),
+            "spec.stages[1]: Duplicate value: {\"name\":\"dev\"}",
+        ),
+        (
+            "StagedBindingPolicy",
+            json!({"spec": {"downsync": [{}], "stages": [{"name": "Dev_Stage", "clusterSelectors": selector}]}}),
+            "spec.stages[0].name in body should match",
+        ),
+        (
+            "StagedBindingPolicy",
+            json!({"spec": {"downsync": [{}], "stages": [{"name": "dev"}]}}),
+            "spec.stages[0].clusterSelectors: Required value",
+        ),
+        (
+            "StagedBindingPolicy",
+            json!({"spec": {"downsync": [{}], "stages": (0..17).map(|i| json!({"name": format!("s{i}"), "clusterSelectors": selector})).collect::<Vec<_>>()}}),
+            "spec.stages: Too many",
+        ),
+        (
+            "Application",
+            json!({"spec": {"versions": [v1, {"name": "v2", "image": "nginx"}], "weights": [{"version": "v1", "weight": 50}, {"version": "v2", "weight": 40}]}}),
+            "weights must sum to 100",
+        ),
+        (
+            "Application",
+            json!({"spec": {"versions": [v1], "weights": [{"version": "v9", "weight": 100}]}}),
+            "every weight must name a version in spec.versions",
+        ),
+        (
+            "Application",
+            json!({"spec": {"versions": [v1, v1]}}),
+            "spec.versions[1]: Duplicate value: {\"name\":\"v1\"}",
+        ),
+        (
+            "Application",
+            json!({"spec": {"versions": []}}),
+            "spec.versions: Invalid value: 0",
+        ),
+        (
+            "Application",
+            json!({"spec": {"versions": [v1], "weights": [{"version": "v1", "weight": 101}]}}),
+            "spec.weights[0].weight: Invalid value: 101",
+        ),
+        (
+            "VirtualCluster",
+            json!({"spec": {"access": [{"kind": "User", "name": "ann", "role": "owner"}]}}),
+            "spec.access[0].role: Unsupported value: \"owner\"",
+        ),
+        (
+            "Cluster",
+            json!({"spec": {"executor": {"name": "bad name!"}}}),
+            "spec.executor.name in body should match",
+        ),
+        (
+            "Project",
+            json!({"spec": {"templates": {"clusters": [{"name": "a", "spec": {}}, {"name": "a", "spec": {}}]}}}),
+            "spec.templates.clusters[1]: Duplicate value: {\"name\":\"a\"}",
+        ),
     ]
 }
 
@@ -241,22 +420,33 @@ async fn invalid_objects_are_rejected_with_the_rules_message() {
             Ok(_) => failures.push(format!("#{i} {kind}: accepted, expected rejection with {expected:?}")),
             Err(kube::Error::Api(status)) => {
                 if status.code != 422 || !status.message.contains(expected) {
-                    failures.push(format!("#{i} {kind}: got {} {:?}, expected {expected:?}", status.code, status.message));
+                    failures.push(format!(
+                        "#{i} {kind}: got {} {:?}, expected {expected:?}",
+                        status.code, status.message
+                    ));
                 }
             }
             Err(other) => failures.push(format!("#{i} {kind}: unexpected error {other}")),
         }
     }
-    assert!(failures.is_empty(), "{} cases wrong:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} cases wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[tokio::test]
 async fn a_taskrun_spec_cannot_be_changed() {
     let env = TestEnv::new().await;
     let api = api(&env.client, &env.namespace, "TaskRun");
-    api.create(&PostParams::default(), &object("TaskRun", "run", json!({"spec": {"taskRef": {"name": "a"}}})))
-        .await
-        .expect("created");
+    api.create(
+        &PostParams::default(),
+        &object("TaskRun", "run", json!({"spec": {"taskRef": {"name": "a"}}})),
+    )
+    .await
+    .expect("created");
     let patch = json!({"spec": {"taskRef": {"name": "b"}}});
     let err = api
         .patch("run", &PatchParams::default(), &Patch::Merge(&patch))

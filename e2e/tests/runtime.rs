@@ -2,6 +2,9 @@
 //! endpoints, Prometheus metrics, leader election on a Lease with a standby taking over,
 //! and a graceful exit on SIGTERM that releases the Lease.
 
+// A test that cannot proceed should stop right there, with the error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -27,7 +30,11 @@ impl Drop for Probe {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_probe(env: &TestEnv, identity: &str) -> Probe {
@@ -68,15 +75,26 @@ async fn get(port: u16, path: &str) -> Result<(u16, String), String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("no status line in {response:?}"))?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((code, body))
 }
 
 async fn wait_ready(probe: &Probe, expected_body: &str) {
-    poll_until(&format!("/readyz to say {expected_body:?}"), Deadline::default(), || async {
-        let (code, body) = get(probe.port, "/readyz").await?;
-        if code == 200 && body.contains(expected_body) { Ok(()) } else { Err(format!("{code} {body}")) }
-    })
+    poll_until(
+        &format!("/readyz to say {expected_body:?}"),
+        Deadline::default(),
+        || async {
+            let (code, body) = get(probe.port, "/readyz").await?;
+            if code == 200 && body.contains(expected_body) {
+                Ok(())
+            } else {
+                Err(format!("{code} {body}"))
+            }
+        },
+    )
     .await;
 }
 
@@ -92,15 +110,21 @@ async fn lease_holder(env: &TestEnv) -> Option<String> {
 
 async fn probed_by(env: &TestEnv, configmap: &str, identity: &str) {
     let configmaps = env.namespaced::<ConfigMap>();
-    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": configmap, "labels": {"orrery.dev/probe": "yes"}}})).unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": configmap, "labels": {"orrery.dev/probe": "yes"}}}))
+            .unwrap();
     configmaps.create(&PostParams::default(), &cm).await.unwrap();
-    poll_until(&format!("{configmap} to be reconciled by {identity}"), Deadline::default(), || async {
-        let cm = configmaps.get(configmap).await.map_err(|e| e.to_string())?;
-        match cm.annotations().get("orrery.dev/probed-by") {
-            Some(by) if by == identity => Ok(()),
-            other => Err(format!("probed-by {other:?}")),
-        }
-    })
+    poll_until(
+        &format!("{configmap} to be reconciled by {identity}"),
+        Deadline::default(),
+        || async {
+            let cm = configmaps.get(configmap).await.map_err(|e| e.to_string())?;
+            match cm.annotations().get("orrery.dev/probed-by") {
+                Some(by) if by == identity => Ok(()),
+                other => Err(format!("probed-by {other:?}")),
+            }
+        },
+    )
     .await;
 }
 
@@ -120,7 +144,10 @@ fn stop(probe: &mut Probe) -> std::process::ExitStatus {
         if let Some(status) = probe.child.try_wait().unwrap() {
             return status;
         }
-        assert!(std::time::Instant::now() < deadline, "the probe did not exit within 30s of SIGTERM");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the probe did not exit within 30s of SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -142,16 +169,33 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
     probed_by(&env, "one", "probe-a").await;
 
     let (_, metrics) = get(first.port, "/metrics").await.unwrap();
-    assert!(metric(&metrics, "orrery_reconcile_total{controller=\"runtime-probe\"}").unwrap_or(0.0) >= 1.0, "{metrics}");
-    assert!(metric(&metrics, "orrery_reconcile_duration_seconds_count{controller=\"runtime-probe\"}").unwrap_or(0.0) >= 1.0);
-    assert!(metric(&metrics, "orrery_api_requests_total{method=\"PATCH\"}").unwrap_or(0.0) >= 1.0, "{metrics}");
+    assert!(
+        metric(&metrics, "orrery_reconcile_total{controller=\"runtime-probe\"}").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "orrery_reconcile_duration_seconds_count{controller=\"runtime-probe\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        metric(&metrics, "orrery_api_requests_total{method=\"PATCH\"}").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
     assert_eq!(metric(&metrics, "orrery_leader"), Some(1.0));
 
     let mut second = start_probe(&env, "probe-b");
     wait_ready(&second, "standing by").await;
     let (_, standby_metrics) = get(second.port, "/metrics").await.unwrap();
     assert_eq!(metric(&standby_metrics, "orrery_leader"), Some(0.0));
-    assert_eq!(lease_holder(&env).await.as_deref(), Some("probe-a"), "the standby must not take the Lease");
+    assert_eq!(
+        lease_holder(&env).await.as_deref(),
+        Some("probe-a"),
+        "the standby must not take the Lease"
+    );
 
     let status = stop(&mut first);
     assert!(status.success(), "SIGTERM is a clean exit, got {status}");

@@ -24,7 +24,10 @@ pub type Parameters = BTreeMap<String, serde_json::Value>;
 #[serde(rename_all = "camelCase")]
 pub struct PluginRef {
     /// Name of the plugin, e.g. `canary` or `http-post`.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-zA-Z0-9]([-a-zA-Z0-9_.]*[a-zA-Z0-9])?$")
+    )]
     pub name: String,
     /// Plugin-specific parameters.
     #[serde(default, skip_serializing_if = "Option::is_none")]

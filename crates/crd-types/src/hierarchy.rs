@@ -89,8 +89,16 @@ pub struct PolicyStepStatus {
     shortname = "proj",
     category = "orrery",
     doc = "A Project: the root of a Project → Cluster → VirtualCluster → Application hierarchy.",
-    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "REASON", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "REASON",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -182,8 +190,16 @@ pub struct ApplicationTemplate {
     doc = "A target cluster of a Project: the local cluster, or a remote one through a kubeconfig Secret.",
     printcolumn(name = "PROJECT", type_ = "string", json_path = ".spec.project"),
     printcolumn(name = "VERSION", type_ = "string", json_path = ".status.version"),
-    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "REASON", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "REASON",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -238,8 +254,16 @@ pub struct ClusterStatus {
     doc = "A namespace on a Cluster with quota, limits, network isolation and access bindings.",
     printcolumn(name = "CLUSTER", type_ = "string", json_path = ".spec.cluster"),
     printcolumn(name = "NAMESPACE", type_ = "string", json_path = ".status.namespace"),
-    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "REASON", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "REASON",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -353,8 +377,16 @@ pub struct VirtualClusterStatus {
     category = "orrery",
     doc = "An application: versions behind one HTTPRoute whose weights split traffic between them.",
     printcolumn(name = "VIRTUALCLUSTER", type_ = "string", json_path = ".spec.virtualCluster"),
-    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "REASON", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "REASON",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason"
+    ),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[x_kube(validation = Rule::new("!has(self.weights) || self.weights.all(w, self.versions.exists(v, v.name == w.version))").message("every weight must name a version in spec.versions"))]

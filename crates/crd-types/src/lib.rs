@@ -10,6 +10,9 @@
 //! | `hierarchy.orrery.dev` | [`Project`], [`Cluster`], [`VirtualCluster`], [`Application`] | hierarchy-executor, policy-runner |
 //! | `control.kubestellar.io` | [`BindingPolicy`], [`Binding`], [`CombinedStatus`] | KubeStellar (installed by KubeStellar in production) |
 
+// `printcolumn(type_ = ...)` repeated across columns of one `#[kube]` attribute is not a mistake.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod hierarchy;
 pub mod kubestellar;

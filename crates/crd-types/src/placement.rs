@@ -24,8 +24,16 @@ pub const APPROVE_ANNOTATION: &str = "placement.orrery.dev/approve";
     category = "orrery",
     doc = "A staged placement: a workload moves through stages of clusters, each advancing when its CEL condition holds.",
     printcolumn(name = "ACTIVESTAGE", type_ = "string", json_path = ".status.activeStage"),
-    printcolumn(name = "PROGRESSING", type_ = "string", json_path = ".status.conditions[?(@.type==\"Progressing\")].reason"),
-    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "PROGRESSING",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Progressing\")].reason"
+    ),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]

@@ -35,7 +35,11 @@ pub const FIRE_ANNOTATION: &str = "workflow.orrery.dev/fire";
     printcolumn(name = "LASTIGNITION", type_ = "date", json_path = ".status.lastIgnition.time"),
     printcolumn(name = "NEXTIGNITION", type_ = "string", json_path = ".status.nextIgnition"),
     printcolumn(name = "IGNITIONS", type_ = "integer", json_path = ".status.ignitionsCount"),
-    printcolumn(name = "READY", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
     printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
@@ -57,7 +61,10 @@ pub struct IgnitorSpec {
 
     /// IANA time zone for a cron schedule, e.g. `Europe/Amsterdam`. Defaults to UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$"))]
+    #[schemars(
+        length(min = 1, max = 64),
+        regex(pattern = r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+)*$")
+    )]
     pub time_zone: Option<String>,
 
     /// Passed to each started task's pod as `ORCA_DATA` (at most 4096 bytes).
@@ -158,7 +165,12 @@ pub struct Ignition {
     printcolumn(name = "IGNITORS", type_ = "string", json_path = ".spec.startOnIgnition"),
     printcolumn(name = "ONSUCCESSTASK", type_ = "string", json_path = ".spec.startOnSuccess"),
     printcolumn(name = "ONFAILURETASK", type_ = "string", json_path = ".spec.startOnFailure"),
-    printcolumn(name = "SUCCESSCOUNT", type_ = "integer", json_path = ".status.successCount", priority = 1),
+    printcolumn(
+        name = "SUCCESSCOUNT",
+        type_ = "integer",
+        json_path = ".status.successCount",
+        priority = 1
+    ),
     printcolumn(name = "LASTRUN", type_ = "string", json_path = ".status.lastRun", priority = 1)
 )]
 #[serde(rename_all = "camelCase")]
@@ -530,4 +542,40 @@ where
     T: Default + Deserialize<'de>,
 {
     Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_action_is_a_name_or_an_object_and_anything_else_is_kept_as_invalid() {
+        let actions: Vec<ActionRef> = serde_json::from_value(json!([
+            "notify",
+            {"name": "http-post", "parameters": {"url": "http://example.invalid/"}},
+            42,
+            {"parameters": {}}
+        ]))
+        .expect("any JSON deserializes");
+        assert_eq!(actions[0], ActionRef::Plugin(PluginRef::named("notify")));
+        assert!(matches!(&actions[1], ActionRef::Plugin(p) if p.name == "http-post" && p.parameters.is_some()));
+        assert_eq!(actions[2], ActionRef::Invalid(json!(42)));
+        assert_eq!(actions[3], ActionRef::Invalid(json!({"parameters": {}})));
+        // Written back as they came.
+        assert_eq!(serde_json::to_value(&actions[0]).unwrap(), json!({"name": "notify"}));
+        assert_eq!(serde_json::to_value(&actions[2]).unwrap(), json!(42));
+    }
+
+    #[test]
+    fn orca_null_lists_read_as_empty() {
+        let spec: TaskSpec = serde_json::from_value(json!({
+            "template": {"spec": {"containers": [{"name": "c"}]}},
+            "startOnSuccess": null,
+            "successActions": null
+        }))
+        .expect("ORCA's bare keys are null");
+        assert!(spec.start_on_success.is_empty());
+        assert!(spec.success_actions.is_empty());
+    }
 }

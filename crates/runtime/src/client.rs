@@ -38,7 +38,9 @@ pub async fn load_config(args: &RuntimeArgs) -> Result<Config, kube::Error> {
 /// Builds a client whose requests pass through the rate limit.
 pub fn build_client(config: Config, qps: f64, burst: u32, metrics: RequestMetrics) -> Result<Client, kube::Error> {
     let layer = RateLimitLayer::new(qps, burst, metrics);
-    Ok(kube::client::ClientBuilder::try_from(config)?.with_layer(&layer).build())
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build())
 }
 
 /// A token bucket: `burst` tokens, refilled at `qps` per second.
@@ -173,7 +175,10 @@ mod tests {
             assert_eq!(bucket.take(start), Ok(()));
         }
         let wait = bucket.take(start).expect_err("the burst is spent");
-        assert!((wait.as_secs_f64() - 0.1).abs() < 1e-9, "one token takes 1/qps: {wait:?}");
+        assert!(
+            (wait.as_secs_f64() - 0.1).abs() < 1e-9,
+            "one token takes 1/qps: {wait:?}"
+        );
         assert_eq!(bucket.take(start + Duration::from_millis(100)), Ok(()));
     }
 

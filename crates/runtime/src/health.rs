@@ -89,7 +89,10 @@ pub fn router(metrics: Metrics, readiness: Readiness) -> Router {
 
 async fn serve_metrics(State(state): State<AppState>) -> ([(&'static str, &'static str); 1], String) {
     (
-        [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            "content-type",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

@@ -78,7 +78,9 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("readiness", &self.readiness).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("readiness", &self.readiness)
+            .finish_non_exhaustive()
     }
 }
 
@@ -149,7 +151,12 @@ where
                 message: err.to_string(),
             })?;
         let (mut leader_rx, task) = manager.watch().await;
-        info!(controller = name, identity, namespace = lease_namespace, "waiting for the Lease");
+        info!(
+            controller = name,
+            identity,
+            namespace = lease_namespace,
+            "waiting for the Lease"
+        );
         loop {
             if *leader_rx.borrow_and_update() {
                 break;

@@ -54,7 +54,6 @@ impl Default for ReconcileMetrics {
 }
 
 impl ReconcileMetrics {
-
     /// Records one reconcile of `controller` that took `elapsed`, failing with `failure` (a
     /// stable reason) or not.
     pub fn observe(&self, controller: &str, elapsed: Duration, failure: Option<&str>) {
@@ -116,13 +115,21 @@ impl Metrics {
         let requests = RequestMetrics::default();
         let leader = Gauge::default();
         registry.register("reconcile", "Reconciles run", reconcile.runs.clone());
-        registry.register("reconcile_failures", "Reconciles that failed, by reason", reconcile.failures.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that failed, by reason",
+            reconcile.failures.clone(),
+        );
         registry.register(
             "reconcile_duration_seconds",
             "Time spent in one reconcile",
             reconcile.duration.clone(),
         );
-        registry.register("api_requests", "API requests sent, by HTTP method", requests.requests.clone());
+        registry.register(
+            "api_requests",
+            "API requests sent, by HTTP method",
+            requests.requests.clone(),
+        );
         registry.register(
             "api_requests_throttled",
             "API requests delayed by the client-side rate limit",

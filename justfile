@@ -1,0 +1,43 @@
+# Orrery: every common task is a recipe. `just --list` shows them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# Show the recipes.
+default:
+    @just --list
+
+# Start a local control plane (kube-apiserver, etcd, kube-controller-manager) with every CRD
+# installed and the pod simulator playing the kubelet; prints the KUBECONFIG to use.
+control-plane:
+    cargo run -q -p orrery-e2e --bin orrery-control-plane
+
+# Build everything, tests and benchmarks included.
+build:
+    cargo build --workspace --all-targets
+
+# Everything CI runs: lints, CRD drift, unit tests, and end-to-end tests on the real control plane.
+test: lint
+    bash e2e/control-plane/build.sh > /dev/null
+    cargo test --workspace --all-targets --no-fail-fast
+
+# Formatting, clippy with warnings as errors, and generated CRDs up to date.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo run -q -p crd-types --bin crdgen -- --check
+
+# Regenerate manifests/crds/ from the Rust types.
+crdgen:
+    cargo run -q -p crd-types --bin crdgen
+
+# Benchmarks that print figures.
+bench:
+    cargo bench -p cel-conditions --bench conditions -- --warm-up-time 1 --measurement-time 3
+
+# Fuzz CEL compile+evaluate (needs nightly and cargo-fuzz).
+fuzz seconds="60":
+    cd fuzz && cargo +nightly fuzz run compile_evaluate -- -max_total_time={{seconds}}
+
+# Evaluate a CEL expression against a YAML/JSON file: just cel 'combinedStatus.results.size() > 0' combinedStatus=cs.yaml
+cel expr +vars:
+    cargo run -q -p cel-conditions --bin orrery-cel -- --expr '{{expr}}' {{ replace_regex(vars, '(\S+)', '--var $1') }}
