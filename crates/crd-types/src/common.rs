@@ -60,3 +60,91 @@ pub struct SecretKeyRef {
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
+
+/// Sets condition `type_` in `conditions`, keeping its `lastTransitionTime` when its status did
+/// not change, so writing the same condition again changes nothing (steady state: no writes).
+pub fn set_condition(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: Time,
+) {
+    let status = if status { "True" } else { "False" };
+    let message = message.into();
+    match conditions.iter_mut().find(|c| c.type_ == type_) {
+        Some(existing) => {
+            if existing.status != status {
+                existing.last_transition_time = now;
+            }
+            existing.status = status.into();
+            existing.reason = reason.into();
+            existing.message = message;
+            existing.observed_generation = observed_generation;
+        }
+        None => conditions.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            observed_generation,
+            last_transition_time: now,
+        }),
+    }
+}
+
+/// The condition `type_`, if present.
+pub fn find_condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("in range"))
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_until_its_status_changes() {
+        let mut conditions = Vec::new();
+        set_condition(
+            &mut conditions,
+            CONDITION_READY,
+            true,
+            "Scheduled",
+            "a",
+            Some(1),
+            at(10),
+        );
+        set_condition(
+            &mut conditions,
+            CONDITION_READY,
+            true,
+            "Scheduled",
+            "b",
+            Some(2),
+            at(20),
+        );
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time, at(10));
+        assert_eq!(conditions[0].message, "b");
+        set_condition(
+            &mut conditions,
+            CONDITION_READY,
+            false,
+            "InvalidSchedule",
+            "c",
+            Some(3),
+            at(30),
+        );
+        assert_eq!(conditions[0].last_transition_time, at(30));
+        assert_eq!(
+            find_condition(&conditions, CONDITION_READY).map(|c| c.status.as_str()),
+            Some("False")
+        );
+    }
+}

@@ -114,6 +114,13 @@ pub struct IgnitorStatus {
     /// When the next firing is due, if any (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_ignition: Option<Time>,
+    /// The latest scheduled time handled, fired or missed: the schedule resumes after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+    /// The one-shot schedule (`NOW` or a time) that already fired; it does not fire again
+    /// until `scheduled` changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fired_schedule: Option<String>,
     /// How many times this Ignitor fired.
     #[serde(default)]
     pub ignitions_count: i64,

@@ -17,6 +17,10 @@ pub struct RuntimeArgs {
     #[arg(long, global = true)]
     pub context: Option<String>,
 
+    /// Watch only this namespace (namespaced kinds); all namespaces by default.
+    #[arg(long, env = "ORRERY_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "ORRERY_LOG_FORMAT")]
     pub log_format: LogFormat,

@@ -20,6 +20,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -73,7 +74,28 @@ pub struct Context {
     pub metrics: ReconcileMetrics,
     /// Mark ready once caches have synced.
     pub readiness: Readiness,
+    /// Publishes Events as this controller.
+    pub recorder: Recorder,
+    /// Watch only this namespace (`--watch-namespace`); all namespaces when `None`.
+    pub namespace: Option<String>,
     shutdown: watch::Receiver<bool>,
+}
+
+/// Stops controllers started with [`Context::standalone`] when told to, or when dropped.
+#[derive(Debug)]
+pub struct StopHandle(watch::Sender<bool>);
+
+impl StopHandle {
+    /// Asks the controllers to finish their reconciles and return.
+    pub fn stop(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+impl Drop for StopHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 impl std::fmt::Debug for Context {
@@ -85,6 +107,39 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// A context for running controllers in-process without the binary's plumbing (no Lease,
+    /// no HTTP server): for end-to-end tests, benchmarks and the demo.
+    pub fn standalone(client: Client, controller: &str) -> (Self, StopHandle) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let context = Context {
+            recorder: recorder(client.clone(), controller, controller.to_owned()),
+            client,
+            metrics: ReconcileMetrics::default(),
+            readiness: Readiness::default(),
+            namespace: None,
+            shutdown: stop_rx,
+        };
+        (context, StopHandle(stop_tx))
+    }
+
+    /// The same context, watching only `namespace`.
+    pub fn in_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// An API for kind `K` over the namespace this controller watches (or all of them).
+    pub fn api<K>(&self) -> kube::Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match &self.namespace {
+            Some(namespace) => kube::Api::namespaced(self.client.clone(), namespace),
+            None => kube::Api::all(self.client.clone()),
+        }
+    }
+
     /// Resolves when the process is asked to stop; hand it to
     /// `Controller::graceful_shutdown_on` so reconciles in flight finish.
     pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -132,9 +187,9 @@ where
     let mut terminate = std::pin::pin!(termination_signal());
 
     // Leadership: hold the Lease for as long as the controllers run.
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
     let mut leadership = None;
     if args.leader_elect {
-        let identity = args.identity.clone().unwrap_or_else(default_identity);
         readiness.set_standby();
         let manager = LeaseManagerBuilder::new(client.clone(), name)
             .with_namespace(lease_namespace.as_str())
@@ -180,9 +235,11 @@ where
     readiness.set_starting();
 
     let context = Context {
+        recorder: recorder(client.clone(), name, identity),
         client,
         metrics: metrics.reconcile.clone(),
         readiness: readiness.clone(),
+        namespace: args.watch_namespace.clone(),
         shutdown: stop_rx,
     };
     let mut running = tokio::spawn(controllers(context));
@@ -259,6 +316,16 @@ async fn termination_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+fn recorder(client: Client, controller: &str, instance: String) -> Recorder {
+    Recorder::new(
+        client,
+        Reporter {
+            controller: controller.to_owned(),
+            instance: Some(instance),
+        },
+    )
 }
 
 fn default_identity() -> String {
