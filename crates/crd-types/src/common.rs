@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, MicroTime, Time};
+use k8s_openapi::jiff::{Timestamp, Unit};
 
 /// The condition every Orrery kind carries: is the object doing what its spec asks?
 pub const CONDITION_READY: &str = "Ready";
@@ -61,6 +62,23 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// A `Time` as the API server stores it: whole seconds. Planning with the stored precision
+/// keeps a re-read status equal to the planned one, so nothing is rewritten in a loop.
+pub fn seconds(at: Timestamp) -> Time {
+    Time(at.round(jiff_trunc(Unit::Second)).unwrap_or(at))
+}
+
+/// A `MicroTime` as stored: whole microseconds.
+pub fn micros(at: Timestamp) -> MicroTime {
+    MicroTime(at.round(jiff_trunc(Unit::Microsecond)).unwrap_or(at))
+}
+
+fn jiff_trunc(unit: Unit) -> k8s_openapi::jiff::TimestampRound {
+    k8s_openapi::jiff::TimestampRound::new()
+        .smallest(unit)
+        .mode(k8s_openapi::jiff::RoundMode::Trunc)
+}
+
 /// Sets condition `type_` in `conditions`, keeping its `lastTransitionTime` when its status did
 /// not change, so writing the same condition again changes nothing (steady state: no writes).
 pub fn set_condition(
@@ -106,6 +124,18 @@ mod tests {
 
     fn at(seconds: i64) -> Time {
         Time(k8s_openapi::jiff::Timestamp::from_second(seconds).expect("in range"))
+    }
+
+    #[test]
+    fn stored_precision_round_trips() {
+        let at: Timestamp = "2026-01-01T00:00:05.987654321Z".parse().unwrap();
+        let time = seconds(at);
+        let json = serde_json::to_value(&time).unwrap();
+        assert_eq!(serde_json::from_value::<Time>(json).unwrap(), time);
+        let micro = micros(at);
+        let json = serde_json::to_value(&micro).unwrap();
+        assert_eq!(json, serde_json::json!("2026-01-01T00:00:05.987654Z"));
+        assert_eq!(serde_json::from_value::<MicroTime>(json).unwrap(), micro);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::common::{Condition, PluginRef, Time};
+use crate::common::{Condition, MicroTime, PluginRef, Time};
 
 /// Largest `data` an Ignitor may carry, and the kubelet's limit on a termination message:
 /// whatever reaches a pod as `ORCA_DATA` fits in 4096 bytes.
@@ -138,8 +138,8 @@ pub struct IgnitorStatus {
 pub struct Ignition {
     /// 1 for the first firing, then +1 each time. Tasks key their runs on it.
     pub sequence: i64,
-    /// When the firing happened.
-    pub time: Time,
+    /// When the firing happened (microseconds, for measuring delays).
+    pub time: MicroTime,
     /// The scheduled time this firing was for (absent for manual fires).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled_time: Option<Time>,
@@ -505,12 +505,12 @@ pub struct TaskRunStatus {
     /// The pod this run created.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
-    /// When the pod started.
+    /// When the pod started running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
+    pub start_time: Option<MicroTime>,
     /// When the run ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
+    pub completion_time: Option<MicroTime>,
     /// The pod's termination message (what the next task receives as `ORCA_DATA`), or why the
     /// run failed before its pod ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,7 @@
 //! The pure core: from an Ignitor as observed and the current time, the status to write (with
 //! the firing in it, if one is due), the Events to emit, and when to look again.
 
-use crd_types::common::{CONDITION_READY, Time, find_condition, set_condition};
+use crd_types::common::{CONDITION_READY, find_condition, micros, seconds, set_condition};
 use crd_types::workflow::{Ignition, IgnitorSpec, IgnitorStatus, MissedFiringPolicy};
 use jiff::{SignedDuration, Timestamp};
 
@@ -124,7 +124,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                 );
             } else if at.is_some_and(|at| at > now) {
                 let at = at.unwrap_or(now);
-                status.next_ignition = Some(Time(at));
+                status.next_ignition = Some(seconds(at));
                 wake_at = Some(at);
                 set_ready(&mut status, observed, true, "Scheduled", format!("fires once at {at}"));
             } else if fired.is_some() {
@@ -163,10 +163,10 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                 Some(_) if fired.is_some() => wake_at = Some(now),
                 Some(latest) if suspended => {
                     // Skipped on purpose while suspended: not missed, not fired.
-                    status.last_schedule_time = Some(Time(latest));
+                    status.last_schedule_time = Some(seconds(latest));
                 }
                 Some(latest) => {
-                    status.last_schedule_time = Some(Time(latest));
+                    status.last_schedule_time = Some(seconds(latest));
                     let late = now.duration_since(latest);
                     let earlier = i64::from(due.saturating_sub(1));
                     if late <= deadline || policy == MissedFiringPolicy::FireOnce {
@@ -203,7 +203,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                 );
             } else {
                 let next = schedule.next_after(after.max(now));
-                status.next_ignition = next.map(Time);
+                status.next_ignition = next.map(seconds);
                 if wake_at.is_none() {
                     wake_at = next;
                 }
@@ -256,8 +256,8 @@ fn fire(
     let sequence = status.last_ignition.as_ref().map(|i| i.sequence).unwrap_or(0) + 1;
     let ignition = Ignition {
         sequence,
-        time: Time(now),
-        scheduled_time: scheduled.map(Time),
+        time: micros(now),
+        scheduled_time: scheduled.map(seconds),
         data: spec.data.clone(),
         reason: reason.to_owned(),
     };
@@ -288,7 +288,7 @@ fn set_ready(
         reason,
         message,
         observed.generation,
-        Time(observed.now),
+        seconds(observed.now),
     );
 }
 
@@ -348,13 +348,24 @@ mod tests {
         let early = run(&spec, &IgnitorStatus::default(), "2026-01-01T11:00:00Z", None);
         assert_eq!(early.fired, None);
         assert_eq!(early.wake_at, Some(t("2026-01-01T12:00:00Z")));
-        assert_eq!(early.status.next_ignition, Some(Time(t("2026-01-01T12:00:00Z"))));
+        assert_eq!(early.status.next_ignition, Some(seconds(t("2026-01-01T12:00:00Z"))));
         let due = run(&spec, &early.status, "2026-01-01T12:00:00.002Z", None);
         let ignition = due.fired.clone().expect("fires at the time");
-        assert_eq!(ignition.scheduled_time, Some(Time(t("2026-01-01T12:00:00Z"))));
+        assert_eq!(ignition.scheduled_time, Some(seconds(t("2026-01-01T12:00:00Z"))));
         assert_eq!(ignition.reason, "Time");
         assert_eq!(ready(&due), ("True".into(), "Completed".into()));
         assert_eq!(run(&spec, &due.status, "2026-01-01T13:00:00Z", None).fired, None);
+    }
+
+    #[test]
+    fn a_fractional_time_plans_the_stored_precision_so_nothing_is_rewritten() {
+        let spec = spec("2026-01-01T12:00:00.750Z");
+        let first = run(&spec, &IgnitorStatus::default(), "2026-01-01T11:00:00.123Z", None);
+        // Round-trip through JSON as the API server does, then plan again.
+        let stored: IgnitorStatus = serde_json::from_value(serde_json::to_value(&first.status).unwrap()).unwrap();
+        assert_eq!(stored, first.status);
+        let again = run(&spec, &stored, "2026-01-01T11:00:01.456Z", None);
+        assert_eq!(again.status, stored);
     }
 
     #[test]
@@ -366,7 +377,7 @@ mod tests {
         let at = run(&spec, &before.status, "2026-01-01T00:05:00.010Z", None);
         let first = at.fired.clone().expect("due");
         assert_eq!((first.sequence, first.reason.as_str()), (1, "Schedule"));
-        assert_eq!(first.scheduled_time, Some(Time(t("2026-01-01T00:05:00Z"))));
+        assert_eq!(first.scheduled_time, Some(seconds(t("2026-01-01T00:05:00Z"))));
         assert_eq!(at.wake_at, Some(t("2026-01-01T00:10:00Z")));
         // A replay of the same moment (a restart, a duplicate event) does not fire twice.
         let replay = run(&spec, &at.status, "2026-01-01T00:05:01Z", None);
@@ -380,14 +391,14 @@ mod tests {
     fn after_an_outage_fire_once_catches_up_and_counts_the_rest_as_missed() {
         let spec = spec("*/5 * * * *");
         let status = IgnitorStatus {
-            last_schedule_time: Some(Time(t("2026-01-01T00:05:00Z"))),
+            last_schedule_time: Some(seconds(t("2026-01-01T00:05:00Z"))),
             ..IgnitorStatus::default()
         };
         // Down from 00:06 to 00:31: 00:10 … 00:30 passed (5 occurrences), the latest 1 min late.
         let plan = run(&spec, &status, "2026-01-01T00:31:30Z", None);
         let ignition = plan.fired.clone().expect("catch-up firing");
         assert_eq!(ignition.reason, "CatchUp");
-        assert_eq!(ignition.scheduled_time, Some(Time(t("2026-01-01T00:30:00Z"))));
+        assert_eq!(ignition.scheduled_time, Some(seconds(t("2026-01-01T00:30:00Z"))));
         assert_eq!(plan.status.missed_count, 4);
         assert!(plan.events.iter().any(|e| e.reason == "MissedIgnition" && e.warning));
     }
@@ -398,13 +409,13 @@ mod tests {
         spec.missed_firing_policy = Some(MissedFiringPolicy::Skip);
         spec.starting_deadline_seconds = Some(30);
         let status = IgnitorStatus {
-            last_schedule_time: Some(Time(t("2026-01-01T00:05:00Z"))),
+            last_schedule_time: Some(seconds(t("2026-01-01T00:05:00Z"))),
             ..IgnitorStatus::default()
         };
         let late = run(&spec, &status, "2026-01-01T00:31:00Z", None);
         assert_eq!(late.fired, None);
         assert_eq!(late.status.missed_count, 5);
-        assert_eq!(late.status.next_ignition, Some(Time(t("2026-01-01T00:35:00Z"))));
+        assert_eq!(late.status.next_ignition, Some(seconds(t("2026-01-01T00:35:00Z"))));
         // Within the deadline it fires as usual.
         let on_time = run(&spec, &status, "2026-01-01T00:10:20Z", None);
         assert_eq!(on_time.fired.map(|i| i.reason), Some("Schedule".into()));
