@@ -38,13 +38,8 @@ impl Readiness {
         K::DynamicType: Eq + std::hash::Hash + Clone,
     {
         for store in stores {
-            loop {
-                match tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
-                    Ok(Ok(())) => break,
-                    // The store's writer is gone: it will never sync, so neither do we.
-                    Ok(Err(_)) => return,
-                    Err(_elapsed) => continue,
-                }
+            if !wait_synced(store).await {
+                return;
             }
         }
         self.set_synced();
@@ -68,6 +63,22 @@ impl Readiness {
             STANDBY => (StatusCode::OK, "ok: standing by for the lease\n"),
             STOPPING => (StatusCode::SERVICE_UNAVAILABLE, "stopping\n"),
             _ => (StatusCode::SERVICE_UNAVAILABLE, "starting: caches not synced\n"),
+        }
+    }
+}
+
+/// Resolves once `store` has had its first full list: `true`, or `false` if it never will
+/// (its writer is gone). Re-polls on a short tick; see [`Readiness::set_synced_when_ready`].
+pub async fn wait_synced<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_elapsed) => continue,
         }
     }
 }

@@ -14,6 +14,7 @@ mod args;
 mod client;
 mod health;
 mod metrics;
+mod shared;
 mod telemetry;
 
 use std::future::Future;
@@ -27,8 +28,9 @@ use tracing::{info, warn};
 
 pub use args::{LogFormat, RuntimeArgs};
 pub use client::{RateLimitLayer, build_client, load_config};
-pub use health::{Readiness, router};
+pub use health::{Readiness, router, wait_synced};
 pub use metrics::{Metrics, ReconcileMetrics};
+pub use shared::watch_shared;
 pub use telemetry::init_tracing;
 
 /// Errors from controllers, as the runtime sees them.

@@ -1,0 +1,240 @@
+//! The I/O around the planners: two controllers sharing one watch per kind.
+
+mod run;
+mod task;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cel_conditions::Expression;
+use crd_types::workflow::{Ignitor, TASKRUN_LABEL, Task, TaskRun};
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use orrery_runtime::{BoxError, Context, wait_synced, watch_shared};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::actions::Registry;
+use crate::handoff::JoinCondition;
+
+/// The controller's name: its field manager, Lease and Event reporter.
+pub const NAME: &str = "task-workflow";
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object changed between our read and our write; it is read again.
+    #[error("{0} changed while being written; retrying")]
+    Conflict(String),
+    /// The API server refused a request.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The server's answer.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Stable reason for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Conflict(_) => "Conflict",
+            Error::Api { .. } => "ApiError",
+        }
+    }
+
+    fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Api { action, source }
+    }
+}
+
+/// Compiled join conditions, one per Task generation.
+#[derive(Default, Debug)]
+pub struct JoinConditions {
+    compiled: Mutex<HashMap<(String, i64), Result<Arc<Expression>, String>>>,
+}
+
+impl JoinConditions {
+    /// The Task's join condition, compiled (or why it does not compile).
+    pub fn compile(&self, task: &Task) -> Option<Result<Arc<Expression>, String>> {
+        let source = task.spec.join.as_ref()?.condition.as_ref()?;
+        let key = (task.uid().unwrap_or_default(), task.metadata.generation.unwrap_or(0));
+        let mut compiled = self.compiled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Older generations of this task are never asked for again.
+        compiled.retain(|(uid, generation), _| uid != &key.0 || *generation == key.1);
+        Some(
+            compiled
+                .entry(key)
+                .or_insert_with(|| {
+                    Expression::compile(source, &["predecessors"])
+                        .map(Arc::new)
+                        .map_err(|err| format!("join condition: {err}"))
+                })
+                .clone(),
+        )
+    }
+}
+
+impl JoinCondition for JoinConditions {
+    fn holds(&self, task: &Task, predecessors: &serde_json::Value) -> Result<bool, String> {
+        match self.compile(task) {
+            None => Ok(true),
+            Some(Err(err)) => Err(err),
+            Some(Ok(expression)) => expression
+                .evaluate_bool(&[("predecessors", predecessors)])
+                .map_err(|err| format!("join condition: {err}")),
+        }
+    }
+}
+
+/// Everything both controllers share.
+pub(crate) struct State {
+    pub context: Context,
+    pub tasks: Store<Task>,
+    pub runs: Store<TaskRun>,
+    pub ignitors: Store<Ignitor>,
+    pub pods: Store<Pod>,
+    pub actions: Registry,
+    pub http: reqwest::Client,
+    pub joins: JoinConditions,
+}
+
+impl State {
+    /// The runs of `task` in `namespace`.
+    pub fn runs_of(&self, namespace: &str, task: &str) -> Vec<Arc<TaskRun>> {
+        self.runs
+            .state()
+            .into_iter()
+            .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.task_ref.name == task)
+            .collect()
+    }
+}
+
+/// Runs the Task and TaskRun controllers until the context's shutdown signal.
+pub async fn run(context: Context) -> Result<(), BoxError> {
+    let config = watcher::Config::default().any_semantic();
+    let (tasks, mut task_streams) = watch_shared(context.api::<Task>(), config.clone(), 3, context.shutdown_signal());
+    let (runs, mut run_streams) = watch_shared(context.api::<TaskRun>(), config.clone(), 2, context.shutdown_signal());
+    let (ignitors, mut ignitor_streams) = watch_shared(context.api::<Ignitor>(), config.clone(), 1, context.shutdown_signal());
+    let (pods, mut pod_streams) =
+        watch_shared(context.api::<Pod>(), config.labels(TASKRUN_LABEL), 1, context.shutdown_signal());
+
+    let readiness = context.readiness.clone();
+    let (t, r, i, p) = (tasks.clone(), runs.clone(), ignitors.clone(), pods.clone());
+    tokio::spawn(async move {
+        // Ready once every cache has its first full list.
+        if wait_synced(&t).await && wait_synced(&r).await && wait_synced(&i).await && wait_synced(&p).await {
+            readiness.set_synced();
+        }
+    });
+
+    let state = Arc::new(State {
+        context: context.clone(),
+        tasks: tasks.clone(),
+        runs: runs.clone(),
+        ignitors: ignitors.clone(),
+        pods,
+        actions: Registry::builtin(),
+        http: reqwest::Client::new(),
+        joins: JoinConditions::default(),
+    });
+
+    let tasks_for_ignitor = tasks.clone();
+    let tasks_for_task = tasks.clone();
+    let task_controller = Controller::for_shared_stream(next_stream(&mut task_streams), tasks.clone())
+        .watches_shared_stream(next_stream(&mut run_streams), |run: Arc<TaskRun>| {
+            Some(ObjectRef::<Task>::new(&run.spec.task_ref.name).within(&run.namespace().unwrap_or_default()))
+        })
+        .watches_shared_stream(next_stream(&mut ignitor_streams), move |ignitor: Arc<Ignitor>| {
+            let name = ignitor.name_any();
+            let namespace = ignitor.namespace();
+            tasks_for_ignitor
+                .state()
+                .into_iter()
+                .filter(move |t| t.namespace() == namespace && t.spec.start_on_ignition.contains(&name))
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+        })
+        // A Task appearing may complete another's triggers.
+        .watches_shared_stream(next_stream(&mut task_streams), move |changed: Arc<Task>| {
+            let name = changed.name_any();
+            let namespace = changed.namespace();
+            tasks_for_task
+                .state()
+                .into_iter()
+                .filter(move |t| {
+                    t.namespace() == namespace && (t.spec.start_on_success.contains(&name) || t.spec.start_on_failure.contains(&name))
+                })
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+        })
+        .graceful_shutdown_on(context.shutdown_signal())
+        .run(task::reconcile, task::error_policy, state.clone())
+        .for_each(|_| async {});
+
+    let runs_for_task = runs.clone();
+    let run_controller = Controller::for_shared_stream(next_stream(&mut run_streams), runs.clone())
+        .owns_shared_stream(next_stream(&mut pod_streams))
+        // A Task appearing starts the runs that waited for it.
+        .watches_shared_stream(next_stream(&mut task_streams), move |task: Arc<Task>| {
+            let name = task.name_any();
+            let namespace = task.namespace();
+            runs_for_task
+                .state()
+                .into_iter()
+                .filter(move |r| r.namespace() == namespace && r.spec.task_ref.name == name && r.status.is_none())
+                .map(|r| ObjectRef::from_obj(r.as_ref()))
+        })
+        .graceful_shutdown_on(context.shutdown_signal())
+        .run(run::reconcile, run::error_policy, state)
+        .for_each(|_| async {});
+
+    tokio::join!(task_controller, run_controller);
+    Ok(())
+}
+
+fn next_stream<T>(streams: &mut Vec<T>) -> T {
+    streams.pop().expect("as many streams as subscribers were asked for")
+}
+
+/// A 404: the object is already gone, which is what a delete wanted.
+pub(crate) fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Writes `status` with server-side apply, only if the object is still the one we read.
+pub(crate) async fn apply_status<K>(api: &Api<K>, object: &K, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"resourceVersion": object.resource_version()},
+        "status": status,
+    });
+    let name = object.name_any();
+    match api.patch_status(&name, &PatchParams::apply(NAME).force(), &Patch::Apply(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!("{} {name}", K::kind(&())))),
+        Err(source) => Err(Error::Api {
+            action: format!("writing the status of {} {name}", K::kind(&())),
+            source,
+        }),
+    }
+}
+
+/// Requeue policy: conflicts are read again at once; other failures after a pause.
+pub(crate) fn requeue_after(error: &Error) -> Action {
+    match error {
+        Error::Conflict(_) => Action::requeue(std::time::Duration::from_millis(50)),
+        Error::Api { .. } => Action::requeue(std::time::Duration::from_secs(5)),
+    }
+}

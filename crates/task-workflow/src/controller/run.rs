@@ -1,0 +1,157 @@
+//! TaskRun reconcile: create the attempt's pod, follow it into the run's status, and once the
+//! run finished run its actions and start the Tasks it triggers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crd_types::workflow::{Task, TaskRun, TaskRunPhase};
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+
+use super::task::{cancel, create_run, publish};
+use super::{Error, State, apply_status, requeue_after};
+use crate::actions::ActionContext;
+use crate::handoff::{Successor, successors};
+use crate::naming::pod_name;
+use crate::run_plan::{RunView, plan_run, rejected};
+
+pub(crate) async fn reconcile(run: Arc<TaskRun>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_run(&run, &state).await;
+    state
+        .context
+        .metrics
+        .observe("taskrun", started.elapsed(), result.as_ref().err().map(Error::reason));
+    result
+}
+
+pub(crate) fn error_policy(_: Arc<TaskRun>, error: &Error, _: Arc<State>) -> Action {
+    requeue_after(error)
+}
+
+async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
+    let namespace = run.namespace().unwrap_or_default();
+    let task = state.tasks.get(&ObjectRef::new(&run.spec.task_ref.name).within(&namespace));
+    let attempt = run.status.as_ref().map(|s| s.attempt).unwrap_or(0);
+    let pod = state.pods.get(&ObjectRef::new(&pod_name(&run.name_any(), attempt)).within(&namespace));
+    let now = Timestamp::now();
+    let plan = plan_run(&RunView {
+        now,
+        run,
+        task: task.as_deref(),
+        pod: pod.as_deref(),
+    });
+    let mut status = plan.status;
+    let pods: Api<Pod> = Api::namespaced(state.context.client.clone(), &namespace);
+
+    if let Some(name) = &plan.delete_pod {
+        match pods.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(err) if super::is_not_found(&err) => {}
+            Err(source) => return Err(Error::api(format!("deleting pod {name}"))(source)),
+        }
+    }
+    if let Some(pod) = &plan.create_pod {
+        match pods.create(&PostParams::default(), pod).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(response)) if response.code == 409 => {}
+            // The API server refused the pod (invalid, forbidden, over quota): the run fails
+            // with its message rather than retrying what cannot work.
+            Err(kube::Error::Api(response)) if matches!(response.code, 400 | 403 | 422) => {
+                status = rejected(status, run, now, format!("the API server rejected the pod: {}", response.message));
+            }
+            Err(source) => return Err(Error::api(format!("creating pod {}", pod.name_any()))(source)),
+        }
+    }
+    if plan.hand_off {
+        if let Some(task) = task.as_deref() {
+            status.action_results = run_actions(state, run, task).await;
+        }
+        hand_off(state, run, &namespace).await?;
+        status.handed_off = true;
+    }
+    if Some(&status) != run.status.as_ref() {
+        apply_status(&Api::<TaskRun>::namespaced(state.context.client.clone(), &namespace), run, &status).await?;
+    }
+    Ok(match plan.wake_at {
+        Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
+        None => Action::await_change(),
+    })
+}
+
+async fn run_actions(state: &State, run: &TaskRun, task: &Task) -> Vec<crd_types::workflow::ActionResult> {
+    let actions = match run.status.as_ref().and_then(|s| s.phase) {
+        Some(TaskRunPhase::Succeeded) => &task.spec.success_actions,
+        _ => &task.spec.failure_actions,
+    };
+    if actions.is_empty() {
+        return vec![];
+    }
+    let context = ActionContext {
+        client: &state.context.client,
+        recorder: &state.context.recorder,
+        http: &state.http,
+        run,
+        task,
+    };
+    let results = state.actions.run_all(&context, actions).await;
+    for result in results.iter().filter(|r| r.outcome != "Succeeded") {
+        let note = format!("action {} {}: {}", result.name, result.outcome.to_lowercase(), result.message.clone().unwrap_or_default());
+        publish(state, &run.object_ref(&()), true, "ActionFailed", note).await;
+    }
+    results
+}
+
+/// Starts every Task the finished `run` triggers.
+async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), Error> {
+    let predecessor = run.spec.task_ref.name.as_str();
+    let tasks: Vec<Arc<Task>> = state
+        .tasks
+        .state()
+        .into_iter()
+        .filter(|t| {
+            t.namespace().as_deref() == Some(namespace)
+                && (t.spec.start_on_success.iter().any(|n| n == predecessor) || t.spec.start_on_failure.iter().any(|n| n == predecessor))
+        })
+        .collect();
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    let mut involved: Vec<&str> = tasks
+        .iter()
+        .flat_map(|t| t.spec.start_on_success.iter().chain(&t.spec.start_on_failure).map(String::as_str))
+        .collect();
+    let names: Vec<String> = tasks.iter().map(|t| t.name_any()).collect();
+    involved.extend(names.iter().map(String::as_str));
+    let runs: Vec<Arc<TaskRun>> = state
+        .runs
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(namespace) && involved.contains(&r.spec.task_ref.name.as_str()))
+        .collect();
+    let run_refs: Vec<&TaskRun> = runs.iter().map(Arc::as_ref).collect();
+    let task_refs: Vec<&Task> = tasks.iter().map(Arc::as_ref).collect();
+    let api: Api<TaskRun> = Api::namespaced(state.context.client.clone(), namespace);
+    for successor in successors(run, &task_refs, &run_refs, &state.joins) {
+        match successor {
+            Successor::Start { run: next, cancel: stale } => {
+                for name in &stale {
+                    cancel(&api, name, "replaced by a newer run (concurrencyPolicy: Replace)").await?;
+                }
+                create_run(&api, &next).await?;
+            }
+            Successor::Waiting { .. } => {}
+            Successor::Skipped { task, reason, message } => {
+                if let Some(successor) = tasks.iter().find(|t| t.name_any() == task) {
+                    let note = format!("{} did not start {task}: {message}", run.name_any());
+                    publish(state, &successor.object_ref(&()), reason == "JoinConditionError", reason, note).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! Task reconcile: start runs for new Ignitor firings, stop runs the Replace policy displaces,
+//! write the status ORCA's columns show, and delete runs past the history limits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crd_types::workflow::{CANCEL_ANNOTATION, Task, TaskRun};
+use jiff::Timestamp;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::warn;
+
+use super::{Error, NAME, State, apply_status, requeue_after};
+use crate::task_plan::{TaskView, plan_task};
+
+pub(crate) async fn reconcile(task: Arc<Task>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_task(&task, &state).await;
+    state
+        .context
+        .metrics
+        .observe("task", started.elapsed(), result.as_ref().err().map(Error::reason));
+    result
+}
+
+pub(crate) fn error_policy(_: Arc<Task>, error: &Error, _: Arc<State>) -> Action {
+    requeue_after(error)
+}
+
+async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
+    let namespace = task.namespace().unwrap_or_default();
+    let runs = state.runs_of(&namespace, &task.name_any());
+    let ignitors: Vec<_> = task
+        .spec
+        .start_on_ignition
+        .iter()
+        .map(|name| (name.clone(), state.ignitors.get(&ObjectRef::new(name).within(&namespace))))
+        .collect();
+    let predecessors: BTreeMap<String, bool> = task
+        .spec
+        .start_on_success
+        .iter()
+        .chain(&task.spec.start_on_failure)
+        .map(|name| (name.clone(), state.tasks.get(&ObjectRef::new(name).within(&namespace)).is_some()))
+        .collect();
+    let known = state.actions.names();
+    let plan = plan_task(&TaskView {
+        now: Timestamp::now(),
+        task,
+        runs: runs.iter().map(Arc::as_ref).collect(),
+        ignitors: ignitors.iter().map(|(name, i)| (name.clone(), i.as_deref())).collect(),
+        predecessors,
+        known_actions: &known,
+        join_error: state.joins.compile(task).and_then(Result::err),
+    });
+
+    let run_api: Api<TaskRun> = Api::namespaced(state.context.client.clone(), &namespace);
+    for name in &plan.cancel {
+        cancel(&run_api, name, "replaced by a newer run (concurrencyPolicy: Replace)").await?;
+    }
+    for run in &plan.create {
+        create_run(&run_api, run).await?;
+    }
+    if Some(&plan.status) != task.status.as_ref() {
+        apply_status(&Api::<Task>::namespaced(state.context.client.clone(), &namespace), task, &plan.status).await?;
+    }
+    // Only now that the status counts them may the pruned runs go.
+    for name in &plan.delete {
+        match run_api.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(err) if super::is_not_found(&err) => {}
+            Err(source) => return Err(Error::api(format!("deleting TaskRun {name}"))(source)),
+        }
+    }
+    for planned in plan.events {
+        publish(state, &task.object_ref(&()), planned.warning, planned.reason, planned.note).await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Creates `run`; one that already exists is the same trigger seen again, which is fine.
+pub(crate) async fn create_run(api: &Api<TaskRun>, run: &TaskRun) -> Result<(), Error> {
+    match api.create(&PostParams::default(), run).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(source) => Err(Error::api(format!("creating TaskRun {}", run.name_any()))(source)),
+    }
+}
+
+/// Asks a run to stop.
+pub(crate) async fn cancel(api: &Api<TaskRun>, name: &str, why: &str) -> Result<(), Error> {
+    let patch = json!({"metadata": {"annotations": {CANCEL_ANNOTATION: why}}});
+    match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(err) if super::is_not_found(&err) => Ok(()),
+        Err(source) => Err(Error::api(format!("cancelling TaskRun {name}"))(source)),
+    }
+}
+
+pub(crate) async fn publish(
+    state: &State,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    warning: bool,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_: if warning { EventType::Warning } else { EventType::Normal },
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(err) = state.context.recorder.publish(&event, reference).await {
+        warn!(controller = NAME, error = %err, "could not publish an Event");
+    }
+}

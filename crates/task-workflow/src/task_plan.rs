@@ -1,0 +1,501 @@
+//! The Task reconciler's pure core: from a Task, its runs and the Ignitors it names, the runs
+//! to start for new firings, the runs to stop (Replace), the old runs to delete (history
+//! limits), and the status ORCA's columns show.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crd_types::common::{CONDITION_READY, seconds, set_condition};
+use crd_types::workflow::{
+    ActionRef, Ignitor, IgnitionCursor, Initiator, InitiatorKind, PrunedRuns, Task, TaskRef, TaskRun, TaskRunPhase,
+    TaskRunSpec, TaskStatus,
+};
+use jiff::Timestamp;
+use kube::{Resource, ResourceExt};
+
+use crate::gate::{Gate, gate, is_active, loop_guard_tripped};
+use crate::naming::run_name;
+
+/// Condition saying whether every action the Task names is known and well-formed.
+pub const CONDITION_ACTIONS_VALID: &str = "ActionsValid";
+
+/// Default number of successful and of failed runs kept.
+pub const DEFAULT_HISTORY: i32 = 3;
+
+/// What the Task reconciler sees.
+#[derive(Debug)]
+pub struct TaskView<'a> {
+    /// Now.
+    pub now: Timestamp,
+    /// The Task.
+    pub task: &'a Task,
+    /// Its runs.
+    pub runs: Vec<&'a TaskRun>,
+    /// Each Ignitor in `startOnIgnition`, if it exists.
+    pub ignitors: BTreeMap<String, Option<&'a Ignitor>>,
+    /// Each task in `startOnSuccess`/`startOnFailure`, and whether it exists.
+    pub predecessors: BTreeMap<String, bool>,
+    /// The action names this controller knows.
+    pub known_actions: &'a [&'static str],
+    /// The join condition's compile error, if it has one.
+    pub join_error: Option<String>,
+}
+
+/// An Event to emit on the Task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// Warning or Normal.
+    pub warning: bool,
+    /// Stable reason.
+    pub reason: &'static str,
+    /// What happened.
+    pub note: String,
+}
+
+/// What to do.
+#[derive(Debug, Default)]
+pub struct TaskPlan {
+    /// The status to write.
+    pub status: TaskStatus,
+    /// Runs to create.
+    pub create: Vec<TaskRun>,
+    /// Runs to stop (annotated for cancellation).
+    pub cancel: Vec<String>,
+    /// Runs to delete, once `status` (which counts them) is written.
+    pub delete: Vec<String>,
+    /// Events.
+    pub events: Vec<TaskEvent>,
+}
+
+fn phase(run: &TaskRun) -> Option<TaskRunPhase> {
+    run.status.as_ref().and_then(|s| s.phase)
+}
+
+fn completed_at(run: &TaskRun) -> Option<Timestamp> {
+    run.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0)
+}
+
+fn is_finished(run: &TaskRun) -> bool {
+    matches!(phase(run), Some(TaskRunPhase::Succeeded | TaskRunPhase::Failed))
+}
+
+/// A TaskRun for `task`, started by `initiator`, with a name derived from the trigger.
+pub fn new_run(task: &Task, initiator: Initiator, data: Option<String>, trigger: &[&str]) -> TaskRun {
+    let name = run_name(&task.name_any(), trigger);
+    let mut run = TaskRun::new(
+        &name,
+        TaskRunSpec {
+            task_ref: TaskRef { name: task.name_any() },
+            initiator: Some(initiator),
+            data,
+            joined: vec![],
+        },
+    );
+    run.metadata.namespace = task.namespace();
+    run.metadata.labels = Some([(crd_types::workflow::TASK_LABEL.to_string(), task.name_any())].into());
+    // Owned by its Task, as Jobs are by their CronJob: deleting the Task deletes its history.
+    run.metadata.owner_references = task.controller_owner_ref(&()).map(|owner| vec![owner]);
+    run
+}
+
+/// Counts, times and state from the live runs and what was pruned.
+pub fn summarize(stored: &TaskStatus, runs: &[&TaskRun]) -> TaskStatus {
+    let mut status = stored.clone();
+    let pruned = stored.pruned.clone().unwrap_or_default();
+    let deleting: BTreeSet<&str> = pruned.deleting.iter().map(String::as_str).collect();
+    let mut live: Vec<&TaskRun> = runs.iter().copied().filter(|r| !deleting.contains(r.name_any().as_str())).collect();
+    live.sort_by_key(|r| (completed_at(r), r.name_any()));
+
+    let succeeded: Vec<&TaskRun> = live.iter().copied().filter(|r| phase(r) == Some(TaskRunPhase::Succeeded)).collect();
+    let failed: Vec<&TaskRun> = live.iter().copied().filter(|r| phase(r) == Some(TaskRunPhase::Failed)).collect();
+    status.success_count = pruned.succeeded + succeeded.len() as i64;
+    status.failures_count = pruned.failed + failed.len() as i64;
+    if let Some(at) = succeeded.last().and_then(|r| completed_at(r)) {
+        status.last_success = Some(seconds(at)).max(stored.last_success.clone());
+    }
+    if let Some(at) = failed.last().and_then(|r| completed_at(r)) {
+        status.last_failure = Some(seconds(at)).max(stored.last_failure.clone());
+    }
+    // Failures in a row, newest first, until a success; pruned ones count when no live
+    // success is newer than them.
+    let finished: Vec<&TaskRun> = live.iter().copied().filter(|r| is_finished(r)).collect();
+    let trailing = finished.iter().rev().take_while(|r| phase(r) == Some(TaskRunPhase::Failed)).count() as i64;
+    status.consecutive_failures = if trailing == finished.len() as i64 {
+        trailing + pruned.failures_since_success
+    } else {
+        trailing
+    };
+    if status.consecutive_failures == 0 {
+        status.loop_guard_offset = 0;
+    }
+    let newest = runs.iter().max_by_key(|r| (r.creation_timestamp().map(|t| t.0), r.name_any()));
+    status.last_run = newest.map(|r| r.name_any()).or(stored.last_run.clone());
+    status.state = Some(
+        if runs.iter().any(|r| is_active(r)) {
+            "Running"
+        } else {
+            match finished.last().and_then(|r| phase(r)) {
+                Some(TaskRunPhase::Succeeded) => "Succeeded",
+                Some(TaskRunPhase::Failed) => "Failed",
+                _ => "Pending",
+            }
+        }
+        .into(),
+    );
+    status
+}
+
+/// Plans the Task reconcile.
+pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
+    let task = view.task;
+    let generation = task.metadata.generation;
+    let stored = task.status.clone().unwrap_or_default();
+    let mut status = summarize(&stored, &view.runs);
+    // A spec change forgives the failures that tripped the loop guard.
+    let spec_changed = stored.observed_generation.is_some_and(|seen| Some(seen) != generation);
+    if spec_changed && loop_guard_tripped(task, &status) {
+        status.loop_guard_offset = status.consecutive_failures;
+    }
+    status.observed_generation = generation;
+    let mut plan = TaskPlan::default();
+    let now = seconds(view.now);
+
+    // New firings of the Ignitors this task starts on.
+    let created = task.creation_timestamp().map(|t| t.0).unwrap_or(view.now);
+    let mut runs: Vec<&TaskRun> = view.runs.clone();
+    let mut new_runs: Vec<TaskRun> = Vec::new();
+    for (name, ignitor) in &view.ignitors {
+        let Some(ignition) = ignitor.and_then(|i| i.status.as_ref()).and_then(|s| s.last_ignition.as_ref()) else {
+            continue;
+        };
+        let cursor = status.ignitions.iter().find(|c| &c.name == name).map(|c| c.sequence);
+        let fresh = match cursor {
+            Some(seen) => ignition.sequence > seen,
+            // Firings from before this task existed are not its to act on.
+            None => ignition.time.0 >= seconds(created).0,
+        };
+        set_cursor(&mut status.ignitions, name, ignition.sequence);
+        if !fresh {
+            continue;
+        }
+        let sequence = ignition.sequence.to_string();
+        let run = new_run(
+            task,
+            Initiator {
+                kind: InitiatorKind::Ignitor,
+                name: name.clone(),
+                run: Some(sequence.clone()),
+            },
+            ignition.data.clone(),
+            &["Ignitor", name, &sequence],
+        );
+        let active: Vec<&TaskRun> = runs.iter().copied().chain(new_runs.iter()).collect();
+        match gate(task, &status, &active) {
+            Gate::Start => new_runs.push(run),
+            Gate::Replace(cancel) => {
+                plan.cancel.extend(cancel);
+                runs.retain(|r| !plan.cancel.contains(&r.name_any()));
+                new_runs.push(run);
+            }
+            Gate::Skip { reason, message } => plan.events.push(TaskEvent {
+                warning: false,
+                reason,
+                note: format!("ignition {} of {name} did not start a run: {message}", ignition.sequence),
+            }),
+        }
+    }
+    status.ignitions.retain(|c| view.ignitors.contains_key(&c.name));
+    plan.create = new_runs;
+    if let Some(newest) = plan.create.last() {
+        status.last_run = newest.metadata.name.clone();
+        status.state = Some("Running".into());
+    }
+
+    plan.delete = prune(task, &mut status, &view.runs);
+
+    // Conditions.
+    let missing: Vec<String> = view
+        .ignitors
+        .iter()
+        .filter(|(_, i)| i.is_none())
+        .map(|(n, _)| format!("Ignitor {n}"))
+        .chain(view.predecessors.iter().filter(|(_, exists)| !**exists).map(|(n, _)| format!("Task {n}")))
+        .collect();
+    let (ready, reason, message) = if !missing.is_empty() {
+        (false, "MissingTriggers", format!("waiting for {} to exist", missing.join(", ")))
+    } else if let Some(err) = &view.join_error {
+        (false, "InvalidJoinCondition", err.clone())
+    } else if loop_guard_tripped(task, &status) {
+        (
+            false,
+            "LoopGuard",
+            format!(
+                "stopped after {} consecutive failures; change the Task or create a TaskRun by hand to resume",
+                status.consecutive_failures
+            ),
+        )
+    } else if task.spec.suspend.unwrap_or(false) {
+        (true, "Suspended", "suspended: triggers do not start runs".into())
+    } else {
+        (true, "Ready", "waiting for triggers".into())
+    };
+    let was = crd_types::common::find_condition(&stored.conditions, CONDITION_READY).map(|c| c.reason.clone());
+    if !ready && was.as_deref() != Some(reason) {
+        plan.events.push(TaskEvent {
+            warning: true,
+            reason,
+            note: message.clone(),
+        });
+    }
+    set_condition(&mut status.conditions, CONDITION_READY, ready, reason, message, generation, now.clone());
+
+    let problems: Vec<String> = task
+        .spec
+        .success_actions
+        .iter()
+        .chain(&task.spec.failure_actions)
+        .filter_map(|action| match action {
+            ActionRef::Plugin(p) if view.known_actions.contains(&p.name.as_str()) => None,
+            ActionRef::Plugin(p) => Some(format!("unknown action {:?}", p.name)),
+            ActionRef::Invalid(v) => Some(format!("{v} is neither a name nor {{name, parameters}}")),
+        })
+        .collect();
+    let (valid, reason, message) = if problems.is_empty() {
+        (true, "ActionsKnown", "every action is known".to_string())
+    } else {
+        (false, "UnknownAction", problems.join("; "))
+    };
+    if !valid && crd_types::common::find_condition(&stored.conditions, CONDITION_ACTIONS_VALID).map(|c| c.status.as_str()) != Some("False") {
+        plan.events.push(TaskEvent {
+            warning: true,
+            reason,
+            note: message.clone(),
+        });
+    }
+    set_condition(&mut status.conditions, CONDITION_ACTIONS_VALID, valid, reason, message, generation, now);
+    plan.status = status;
+    plan
+}
+
+fn set_cursor(cursors: &mut Vec<IgnitionCursor>, name: &str, sequence: i64) {
+    match cursors.iter_mut().find(|c| c.name == name) {
+        Some(cursor) => cursor.sequence = cursor.sequence.max(sequence),
+        None => cursors.push(IgnitionCursor {
+            name: name.into(),
+            sequence,
+        }),
+    }
+}
+
+/// Moves runs past the history limits into the pruned tally and returns them for deletion.
+/// Only runs that finished and handed off are pruned; the oldest go first.
+fn prune(task: &Task, status: &mut TaskStatus, runs: &[&TaskRun]) -> Vec<String> {
+    let mut pruned = status.pruned.clone().unwrap_or_default();
+    let present: BTreeSet<String> = runs.iter().map(|r| r.name_any()).collect();
+    // Deletions that completed no longer need remembering.
+    pruned.deleting.retain(|name| present.contains(name));
+    let mut delete: Vec<String> = pruned.deleting.clone();
+
+    let keep = |limit: Option<i32>| limit.unwrap_or(DEFAULT_HISTORY).max(0) as usize;
+    for (wanted, limit) in [
+        (TaskRunPhase::Succeeded, keep(task.spec.successful_runs_history_limit)),
+        (TaskRunPhase::Failed, keep(task.spec.failed_runs_history_limit)),
+    ] {
+        let mut candidates: Vec<&TaskRun> = runs
+            .iter()
+            .copied()
+            .filter(|r| phase(r) == Some(wanted))
+            .filter(|r| r.status.as_ref().is_some_and(|s| s.handed_off))
+            .filter(|r| !pruned.deleting.contains(&r.name_any()))
+            .collect();
+        candidates.sort_by_key(|r| (completed_at(r), r.name_any()));
+        let excess = candidates.len().saturating_sub(limit);
+        for run in candidates.into_iter().take(excess) {
+            match wanted {
+                TaskRunPhase::Succeeded => {
+                    pruned.succeeded += 1;
+                    // Every failure pruned so far is older than this success.
+                    pruned.failures_since_success = 0;
+                }
+                _ => {
+                    pruned.failed += 1;
+                    let after_last_success = match (&status.last_success, completed_at(run)) {
+                        (Some(success), Some(at)) => seconds(at) >= *success,
+                        _ => true,
+                    };
+                    if after_last_success {
+                        pruned.failures_since_success += 1;
+                    }
+                }
+            }
+            pruned.deleting.push(run.name_any());
+            delete.push(run.name_any());
+        }
+    }
+    status.pruned = (pruned != PrunedRuns::default()).then_some(pruned);
+    delete
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{finished, initiated_by_ignitor, simple_task, t};
+    use crd_types::workflow::{Ignition, IgnitorSpec, IgnitorStatus};
+
+    fn ignitor(name: &str, sequence: i64, at: &str) -> Ignitor {
+        let mut ignitor = Ignitor::new(
+            name,
+            IgnitorSpec {
+                description: None,
+                scheduled: "NOW".into(),
+                time_zone: None,
+                data: None,
+                suspend: None,
+                starting_deadline_seconds: None,
+                missed_firing_policy: None,
+            },
+        );
+        ignitor.status = Some(IgnitorStatus {
+            last_ignition: Some(Ignition {
+                sequence,
+                time: crd_types::common::micros(t(at)),
+                scheduled_time: None,
+                data: Some(format!("data {sequence}")),
+                reason: "Now".into(),
+            }),
+            ..IgnitorStatus::default()
+        });
+        ignitor
+    }
+
+
+    fn view<'a>(task: &'a Task, runs: Vec<&'a TaskRun>, ignitors: &'a [Ignitor]) -> TaskView<'a> {
+        TaskView {
+            now: t("2026-01-01T01:00:00Z"),
+            task,
+            runs,
+            ignitors: task
+                .spec
+                .start_on_ignition
+                .iter()
+                .map(|n| (n.clone(), ignitors.iter().find(|i| i.name_any() == *n)))
+                .collect(),
+            predecessors: task.spec.start_on_success.iter().map(|n| (n.clone(), true)).collect(),
+            known_actions: &["event"],
+            join_error: None,
+        }
+    }
+
+    #[test]
+    fn a_firing_starts_one_run_with_the_ignitors_data_once() {
+        let mut task = simple_task("task1");
+        task.spec.start_on_ignition = vec!["ignitor1".into()];
+        let ignitors = [ignitor("ignitor1", 1, "2026-01-01T00:00:01Z")];
+        let plan = plan_task(&view(&task, vec![], &ignitors));
+        assert_eq!(plan.create.len(), 1);
+        let run = &plan.create[0];
+        assert_eq!(run.spec.data.as_deref(), Some("data 1"));
+        assert_eq!(run.spec.initiator.as_ref().map(|i| i.name.as_str()), Some("ignitor1"));
+        assert_eq!(plan.status.ignitions, vec![IgnitionCursor { name: "ignitor1".into(), sequence: 1 }]);
+
+        // The same firing, seen again with the cursor written, starts nothing.
+        let mut seen = task.clone();
+        seen.status = Some(plan.status.clone());
+        let mut existing = run.clone();
+        initiated_by_ignitor(&mut existing, "ignitor1", 1);
+        let again = plan_task(&view(&seen, vec![&existing], &ignitors));
+        assert!(again.create.is_empty());
+    }
+
+    #[test]
+    fn firings_from_before_the_task_existed_are_not_acted_on() {
+        let mut task = simple_task("task1");
+        task.spec.start_on_ignition = vec!["ignitor1".into()];
+        let ignitors = [ignitor("ignitor1", 4, "2025-12-31T23:00:00Z")];
+        let plan = plan_task(&view(&task, vec![], &ignitors));
+        assert!(plan.create.is_empty());
+        assert_eq!(plan.status.ignitions[0].sequence, 4, "the baseline is recorded");
+    }
+
+    #[test]
+    fn orca_columns_count_successes_and_failures() {
+        let task = simple_task("task1");
+        let runs = [
+            finished("task1", "r1", TaskRunPhase::Failed, 10, ""),
+            finished("task1", "r2", TaskRunPhase::Failed, 20, ""),
+            finished("task1", "r3", TaskRunPhase::Succeeded, 30, ""),
+        ];
+        let plan = plan_task(&view(&task, runs.iter().collect(), &[]));
+        assert_eq!((plan.status.failures_count, plan.status.success_count), (2, 1));
+        assert_eq!(plan.status.consecutive_failures, 0);
+        assert_eq!(plan.status.state.as_deref(), Some("Succeeded"));
+        assert!(plan.status.last_success > plan.status.last_failure);
+    }
+
+    #[test]
+    fn history_limits_prune_the_oldest_and_the_counts_stay_whole() {
+        let mut task = simple_task("task1");
+        task.spec.successful_runs_history_limit = Some(1);
+        task.spec.failed_runs_history_limit = Some(1);
+        let runs = [
+            finished("task1", "s1", TaskRunPhase::Succeeded, 10, ""),
+            finished("task1", "f1", TaskRunPhase::Failed, 20, ""),
+            finished("task1", "f2", TaskRunPhase::Failed, 30, ""),
+            finished("task1", "s2", TaskRunPhase::Succeeded, 40, ""),
+            finished("task1", "f3", TaskRunPhase::Failed, 50, ""),
+        ];
+        let plan = plan_task(&view(&task, runs.iter().collect(), &[]));
+        let mut deleted = plan.delete.clone();
+        deleted.sort();
+        assert_eq!(deleted, vec!["f1", "f2", "s1"]);
+        assert_eq!((plan.status.success_count, plan.status.failures_count), (2, 3));
+        assert_eq!(plan.status.consecutive_failures, 1);
+
+        // After the deletions: the same counts from the tally and the two runs left.
+        let mut after = task.clone();
+        after.status = Some(plan.status.clone());
+        let left = [runs[3].clone(), runs[4].clone()];
+        let next = plan_task(&view(&after, left.iter().collect(), &[]));
+        assert_eq!((next.status.success_count, next.status.failures_count), (2, 3));
+        assert!(next.delete.is_empty());
+        assert_eq!(next.status.pruned.as_ref().map(|p| p.deleting.len()), Some(0));
+    }
+
+    #[test]
+    fn the_loop_guard_counts_pruned_failures_and_a_spec_change_forgives() {
+        let mut task = simple_task("task1");
+        task.spec.max_consecutive_failures = Some(3);
+        task.spec.failed_runs_history_limit = Some(1);
+        let runs: Vec<TaskRun> = (1..=3).map(|i| finished("task1", &format!("f{i}"), TaskRunPhase::Failed, i * 10, "")).collect();
+        let plan = plan_task(&view(&task, runs.iter().collect(), &[]));
+        assert_eq!(plan.status.consecutive_failures, 3);
+        let ready = crd_types::common::find_condition(&plan.status.conditions, CONDITION_READY).unwrap();
+        assert_eq!(ready.reason, "LoopGuard");
+        // Pruned down to one run, the streak is still 3.
+        let mut after = task.clone();
+        after.status = Some(plan.status.clone());
+        let left = [runs[2].clone()];
+        let next = plan_task(&view(&after, left.iter().collect(), &[]));
+        assert_eq!(next.status.consecutive_failures, 3);
+        // A spec change (new generation) forgives.
+        after.metadata.generation = Some(2);
+        after.status = Some(next.status.clone());
+        let changed = plan_task(&view(&after, left.iter().collect(), &[]));
+        let ready = crd_types::common::find_condition(&changed.status.conditions, CONDITION_READY).unwrap();
+        assert_eq!(ready.reason, "Ready");
+    }
+
+    #[test]
+    fn missing_triggers_and_unknown_actions_are_conditions() {
+        let mut task = simple_task("task1");
+        task.spec.start_on_ignition = vec!["nope".into()];
+        task.spec.failure_actions = vec![ActionRef::Plugin(crd_types::PluginRef::named("YOUR-PLUGIN-NAME"))];
+        let plan = plan_task(&view(&task, vec![], &[]));
+        let ready = crd_types::common::find_condition(&plan.status.conditions, CONDITION_READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "MissingTriggers"));
+        assert!(ready.message.contains("Ignitor nope"));
+        let actions = crd_types::common::find_condition(&plan.status.conditions, CONDITION_ACTIONS_VALID).unwrap();
+        assert_eq!(actions.reason, "UnknownAction");
+        assert!(actions.message.contains("YOUR-PLUGIN-NAME"));
+        assert_eq!(plan.events.len(), 2);
+    }
+}
