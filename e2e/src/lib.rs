@@ -11,6 +11,7 @@
 //! The kubelet's part is played by [`pod_simulator`]: no kubelet runs here.
 
 pub mod control_plane;
+pub mod in_process;
 pub mod pod_simulator;
 pub mod wait;
 
@@ -22,6 +23,7 @@ use kube::{Api, Client, Config};
 use rand::Rng;
 
 pub use control_plane::ControlPlane;
+pub use in_process::InProcess;
 pub use wait::{Deadline, poll_until};
 
 /// The control plane of this test binary, started on first use and stopped when the binary exits.
@@ -57,6 +59,14 @@ impl std::fmt::Debug for TestEnv {
 impl TestEnv {
     /// Starts (or reuses) the control plane and creates a namespace `test-xxxxxx`.
     pub async fn new() -> Self {
+        // Logs of in-process controllers, captured per test and shown when one fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
         let plane = tokio::task::spawn_blocking(shared_control_plane)
             .await
             .expect("control plane start panicked");

@@ -56,8 +56,22 @@ pub enum Step {
     },
 }
 
+/// What a run-to-completion pod without an outcome annotation does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unannotated {
+    /// Exit 0 at once.
+    Succeed,
+    /// Run until the test calls [`terminate`].
+    Manual,
+}
+
 /// Decides the next step for a pod, from the pod alone (the simulator's pure core).
 pub fn next_step(pod: &Pod) -> Option<Step> {
+    next_step_with(pod, Unannotated::Succeed)
+}
+
+/// [`next_step`], with `default` for run-to-completion pods that carry no outcome annotation.
+pub fn next_step_with(pod: &Pod, default: Unannotated) -> Option<Step> {
     if pod.metadata.deletion_timestamp.is_some() {
         return Some(Step::FinishDeletion);
     }
@@ -71,6 +85,7 @@ pub fn next_step(pod: &Pod) -> Option<Step> {
             .get(OUTCOME)
             .map(String::as_str)
             .unwrap_or_else(|| match spec.restart_policy.as_deref() {
+                Some("Never") | Some("OnFailure") if default == Unannotated::Manual => "Manual",
                 Some("Never") | Some("OnFailure") => "Succeeded",
                 _ => "Running",
             });
@@ -134,6 +149,12 @@ impl Drop for PodSimulator {
 impl PodSimulator {
     /// Simulates the kubelet for pods in `namespace` (all namespaces when `None`).
     pub async fn start(client: Client, namespace: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(client, namespace, Unannotated::Succeed).await
+    }
+
+    /// As [`start`](Self::start), with `default` for run-to-completion pods without an outcome
+    /// annotation: [`Unannotated::Manual`] lets a test decide how each one ends.
+    pub async fn start_with(client: Client, namespace: Option<&str>, default: Unannotated) -> anyhow::Result<Self> {
         ensure_node(&client).await?;
         let pods: Api<Pod> = match namespace {
             Some(ns) => Api::namespaced(client, ns),
@@ -149,8 +170,8 @@ impl PodSimulator {
                     let pods = pods.clone();
                     let in_flight = in_flight.clone();
                     async move {
-                        if let Some(step) = next_step(&pod) {
-                            act(pods, pod, step, in_flight);
+                        if let Some(step) = next_step_with(&pod, default) {
+                            act(pods, pod, step, in_flight, default);
                         }
                         Ok(())
                     }
@@ -161,7 +182,7 @@ impl PodSimulator {
     }
 }
 
-fn act(pods: Api<Pod>, pod: Pod, step: Step, in_flight: Arc<Mutex<HashSet<(String, String)>>>) {
+fn act(pods: Api<Pod>, pod: Pod, step: Step, in_flight: Arc<Mutex<HashSet<(String, String)>>>, default: Unannotated) {
     let key = (pod.namespace().unwrap_or_default(), pod.name_any());
     let claim = |in_flight: &Mutex<HashSet<(String, String)>>, key: &(String, String)| {
         in_flight.lock().map(|mut set| set.insert(key.clone())).unwrap_or(false)
@@ -184,7 +205,7 @@ fn act(pods: Api<Pod>, pod: Pod, step: Step, in_flight: Arc<Mutex<HashSet<(Strin
             let Ok(Some(latest)) = pods.get_opt(&key.1).await else {
                 return;
             };
-            match next_step(&latest) {
+            match next_step_with(&latest, default) {
                 Some(next) if claim(&in_flight, &key) => (pod, step) = (latest, next),
                 _ => return,
             }

@@ -8,29 +8,18 @@
 use crd_types::workflow::{FIRE_ANNOTATION, Ignition, Ignitor, IgnitorSpec};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::events::v1::Event;
+use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client};
-use orrery_e2e::{Deadline, TestEnv, poll_until};
-use orrery_runtime::{Context, StopHandle};
+use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
 use serde_json::json;
-use tokio::task::JoinHandle;
 
-struct Scheduler {
-    stop: StopHandle,
-    task: JoinHandle<Result<(), orrery_runtime::BoxError>>,
-}
-
-impl Scheduler {
-    fn start(client: Client, namespace: &str) -> Self {
-        let (context, stop) = Context::standalone(client, ignitor_scheduler::controller::NAME);
-        let task = tokio::spawn(ignitor_scheduler::run(context.in_namespace(namespace)));
-        Scheduler { stop, task }
-    }
-
-    async fn shut_down(self) {
-        self.stop.stop();
-        self.task.await.unwrap().unwrap();
-    }
+fn start_scheduler(env: &TestEnv) -> InProcess {
+    InProcess::start(
+        env.client.clone(),
+        &env.namespace,
+        ignitor_scheduler::controller::NAME,
+        ignitor_scheduler::run,
+    )
 }
 
 fn ignitor(name: &str, scheduled: &str) -> Ignitor {
@@ -75,7 +64,7 @@ fn ready(ignitor: &Ignitor) -> (String, String, String) {
 #[tokio::test]
 async fn now_fires_once_and_a_manual_fire_counts_once() {
     let env = TestEnv::new().await;
-    let scheduler = Scheduler::start(env.client.clone(), &env.namespace);
+    let scheduler = start_scheduler(&env);
     let api = env.namespaced::<Ignitor>();
     api.create(&PostParams::default(), &ignitor("ignitor1", "NOW"))
         .await
@@ -111,13 +100,13 @@ async fn now_fires_once_and_a_manual_fire_counts_once() {
             "NOW never fires a second time"
         );
     }
-    scheduler.shut_down().await;
+    scheduler.stop().await;
 }
 
 #[tokio::test]
 async fn a_time_fires_within_a_second_of_it() {
     let env = TestEnv::new().await;
-    let scheduler = Scheduler::start(env.client.clone(), &env.namespace);
+    let scheduler = start_scheduler(&env);
     let api = env.namespaced::<Ignitor>();
     let at = Timestamp::now()
         .checked_add(SignedDuration::from_secs(3))
@@ -136,14 +125,14 @@ async fn a_time_fires_within_a_second_of_it() {
     assert!(delay < SignedDuration::from_secs(1), "fired {delay:#} late");
     assert_eq!(ready(&ignitor).1, "Completed");
     assert_eq!(ignitor.status.unwrap().next_ignition, None);
-    scheduler.shut_down().await;
+    scheduler.stop().await;
 }
 
 #[tokio::test]
 async fn cron_fires_on_schedule_and_a_restart_loses_and_doubles_nothing() {
     let env = TestEnv::new().await;
     let api = env.namespaced::<Ignitor>();
-    let scheduler = Scheduler::start(env.client.clone(), &env.namespace);
+    let scheduler = start_scheduler(&env);
     api.create(&PostParams::default(), &ignitor("tick", "*/3 * * * * *"))
         .await
         .unwrap();
@@ -166,8 +155,8 @@ async fn cron_fires_on_schedule_and_a_restart_loses_and_doubles_nothing() {
     assert_eq!(next.duration_since(scheduled), SignedDuration::from_secs(3));
 
     // Restart between firings: the next occurrence fires once, on time, and the last is not redone.
-    scheduler.shut_down().await;
-    let scheduler = Scheduler::start(env.client.clone(), &env.namespace);
+    scheduler.stop().await;
+    let scheduler = start_scheduler(&env);
     let (second, ignitor) = ignition_at_least(&api, "tick", first.sequence + 1).await;
     let status = ignitor.status.unwrap();
     assert_eq!(second.sequence, first.sequence + 1, "no firing doubled");
@@ -181,13 +170,13 @@ async fn cron_fires_on_schedule_and_a_restart_loses_and_doubles_nothing() {
         second.scheduled_time.unwrap().0.duration_since(scheduled).as_secs() / 3 - 1,
         "occurrences passed during the restart are counted, not lost"
     );
-    scheduler.shut_down().await;
+    scheduler.stop().await;
 }
 
 #[tokio::test]
 async fn schedules_the_schema_cannot_judge_are_reported_with_the_parsers_message() {
     let env = TestEnv::new().await;
-    let scheduler = Scheduler::start(env.client.clone(), &env.namespace);
+    let scheduler = start_scheduler(&env);
     let api = env.namespaced::<Ignitor>();
     let mut bad_zone = ignitor("bad-zone", "0 9 * * *");
     bad_zone.spec.time_zone = Some("Mars/Olympus_Mons".into());
@@ -226,5 +215,5 @@ async fn schedules_the_schema_cannot_judge_are_reported_with_the_parsers_message
         })
         .await;
     }
-    scheduler.shut_down().await;
+    scheduler.stop().await;
 }

@@ -15,6 +15,16 @@ pub const MAX_DATA_BYTES: usize = 4096;
 /// the last one honoured (e.g. a timestamp): `kubectl annotate ignitor x workflow.orrery.dev/fire=$(date +%s)`.
 pub const FIRE_ANNOTATION: &str = "workflow.orrery.dev/fire";
 
+/// Annotation asking task-workflow to stop a TaskRun (its value says why); used by the
+/// `Replace` concurrency policy and available to users.
+pub const CANCEL_ANNOTATION: &str = "workflow.orrery.dev/cancel";
+
+/// Label on TaskRuns and their pods naming the Task.
+pub const TASK_LABEL: &str = "workflow.orrery.dev/task";
+
+/// Label on pods naming their TaskRun.
+pub const TASKRUN_LABEL: &str = "workflow.orrery.dev/taskrun";
+
 // ---------------------------------------------------------------------------------------------
 // Ignitor
 
@@ -401,6 +411,47 @@ pub struct TaskStatus {
     /// Name of the latest TaskRun.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<String>,
+    /// The latest firing of each Ignitor this task has acted on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignitions: Vec<IgnitionCursor>,
+    /// Results of runs already deleted by the history limits, so the counts above stay whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<PrunedRuns>,
+    /// Consecutive failures forgiven by a spec change after the loop guard stopped the task.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub loop_guard_offset: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
+}
+
+/// The latest firing of one Ignitor a Task acted on.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IgnitionCursor {
+    /// The Ignitor.
+    pub name: String,
+    /// Its firing sequence.
+    pub sequence: i64,
+}
+
+/// Tally of runs removed by the history limits.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrunedRuns {
+    /// Successful runs removed.
+    #[serde(default)]
+    pub succeeded: i64,
+    /// Failed runs removed.
+    #[serde(default)]
+    pub failed: i64,
+    /// Of those failed, how many came after the latest success (for the loop guard).
+    #[serde(default)]
+    pub failures_since_success: i64,
+    /// Runs counted here whose deletion is still under way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleting: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -440,6 +491,22 @@ pub struct TaskRunSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub data: Option<String>,
+    /// For a join: the predecessor runs this run consumed, one per predecessor task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub joined: Vec<PredecessorRun>,
+}
+
+/// A predecessor's run consumed by a join.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PredecessorRun {
+    /// The predecessor Task.
+    #[schemars(length(min = 1, max = 253))]
+    pub task: String,
+    /// Its TaskRun.
+    #[schemars(length(min = 1, max = 253))]
+    pub run: String,
 }
 
 /// A reference to a Task in the same namespace.
@@ -521,6 +588,12 @@ pub struct TaskRunStatus {
     /// Retry attempt of this run (0 for the first).
     #[serde(default)]
     pub attempt: i32,
+    /// When the next attempt starts, while a failed attempt waits out its backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_time: Option<Time>,
+    /// True once the run's actions ran and the tasks it triggers were started.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handed_off: bool,
     /// Results of the success or failure actions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub action_results: Vec<ActionResult>,

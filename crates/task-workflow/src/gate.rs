@@ -35,7 +35,11 @@ pub fn is_active(run: &TaskRun) -> bool {
 /// True when the loop guard stopped the task: too many failures in a row since the last
 /// success (or since the spec last changed while stopped).
 pub fn loop_guard_tripped(task: &Task, status: &TaskStatus) -> bool {
-    let limit = i64::from(task.spec.max_consecutive_failures.unwrap_or(DEFAULT_MAX_CONSECUTIVE_FAILURES));
+    let limit = i64::from(
+        task.spec
+            .max_consecutive_failures
+            .unwrap_or(DEFAULT_MAX_CONSECUTIVE_FAILURES),
+    );
     status.consecutive_failures - status.loop_guard_offset >= limit
 }
 
@@ -64,7 +68,10 @@ pub fn gate(task: &Task, status: &TaskStatus, runs: &[&TaskRun]) -> Gate {
         ConcurrencyPolicy::Allow => Gate::Start,
         ConcurrencyPolicy::Forbid => Gate::Skip {
             reason: "ConcurrencyForbidden",
-            message: format!("{} is still running and the concurrency policy is Forbid", active.join(", ")),
+            message: format!(
+                "{} is still running and the concurrency policy is Forbid",
+                active.join(", ")
+            ),
         },
         ConcurrencyPolicy::Replace => Gate::Replace(active),
     }
@@ -84,9 +91,18 @@ mod tests {
         assert_eq!(gate(&task, &status, &[&done]), Gate::Start);
         assert_eq!(gate(&task, &status, &[&running, &done]), Gate::Start);
         task.spec.concurrency_policy = Some(ConcurrencyPolicy::Forbid);
-        assert!(matches!(gate(&task, &status, &[&running]), Gate::Skip { reason: "ConcurrencyForbidden", .. }));
+        assert!(matches!(
+            gate(&task, &status, &[&running]),
+            Gate::Skip {
+                reason: "ConcurrencyForbidden",
+                ..
+            }
+        ));
         task.spec.concurrency_policy = Some(ConcurrencyPolicy::Replace);
-        assert_eq!(gate(&task, &status, &[&running, &done]), Gate::Replace(vec!["t-1".into()]));
+        assert_eq!(
+            gate(&task, &status, &[&running, &done]),
+            Gate::Replace(vec!["t-1".into()])
+        );
     }
 
     #[test]
@@ -97,10 +113,26 @@ mod tests {
             consecutive_failures: 3,
             ..TaskStatus::default()
         };
-        assert!(matches!(gate(&task, &status, &[]), Gate::Skip { reason: "LoopGuard", .. }));
+        assert!(matches!(
+            gate(&task, &status, &[]),
+            Gate::Skip {
+                reason: "LoopGuard",
+                ..
+            }
+        ));
         status.loop_guard_offset = 3;
-        assert_eq!(gate(&task, &status, &[]), Gate::Start, "a spec change forgives the streak so far");
+        assert_eq!(
+            gate(&task, &status, &[]),
+            Gate::Start,
+            "a spec change forgives the streak so far"
+        );
         task.spec.suspend = Some(true);
-        assert!(matches!(gate(&task, &status, &[]), Gate::Skip { reason: "Suspended", .. }));
+        assert!(matches!(
+            gate(&task, &status, &[]),
+            Gate::Skip {
+                reason: "Suspended",
+                ..
+            }
+        ));
     }
 }

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use crd_types::workflow::{Initiator, InitiatorKind, JoinMode, PredecessorRun, Task, TaskRun, TaskRunPhase, TaskStatus};
+use crd_types::workflow::{
+    Initiator, InitiatorKind, JoinMode, PredecessorRun, Task, TaskRun, TaskRunPhase, TaskStatus,
+};
 use kube::ResourceExt;
 use serde_json::json;
 
@@ -70,7 +72,12 @@ fn latest_matching<'a>(successor: &Task, task: &str, runs: &[&'a TaskRun]) -> Op
     runs.iter()
         .copied()
         .filter(|r| r.spec.task_ref.name == task && matches_wanted(successor, task, r))
-        .max_by_key(|r| (r.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0), r.name_any()))
+        .max_by_key(|r| {
+            (
+                r.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0),
+                r.name_any(),
+            )
+        })
 }
 
 /// Plans the hand-off of `finished` (which has its final status): one entry per successor.
@@ -112,8 +119,12 @@ pub fn successors(
                 .max_by_key(|r| (r.creation_timestamp().map(|t| t.0), r.name_any()))
                 .map(|r| r.spec.joined.clone())
                 .unwrap_or_default();
-            let mut predecessors: Vec<&String> =
-                successor.spec.start_on_success.iter().chain(&successor.spec.start_on_failure).collect();
+            let mut predecessors: Vec<&String> = successor
+                .spec
+                .start_on_success
+                .iter()
+                .chain(&successor.spec.start_on_failure)
+                .collect();
             predecessors.sort();
             predecessors.dedup();
             let mut joined = Vec::new();
@@ -174,6 +185,10 @@ pub fn successors(
             run.spec.joined = joined;
             run
         };
+        if own_runs.iter().any(|r| r.metadata.name == run.metadata.name) {
+            // Started by an earlier hand-off of this same run.
+            continue;
+        }
         let status = summarize(&successor.status.clone().unwrap_or_else(TaskStatus::default), &own_runs);
         match gate(successor, &status, &own_runs) {
             Gate::Start => out.push(Successor::Start {
@@ -241,7 +256,10 @@ mod tests {
     #[test]
     fn an_all_of_join_starts_once_both_are_fresh_and_only_once() {
         let mut d = on_success("d", &["b", "c"]);
-        d.spec.join = Some(Join { mode: JoinMode::AllOf, condition: None });
+        d.spec.join = Some(Join {
+            mode: JoinMode::AllOf,
+            condition: None,
+        });
         let b = finished("b", "b-1", TaskRunPhase::Succeeded, 10, "from b");
         let c = finished("c", "c-1", TaskRunPhase::Succeeded, 20, "from c");
 
@@ -272,7 +290,10 @@ mod tests {
             }
         }
         let mut d = on_success("d", &["b", "c"]);
-        d.spec.join = Some(Join { mode: JoinMode::Condition, condition: Some("ignored here".into()) });
+        d.spec.join = Some(Join {
+            mode: JoinMode::Condition,
+            condition: Some("ignored here".into()),
+        });
         let said_41 = finished("b", "b-1", TaskRunPhase::Succeeded, 10, "41");
         assert!(started(&successors(&said_41, &[&d], &[], &OnlyIfBSaid42)).is_empty());
         let said_42 = finished("b", "b-2", TaskRunPhase::Succeeded, 20, "42");

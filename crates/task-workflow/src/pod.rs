@@ -48,7 +48,11 @@ pub fn build_pod(task: &Task, run: &TaskRun, attempt: i32) -> Result<Pod, Invali
         (ENV_RUN, run_name.clone()),
         (ENV_ATTEMPT, attempt.to_string()),
     ];
-    for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+    for container in spec
+        .containers
+        .iter_mut()
+        .chain(spec.init_containers.iter_mut().flatten())
+    {
         let vars = container.env.get_or_insert_with(Vec::new);
         vars.retain(|v| !env.iter().any(|(name, _)| v.name == *name));
         vars.extend(env.iter().map(|(name, value)| EnvVar {
@@ -101,7 +105,10 @@ mod tests {
 
     #[test]
     fn the_pod_carries_orca_env_labels_owner_and_never_restarts() {
-        let task = task("task2", json!({"spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "i", "env": [{"name": "ORCA_DATA", "value": "spoofed"}, {"name": "KEEP", "value": "me"}]}]}}));
+        let task = task(
+            "task2",
+            json!({"spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "i", "env": [{"name": "ORCA_DATA", "value": "spoofed"}, {"name": "KEEP", "value": "me"}]}]}}),
+        );
         let mut run = run_of("task2", "task2-abc");
         run.spec.data = Some("hello from task1".into());
         run.spec.initiator = Some(crd_types::workflow::Initiator {

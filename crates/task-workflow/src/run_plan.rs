@@ -74,7 +74,11 @@ fn finish(status: &mut TaskRunStatus, view: &RunView<'_>, phase: TaskRunPhase, r
 /// The pod's result as the kubelet reported it: the first container's exit code and
 /// termination message (or the first failing container's).
 pub fn pod_result(pod: &Pod) -> (Option<i32>, Option<String>) {
-    let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+    let statuses = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .unwrap_or_default();
     let terminated: Vec<_> = statuses
         .iter()
         .filter_map(|c| c.state.as_ref().and_then(|s| s.terminated.clone()))
@@ -115,14 +119,27 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
 
     if let Some(reason) = run.annotations().get(CANCEL_ANNOTATION) {
         plan.delete_pod = view.pod.map(|_| current_pod.clone());
-        let message = if reason.is_empty() { "cancelled".to_string() } else { format!("cancelled: {reason}") };
+        let message = if reason.is_empty() {
+            "cancelled".to_string()
+        } else {
+            format!("cancelled: {reason}")
+        };
         finish(&mut status, view, TaskRunPhase::Failed, "Cancelled", Some(message));
         plan.status = status;
         return plan;
     }
     let Some(task) = view.task else {
         status.phase = Some(TaskRunPhase::Pending);
-        ready(&mut status, view, false, "TaskNotFound", format!("Task {} does not exist; the run starts when it does", run.spec.task_ref.name));
+        ready(
+            &mut status,
+            view,
+            false,
+            "TaskNotFound",
+            format!(
+                "Task {} does not exist; the run starts when it does",
+                run.spec.task_ref.name
+            ),
+        );
         plan.status = status;
         return plan;
     };
@@ -130,11 +147,19 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
     // The deadline covers every attempt, from the run's creation.
     if let Some(seconds_allowed) = task.spec.active_deadline_seconds {
         let started = run.creation_timestamp().map(|t| t.0).unwrap_or(view.now);
-        let deadline = started.checked_add(SignedDuration::from_secs(seconds_allowed)).unwrap_or(started);
+        let deadline = started
+            .checked_add(SignedDuration::from_secs(seconds_allowed))
+            .unwrap_or(started);
         if view.now >= deadline {
             plan.delete_pod = view.pod.map(|_| current_pod.clone());
             let message = format!("ran past its deadline of {seconds_allowed}s");
-            finish(&mut status, view, TaskRunPhase::Failed, "DeadlineExceeded", Some(message));
+            finish(
+                &mut status,
+                view,
+                TaskRunPhase::Failed,
+                "DeadlineExceeded",
+                Some(message),
+            );
             plan.status = status;
             return plan;
         }
@@ -155,17 +180,35 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
     let Some(pod) = view.pod else {
         if status.pod_name.as_deref() == Some(current_pod.as_str()) && status.phase == Some(TaskRunPhase::Running) {
             // The pod we started is gone (deleted by someone): the attempt failed.
-            return attempt_failed(view, task, status, plan, None, Some(format!("pod {current_pod} was deleted")));
+            return attempt_failed(
+                view,
+                task,
+                status,
+                plan,
+                None,
+                Some(format!("pod {current_pod} was deleted")),
+            );
         }
         return create_attempt(view, task, status, plan);
     };
-    match pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending") {
+    match pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("Pending")
+    {
         "Running" => {
             status.phase = Some(TaskRunPhase::Running);
             if status.start_time.is_none() {
                 status.start_time = Some(micros(view.now));
             }
-            ready(&mut status, view, true, "Running", format!("pod {current_pod} is running"));
+            ready(
+                &mut status,
+                view,
+                true,
+                "Running",
+                format!("pod {current_pod} is running"),
+            );
         }
         "Succeeded" => {
             let (exit_code, message) = pod_result(pod);
@@ -180,7 +223,13 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
         }
         _ => {
             status.phase = Some(TaskRunPhase::Pending);
-            ready(&mut status, view, true, "Pending", format!("pod {current_pod} is pending"));
+            ready(
+                &mut status,
+                view,
+                true,
+                "Pending",
+                format!("pod {current_pod} is pending"),
+            );
         }
     }
     plan.status = status;
@@ -196,7 +245,13 @@ fn create_attempt(view: &RunView<'_>, task: &Task, mut status: TaskRunStatus, mu
             ready(&mut status, view, true, "Pending", format!("created pod {name}"));
             plan.create_pod = Some(pod);
         }
-        Err(err) => finish(&mut status, view, TaskRunPhase::Failed, "InvalidTemplate", Some(err.to_string())),
+        Err(err) => finish(
+            &mut status,
+            view,
+            TaskRunPhase::Failed,
+            "InvalidTemplate",
+            Some(err.to_string()),
+        ),
     }
     plan.status = status;
     plan
@@ -219,7 +274,10 @@ fn attempt_failed(
         let next = view.now.checked_add(backoff(task, status.attempt)).unwrap_or(view.now);
         status.next_attempt_time = Some(seconds(next));
         status.phase = Some(TaskRunPhase::Running);
-        let text = format!("attempt {} failed (exit code {:?}); retrying at {next}", status.attempt, exit_code);
+        let text = format!(
+            "attempt {} failed (exit code {:?}); retrying at {next}",
+            status.attempt, exit_code
+        );
         ready(&mut status, view, true, "Retrying", text);
         plan.wake_at = Some(plan.wake_at.map_or(next, |w| w.min(next)));
     } else {
@@ -234,7 +292,15 @@ pub fn rejected(mut status: TaskRunStatus, run: &TaskRun, now: Timestamp, messag
     status.phase = Some(TaskRunPhase::Failed);
     status.completion_time = Some(micros(now));
     status.message = Some(message.clone());
-    set_condition(&mut status.conditions, CONDITION_READY, false, "PodRejected", message, run.metadata.generation, seconds(now));
+    set_condition(
+        &mut status.conditions,
+        CONDITION_READY,
+        false,
+        "PodRejected",
+        message,
+        run.metadata.generation,
+        seconds(now),
+    );
     status
 }
 
@@ -250,11 +316,19 @@ mod tests {
             status["containerStatuses"] = json!([{"name": "main", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"terminated": {"exitCode": code, "message": message}}}]);
         }
-        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "main"}]}, "status": status})).unwrap()
+        serde_json::from_value(
+            json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "main"}]}, "status": status}),
+        )
+        .unwrap()
     }
 
     fn view<'a>(now: &str, run: &'a TaskRun, task: Option<&'a Task>, pod: Option<&'a Pod>) -> RunView<'a> {
-        RunView { now: t(now), run, task, pod }
+        RunView {
+            now: t(now),
+            run,
+            task,
+            pod,
+        }
     }
 
     #[test]
@@ -262,7 +336,10 @@ mod tests {
         let task = simple_task("t");
         let mut run = run_of("t", "t-1");
         let plan = plan_run(&view("2026-01-01T00:00:01Z", &run, Some(&task), None));
-        assert_eq!(plan.create_pod.as_ref().and_then(|p| p.metadata.name.as_deref()), Some("t-1-0"));
+        assert_eq!(
+            plan.create_pod.as_ref().and_then(|p| p.metadata.name.as_deref()),
+            Some("t-1-0")
+        );
         run.status = Some(plan.status);
 
         let running = pod("Running", None, None);
@@ -285,12 +362,23 @@ mod tests {
     #[test]
     fn failed_attempts_retry_with_exponential_backoff_then_fail() {
         let mut task = simple_task("t");
-        task.spec.retry = Some(crd_types::workflow::RetryPolicy { limit: 2, backoff_seconds: Some(5), max_backoff_seconds: Some(60) });
+        task.spec.retry = Some(crd_types::workflow::RetryPolicy {
+            limit: 2,
+            backoff_seconds: Some(5),
+            max_backoff_seconds: Some(60),
+        });
         let mut run = run_of("t", "t-1");
-        run.status = Some(TaskRunStatus { pod_name: Some("t-1-0".into()), phase: Some(TaskRunPhase::Running), ..Default::default() });
+        run.status = Some(TaskRunStatus {
+            pod_name: Some("t-1-0".into()),
+            phase: Some(TaskRunPhase::Running),
+            ..Default::default()
+        });
         let failed = pod("Failed", Some(3), Some("boom"));
         let plan = plan_run(&view("2026-01-01T00:00:10Z", &run, Some(&task), Some(&failed)));
-        assert_eq!(plan.status.next_attempt_time.as_ref().map(|t| t.0), Some(t("2026-01-01T00:00:15Z")));
+        assert_eq!(
+            plan.status.next_attempt_time.as_ref().map(|t| t.0),
+            Some(t("2026-01-01T00:00:15Z"))
+        );
         assert_eq!(plan.wake_at, Some(t("2026-01-01T00:00:15Z")));
         assert_eq!(plan.status.phase, Some(TaskRunPhase::Running));
         run.status = Some(plan.status);
@@ -301,7 +389,12 @@ mod tests {
         assert_eq!(backoff(&task, 1), SignedDuration::from_secs(10));
         assert_eq!(backoff(&task, 20), SignedDuration::from_secs(60), "capped");
 
-        run.status = Some(TaskRunStatus { attempt: 2, pod_name: Some("t-1-2".into()), phase: Some(TaskRunPhase::Running), ..Default::default() });
+        run.status = Some(TaskRunStatus {
+            attempt: 2,
+            pod_name: Some("t-1-2".into()),
+            phase: Some(TaskRunPhase::Running),
+            ..Default::default()
+        });
         let plan = plan_run(&view("2026-01-01T00:01:00Z", &run, Some(&task), Some(&failed)));
         assert_eq!(plan.status.phase, Some(TaskRunPhase::Failed));
         assert_eq!(plan.status.exit_code, Some(3));

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crd_types::common::{CONDITION_READY, seconds, set_condition};
 use crd_types::workflow::{
-    ActionRef, Ignitor, IgnitionCursor, Initiator, InitiatorKind, PrunedRuns, Task, TaskRef, TaskRun, TaskRunPhase,
+    ActionRef, IgnitionCursor, Ignitor, Initiator, InitiatorKind, PrunedRuns, Task, TaskRef, TaskRun, TaskRunPhase,
     TaskRunSpec, TaskStatus,
 };
 use jiff::Timestamp;
@@ -71,7 +71,10 @@ fn phase(run: &TaskRun) -> Option<TaskRunPhase> {
 }
 
 fn completed_at(run: &TaskRun) -> Option<Timestamp> {
-    run.status.as_ref().and_then(|s| s.completion_time.as_ref()).map(|t| t.0)
+    run.status
+        .as_ref()
+        .and_then(|s| s.completion_time.as_ref())
+        .map(|t| t.0)
 }
 
 fn is_finished(run: &TaskRun) -> bool {
@@ -102,11 +105,23 @@ pub fn summarize(stored: &TaskStatus, runs: &[&TaskRun]) -> TaskStatus {
     let mut status = stored.clone();
     let pruned = stored.pruned.clone().unwrap_or_default();
     let deleting: BTreeSet<&str> = pruned.deleting.iter().map(String::as_str).collect();
-    let mut live: Vec<&TaskRun> = runs.iter().copied().filter(|r| !deleting.contains(r.name_any().as_str())).collect();
+    let mut live: Vec<&TaskRun> = runs
+        .iter()
+        .copied()
+        .filter(|r| !deleting.contains(r.name_any().as_str()))
+        .collect();
     live.sort_by_key(|r| (completed_at(r), r.name_any()));
 
-    let succeeded: Vec<&TaskRun> = live.iter().copied().filter(|r| phase(r) == Some(TaskRunPhase::Succeeded)).collect();
-    let failed: Vec<&TaskRun> = live.iter().copied().filter(|r| phase(r) == Some(TaskRunPhase::Failed)).collect();
+    let succeeded: Vec<&TaskRun> = live
+        .iter()
+        .copied()
+        .filter(|r| phase(r) == Some(TaskRunPhase::Succeeded))
+        .collect();
+    let failed: Vec<&TaskRun> = live
+        .iter()
+        .copied()
+        .filter(|r| phase(r) == Some(TaskRunPhase::Failed))
+        .collect();
     status.success_count = pruned.succeeded + succeeded.len() as i64;
     status.failures_count = pruned.failed + failed.len() as i64;
     if let Some(at) = succeeded.last().and_then(|r| completed_at(r)) {
@@ -118,7 +133,11 @@ pub fn summarize(stored: &TaskStatus, runs: &[&TaskRun]) -> TaskStatus {
     // Failures in a row, newest first, until a success; pruned ones count when no live
     // success is newer than them.
     let finished: Vec<&TaskRun> = live.iter().copied().filter(|r| is_finished(r)).collect();
-    let trailing = finished.iter().rev().take_while(|r| phase(r) == Some(TaskRunPhase::Failed)).count() as i64;
+    let trailing = finished
+        .iter()
+        .rev()
+        .take_while(|r| phase(r) == Some(TaskRunPhase::Failed))
+        .count() as i64;
     status.consecutive_failures = if trailing == finished.len() as i64 {
         trailing + pruned.failures_since_success
     } else {
@@ -127,7 +146,9 @@ pub fn summarize(stored: &TaskStatus, runs: &[&TaskRun]) -> TaskStatus {
     if status.consecutive_failures == 0 {
         status.loop_guard_offset = 0;
     }
-    let newest = runs.iter().max_by_key(|r| (r.creation_timestamp().map(|t| t.0), r.name_any()));
+    let newest = runs
+        .iter()
+        .max_by_key(|r| (r.creation_timestamp().map(|t| t.0), r.name_any()));
     status.last_run = newest.map(|r| r.name_any()).or(stored.last_run.clone());
     status.state = Some(
         if runs.iter().any(|r| is_active(r)) {
@@ -164,7 +185,10 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
     let mut runs: Vec<&TaskRun> = view.runs.clone();
     let mut new_runs: Vec<TaskRun> = Vec::new();
     for (name, ignitor) in &view.ignitors {
-        let Some(ignition) = ignitor.and_then(|i| i.status.as_ref()).and_then(|s| s.last_ignition.as_ref()) else {
+        let Some(ignition) = ignitor
+            .and_then(|i| i.status.as_ref())
+            .and_then(|s| s.last_ignition.as_ref())
+        else {
             continue;
         };
         let cursor = status.ignitions.iter().find(|c| &c.name == name).map(|c| c.sequence);
@@ -188,6 +212,11 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
             ignition.data.clone(),
             &["Ignitor", name, &sequence],
         );
+        // Already started: this firing was seen before (a replay, or a cache older than
+        // our own last write). Gating it again could cancel the very run it started.
+        if runs.iter().any(|r| r.metadata.name == run.metadata.name) {
+            continue;
+        }
         let active: Vec<&TaskRun> = runs.iter().copied().chain(new_runs.iter()).collect();
         match gate(task, &status, &active) {
             Gate::Start => new_runs.push(run),
@@ -199,7 +228,10 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
             Gate::Skip { reason, message } => plan.events.push(TaskEvent {
                 warning: false,
                 reason,
-                note: format!("ignition {} of {name} did not start a run: {message}", ignition.sequence),
+                note: format!(
+                    "ignition {} of {name} did not start a run: {message}",
+                    ignition.sequence
+                ),
             }),
         }
     }
@@ -218,10 +250,19 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
         .iter()
         .filter(|(_, i)| i.is_none())
         .map(|(n, _)| format!("Ignitor {n}"))
-        .chain(view.predecessors.iter().filter(|(_, exists)| !**exists).map(|(n, _)| format!("Task {n}")))
+        .chain(
+            view.predecessors
+                .iter()
+                .filter(|(_, exists)| !**exists)
+                .map(|(n, _)| format!("Task {n}")),
+        )
         .collect();
     let (ready, reason, message) = if !missing.is_empty() {
-        (false, "MissingTriggers", format!("waiting for {} to exist", missing.join(", ")))
+        (
+            false,
+            "MissingTriggers",
+            format!("waiting for {} to exist", missing.join(", ")),
+        )
     } else if let Some(err) = &view.join_error {
         (false, "InvalidJoinCondition", err.clone())
     } else if loop_guard_tripped(task, &status) {
@@ -246,7 +287,15 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
             note: message.clone(),
         });
     }
-    set_condition(&mut status.conditions, CONDITION_READY, ready, reason, message, generation, now.clone());
+    set_condition(
+        &mut status.conditions,
+        CONDITION_READY,
+        ready,
+        reason,
+        message,
+        generation,
+        now.clone(),
+    );
 
     let problems: Vec<String> = task
         .spec
@@ -264,14 +313,25 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
     } else {
         (false, "UnknownAction", problems.join("; "))
     };
-    if !valid && crd_types::common::find_condition(&stored.conditions, CONDITION_ACTIONS_VALID).map(|c| c.status.as_str()) != Some("False") {
+    if !valid
+        && crd_types::common::find_condition(&stored.conditions, CONDITION_ACTIONS_VALID).map(|c| c.status.as_str())
+            != Some("False")
+    {
         plan.events.push(TaskEvent {
             warning: true,
             reason,
             note: message.clone(),
         });
     }
-    set_condition(&mut status.conditions, CONDITION_ACTIONS_VALID, valid, reason, message, generation, now);
+    set_condition(
+        &mut status.conditions,
+        CONDITION_ACTIONS_VALID,
+        valid,
+        reason,
+        message,
+        generation,
+        now,
+    );
     plan.status = status;
     plan
 }
@@ -367,7 +427,6 @@ mod tests {
         ignitor
     }
 
-
     fn view<'a>(task: &'a Task, runs: Vec<&'a TaskRun>, ignitors: &'a [Ignitor]) -> TaskView<'a> {
         TaskView {
             now: t("2026-01-01T01:00:00Z"),
@@ -395,7 +454,13 @@ mod tests {
         let run = &plan.create[0];
         assert_eq!(run.spec.data.as_deref(), Some("data 1"));
         assert_eq!(run.spec.initiator.as_ref().map(|i| i.name.as_str()), Some("ignitor1"));
-        assert_eq!(plan.status.ignitions, vec![IgnitionCursor { name: "ignitor1".into(), sequence: 1 }]);
+        assert_eq!(
+            plan.status.ignitions,
+            vec![IgnitionCursor {
+                name: "ignitor1".into(),
+                sequence: 1
+            }]
+        );
 
         // The same firing, seen again with the cursor written, starts nothing.
         let mut seen = task.clone();
@@ -404,6 +469,20 @@ mod tests {
         initiated_by_ignitor(&mut existing, "ignitor1", 1);
         let again = plan_task(&view(&seen, vec![&existing], &ignitors));
         assert!(again.create.is_empty());
+    }
+
+    #[test]
+    fn a_firing_seen_again_through_a_stale_cache_does_not_replace_its_own_run() {
+        let mut task = simple_task("task1");
+        task.spec.start_on_ignition = vec!["ignitor1".into()];
+        task.spec.concurrency_policy = Some(crd_types::workflow::ConcurrencyPolicy::Replace);
+        let ignitors = [ignitor("ignitor1", 1, "2026-01-01T00:00:01Z")];
+        let first = plan_task(&view(&task, vec![], &ignitors));
+        // The run exists and is running, but the Task's status in the cache has no cursor yet.
+        let started = first.create[0].clone();
+        let again = plan_task(&view(&task, vec![&started], &ignitors));
+        assert!(again.create.is_empty());
+        assert!(again.cancel.is_empty(), "{:?}", again.cancel);
     }
 
     #[test]
@@ -465,7 +544,9 @@ mod tests {
         let mut task = simple_task("task1");
         task.spec.max_consecutive_failures = Some(3);
         task.spec.failed_runs_history_limit = Some(1);
-        let runs: Vec<TaskRun> = (1..=3).map(|i| finished("task1", &format!("f{i}"), TaskRunPhase::Failed, i * 10, "")).collect();
+        let runs: Vec<TaskRun> = (1..=3)
+            .map(|i| finished("task1", &format!("f{i}"), TaskRunPhase::Failed, i * 10, ""))
+            .collect();
         let plan = plan_task(&view(&task, runs.iter().collect(), &[]));
         assert_eq!(plan.status.consecutive_failures, 3);
         let ready = crd_types::common::find_condition(&plan.status.conditions, CONDITION_READY).unwrap();
@@ -491,7 +572,10 @@ mod tests {
         task.spec.failure_actions = vec![ActionRef::Plugin(crd_types::PluginRef::named("YOUR-PLUGIN-NAME"))];
         let plan = plan_task(&view(&task, vec![], &[]));
         let ready = crd_types::common::find_condition(&plan.status.conditions, CONDITION_READY).unwrap();
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "MissingTriggers"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "MissingTriggers")
+        );
         assert!(ready.message.contains("Ignitor nope"));
         let actions = crd_types::common::find_condition(&plan.status.conditions, CONDITION_ACTIONS_VALID).unwrap();
         assert_eq!(actions.reason, "UnknownAction");

@@ -16,12 +16,17 @@ pub fn task(name: &str, template: Value) -> Task {
     task.metadata.namespace = Some("ns".into());
     task.metadata.uid = Some(format!("uid-{name}"));
     task.metadata.generation = Some(1);
-    task.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t("2026-01-01T00:00:00Z")));
+    task.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(
+        "2026-01-01T00:00:00Z",
+    )));
     task
 }
 
 pub fn simple_task(name: &str) -> Task {
-    task(name, json!({"spec": {"containers": [{"name": "main", "image": "busybox"}]}}))
+    task(
+        name,
+        json!({"spec": {"containers": [{"name": "main", "image": "busybox"}]}}),
+    )
 }
 
 pub fn run_of(task: &str, name: &str) -> TaskRun {
@@ -36,7 +41,9 @@ pub fn run_of(task: &str, name: &str) -> TaskRun {
     );
     run.metadata.namespace = Some("ns".into());
     run.metadata.uid = Some(format!("uid-{name}"));
-    run.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t("2026-01-01T00:00:00Z")));
+    run.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(
+        "2026-01-01T00:00:00Z",
+    )));
     run.metadata.labels = Some([(crd_types::workflow::TASK_LABEL.to_string(), task.to_string())].into());
     run
 }

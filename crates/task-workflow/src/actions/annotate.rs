@@ -4,10 +4,10 @@
 
 use crd_types::common::Parameters;
 use futures::future::BoxFuture;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use kube::discovery::{Scope, pinned_kind};
-use kube::core::GroupVersionKind;
 use kube::ResourceExt;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{Scope, pinned_kind};
 use serde_json::json;
 
 use super::{Action, ActionContext, only_known, string_map_param, string_param};
@@ -19,14 +19,23 @@ impl Action for Annotate {
         "annotate"
     }
 
-    fn run<'a>(&'a self, context: &'a ActionContext<'a>, parameters: &'a Parameters) -> BoxFuture<'a, Result<String, String>> {
+    fn run<'a>(
+        &'a self,
+        context: &'a ActionContext<'a>,
+        parameters: &'a Parameters,
+    ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            only_known(parameters, &["apiVersion", "kind", "name", "namespace", "annotations", "labels"])?;
+            only_known(
+                parameters,
+                &["apiVersion", "kind", "name", "namespace", "annotations", "labels"],
+            )?;
             let api_version = string_param(parameters, "apiVersion")?.ok_or("apiVersion is required")?;
             let kind = string_param(parameters, "kind")?.ok_or("kind is required")?;
             let name = context.expand(string_param(parameters, "name")?.ok_or("name is required")?);
             let expand = |map: std::collections::BTreeMap<String, String>| {
-                map.into_iter().map(|(k, v)| (k, context.expand(&v))).collect::<std::collections::BTreeMap<_, _>>()
+                map.into_iter()
+                    .map(|(k, v)| (k, context.expand(&v)))
+                    .collect::<std::collections::BTreeMap<_, _>>()
             };
             let annotations = expand(string_map_param(parameters, "annotations")?);
             let labels = expand(string_map_param(parameters, "labels")?);
@@ -54,7 +63,11 @@ impl Action for Annotate {
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
                 .map_err(|err| format!("patching {kind} {name}: {err}"))?;
-            Ok(format!("set {} annotation(s) and {} label(s) on {kind} {name}", annotations.len(), labels.len()))
+            Ok(format!(
+                "set {} annotation(s) and {} label(s) on {kind} {name}",
+                annotations.len(),
+                labels.len()
+            ))
         })
     }
 }

@@ -17,11 +17,16 @@ impl Action for EmitEvent {
         "event"
     }
 
-    fn run<'a>(&'a self, context: &'a ActionContext<'a>, parameters: &'a Parameters) -> BoxFuture<'a, Result<String, String>> {
+    fn run<'a>(
+        &'a self,
+        context: &'a ActionContext<'a>,
+        parameters: &'a Parameters,
+    ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
             only_known(parameters, &["reason", "message", "type"])?;
             let reason = context.expand(string_param(parameters, "reason")?.unwrap_or("TaskRunFinished"));
-            let note = context.expand(string_param(parameters, "message")?.unwrap_or("$(TASKRUN) $(PHASE): $(MESSAGE)"));
+            let note =
+                context.expand(string_param(parameters, "message")?.unwrap_or("$(TASKRUN) $(PHASE): $(MESSAGE)"));
             let type_ = match string_param(parameters, "type")? {
                 Some("Warning") => EventType::Warning,
                 Some("Normal") => EventType::Normal,

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crd_types::common::Parameters;
 use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
 use kube::ResourceExt;
+use kube::api::Api;
 use serde_json::json;
 
 use super::{Action, ActionContext, only_known, string_param};
@@ -24,15 +24,26 @@ async fn url(context: &ActionContext<'_>, parameters: &Parameters) -> Result<Str
         .get("urlFrom")
         .and_then(|u| u.get("secretKeyRef"))
         .ok_or("url or urlFrom.secretKeyRef is required")?;
-    let name = reference.get("name").and_then(|n| n.as_str()).ok_or("urlFrom.secretKeyRef.name is required")?;
-    let key = reference.get("key").and_then(|k| k.as_str()).ok_or("urlFrom.secretKeyRef.key is required")?;
+    let name = reference
+        .get("name")
+        .and_then(|n| n.as_str())
+        .ok_or("urlFrom.secretKeyRef.name is required")?;
+    let key = reference
+        .get("key")
+        .and_then(|k| k.as_str())
+        .ok_or("urlFrom.secretKeyRef.key is required")?;
     let secrets: Api<Secret> = Api::namespaced(context.client.clone(), &context.run.namespace().unwrap_or_default());
-    let secret = secrets.get(name).await.map_err(|err| format!("reading Secret {name}: {err}"))?;
+    let secret = secrets
+        .get(name)
+        .await
+        .map_err(|err| format!("reading Secret {name}: {err}"))?;
     let bytes = secret
         .data
         .and_then(|d| d.get(key).cloned())
         .ok_or_else(|| format!("Secret {name} has no key {key:?}"))?;
-    String::from_utf8(bytes.0).map(|s| s.trim().to_owned()).map_err(|_| format!("Secret {name} key {key:?} is not UTF-8"))
+    String::from_utf8(bytes.0)
+        .map(|s| s.trim().to_owned())
+        .map_err(|_| format!("Secret {name} key {key:?} is not UTF-8"))
 }
 
 fn number_param(parameters: &Parameters, key: &str, default: u64, max: u64) -> Result<u64, String> {
@@ -50,7 +61,11 @@ impl Action for HttpPost {
         "http-post"
     }
 
-    fn run<'a>(&'a self, context: &'a ActionContext<'a>, parameters: &'a Parameters) -> BoxFuture<'a, Result<String, String>> {
+    fn run<'a>(
+        &'a self,
+        context: &'a ActionContext<'a>,
+        parameters: &'a Parameters,
+    ) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
             only_known(parameters, &["url", "urlFrom", "timeoutSeconds", "retries"])?;
             let timeout = Duration::from_secs(number_param(parameters, "timeoutSeconds", 10, 300)?.max(1));

@@ -11,8 +11,8 @@ use crd_types::common::Parameters;
 use crd_types::workflow::{ActionRef, ActionResult, Task, TaskRun, TaskRunPhase};
 use futures::future::BoxFuture;
 use kube::Client;
-use kube::runtime::events::Recorder;
 use kube::ResourceExt;
+use kube::runtime::events::Recorder;
 
 /// What an action gets to work with.
 pub struct ActionContext<'a> {
@@ -30,7 +30,9 @@ pub struct ActionContext<'a> {
 
 impl std::fmt::Debug for ActionContext<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActionContext").field("run", &self.run.name_any()).finish_non_exhaustive()
+        f.debug_struct("ActionContext")
+            .field("run", &self.run.name_any())
+            .finish_non_exhaustive()
     }
 }
 
@@ -47,7 +49,10 @@ impl ActionContext<'_> {
             .replace("$(TASK)", &self.task.name_any())
             .replace("$(TASKRUN)", &self.run.name_any())
             .replace("$(MESSAGE)", status.message.as_deref().unwrap_or(""))
-            .replace("$(EXIT_CODE)", &status.exit_code.map(|c| c.to_string()).unwrap_or_default())
+            .replace(
+                "$(EXIT_CODE)",
+                &status.exit_code.map(|c| c.to_string()).unwrap_or_default(),
+            )
     }
 }
 
@@ -56,7 +61,11 @@ pub trait Action: Send + Sync {
     /// The name Tasks use.
     fn name(&self) -> &'static str;
     /// Runs the action.
-    fn run<'a>(&'a self, context: &'a ActionContext<'a>, parameters: &'a Parameters) -> BoxFuture<'a, Result<String, String>>;
+    fn run<'a>(
+        &'a self,
+        context: &'a ActionContext<'a>,
+        parameters: &'a Parameters,
+    ) -> BoxFuture<'a, Result<String, String>>;
 }
 
 /// The actions task-workflow knows.
@@ -73,7 +82,11 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// The built-in actions: `event`, `annotate`, `http-post`.
     pub fn builtin() -> Self {
-        let actions: Vec<Box<dyn Action>> = vec![Box::new(event::EmitEvent), Box::new(annotate::Annotate), Box::new(http_post::HttpPost)];
+        let actions: Vec<Box<dyn Action>> = vec![
+            Box::new(event::EmitEvent),
+            Box::new(annotate::Annotate),
+            Box::new(http_post::HttpPost),
+        ];
         Registry {
             actions: actions.into_iter().map(|a| (a.name(), a)).collect(),
         }
@@ -96,7 +109,11 @@ impl Registry {
                     "neither a name nor {name, parameters}".to_string(),
                 ),
                 ActionRef::Plugin(plugin) => match self.actions.get(plugin.name.as_str()) {
-                    None => (plugin.name.clone(), "Unknown", format!("no action called {:?}; known: {self:?}", plugin.name)),
+                    None => (
+                        plugin.name.clone(),
+                        "Unknown",
+                        format!("no action called {:?}; known: {self:?}", plugin.name),
+                    ),
                     Some(implementation) => {
                         let parameters = plugin.parameters.as_ref().unwrap_or(&empty);
                         match implementation.run(context, parameters).await {
@@ -130,7 +147,9 @@ fn string_param<'a>(parameters: &'a Parameters, key: &str) -> Result<Option<&'a 
 fn string_map_param(parameters: &Parameters, key: &str) -> Result<BTreeMap<String, String>, String> {
     match parameters.get(key) {
         None | Some(serde_json::Value::Null) => Ok(BTreeMap::new()),
-        Some(value) => serde_json::from_value(value.clone()).map_err(|_| format!("parameter {key:?} must map strings to strings")),
+        Some(value) => {
+            serde_json::from_value(value.clone()).map_err(|_| format!("parameter {key:?} must map strings to strings"))
+        }
     }
 }
 

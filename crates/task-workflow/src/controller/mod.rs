@@ -57,15 +57,18 @@ impl Error {
     }
 }
 
-/// Compiled join conditions, one per Task generation.
+/// A join condition compiled, or why it does not compile.
+type Compiled = Result<Arc<Expression>, String>;
+
+/// Compiled join conditions, one per Task (uid) and generation.
 #[derive(Default, Debug)]
 pub struct JoinConditions {
-    compiled: Mutex<HashMap<(String, i64), Result<Arc<Expression>, String>>>,
+    compiled: Mutex<HashMap<(String, i64), Compiled>>,
 }
 
 impl JoinConditions {
     /// The Task's join condition, compiled (or why it does not compile).
-    pub fn compile(&self, task: &Task) -> Option<Result<Arc<Expression>, String>> {
+    pub fn compile(&self, task: &Task) -> Option<Compiled> {
         let source = task.spec.join.as_ref()?.condition.as_ref()?;
         let key = (task.uid().unwrap_or_default(), task.metadata.generation.unwrap_or(0));
         let mut compiled = self.compiled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -124,9 +127,14 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher::Config::default().any_semantic();
     let (tasks, mut task_streams) = watch_shared(context.api::<Task>(), config.clone(), 3, context.shutdown_signal());
     let (runs, mut run_streams) = watch_shared(context.api::<TaskRun>(), config.clone(), 2, context.shutdown_signal());
-    let (ignitors, mut ignitor_streams) = watch_shared(context.api::<Ignitor>(), config.clone(), 1, context.shutdown_signal());
-    let (pods, mut pod_streams) =
-        watch_shared(context.api::<Pod>(), config.labels(TASKRUN_LABEL), 1, context.shutdown_signal());
+    let (ignitors, mut ignitor_streams) =
+        watch_shared(context.api::<Ignitor>(), config.clone(), 1, context.shutdown_signal());
+    let (pods, mut pod_streams) = watch_shared(
+        context.api::<Pod>(),
+        config.labels(TASKRUN_LABEL),
+        1,
+        context.shutdown_signal(),
+    );
 
     let readiness = context.readiness.clone();
     let (t, r, i, p) = (tasks.clone(), runs.clone(), ignitors.clone(), pods.clone());
@@ -171,7 +179,8 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 .state()
                 .into_iter()
                 .filter(move |t| {
-                    t.namespace() == namespace && (t.spec.start_on_success.contains(&name) || t.spec.start_on_failure.contains(&name))
+                    t.namespace() == namespace
+                        && (t.spec.start_on_success.contains(&name) || t.spec.start_on_failure.contains(&name))
                 })
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
         })
@@ -189,7 +198,10 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
             runs_for_task
                 .state()
                 .into_iter()
-                .filter(move |r| r.namespace() == namespace && r.spec.task_ref.name == name && r.status.is_none())
+                .filter(move |r| {
+                    let waiting = r.status.as_ref().is_none_or(|s| s.pod_name.is_none() && !s.handed_off);
+                    r.namespace() == namespace && r.spec.task_ref.name == name && waiting
+                })
                 .map(|r| ObjectRef::from_obj(r.as_ref()))
         })
         .graceful_shutdown_on(context.shutdown_signal())
@@ -221,7 +233,10 @@ where
         "status": status,
     });
     let name = object.name_any();
-    match api.patch_status(&name, &PatchParams::apply(NAME).force(), &Patch::Apply(&patch)).await {
+    match api
+        .patch_status(&name, &PatchParams::apply(NAME).force(), &Patch::Apply(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!("{} {name}", K::kind(&())))),
         Err(source) => Err(Error::Api {

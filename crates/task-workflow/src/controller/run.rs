@@ -35,9 +35,13 @@ pub(crate) fn error_policy(_: Arc<TaskRun>, error: &Error, _: Arc<State>) -> Act
 
 async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();
-    let task = state.tasks.get(&ObjectRef::new(&run.spec.task_ref.name).within(&namespace));
+    let task = state
+        .tasks
+        .get(&ObjectRef::new(&run.spec.task_ref.name).within(&namespace));
     let attempt = run.status.as_ref().map(|s| s.attempt).unwrap_or(0);
-    let pod = state.pods.get(&ObjectRef::new(&pod_name(&run.name_any(), attempt)).within(&namespace));
+    let pod = state
+        .pods
+        .get(&ObjectRef::new(&pod_name(&run.name_any(), attempt)).within(&namespace));
     let now = Timestamp::now();
     let plan = plan_run(&RunView {
         now,
@@ -62,7 +66,12 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
             // The API server refused the pod (invalid, forbidden, over quota): the run fails
             // with its message rather than retrying what cannot work.
             Err(kube::Error::Api(response)) if matches!(response.code, 400 | 403 | 422) => {
-                status = rejected(status, run, now, format!("the API server rejected the pod: {}", response.message));
+                status = rejected(
+                    status,
+                    run,
+                    now,
+                    format!("the API server rejected the pod: {}", response.message),
+                );
             }
             Err(source) => return Err(Error::api(format!("creating pod {}", pod.name_any()))(source)),
         }
@@ -75,7 +84,12 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
         status.handed_off = true;
     }
     if Some(&status) != run.status.as_ref() {
-        apply_status(&Api::<TaskRun>::namespaced(state.context.client.clone(), &namespace), run, &status).await?;
+        apply_status(
+            &Api::<TaskRun>::namespaced(state.context.client.clone(), &namespace),
+            run,
+            &status,
+        )
+        .await?;
     }
     Ok(match plan.wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
@@ -100,7 +114,12 @@ async fn run_actions(state: &State, run: &TaskRun, task: &Task) -> Vec<crd_types
     };
     let results = state.actions.run_all(&context, actions).await;
     for result in results.iter().filter(|r| r.outcome != "Succeeded") {
-        let note = format!("action {} {}: {}", result.name, result.outcome.to_lowercase(), result.message.clone().unwrap_or_default());
+        let note = format!(
+            "action {} {}: {}",
+            result.name,
+            result.outcome.to_lowercase(),
+            result.message.clone().unwrap_or_default()
+        );
         publish(state, &run.object_ref(&()), true, "ActionFailed", note).await;
     }
     results
@@ -115,7 +134,8 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
         .into_iter()
         .filter(|t| {
             t.namespace().as_deref() == Some(namespace)
-                && (t.spec.start_on_success.iter().any(|n| n == predecessor) || t.spec.start_on_failure.iter().any(|n| n == predecessor))
+                && (t.spec.start_on_success.iter().any(|n| n == predecessor)
+                    || t.spec.start_on_failure.iter().any(|n| n == predecessor))
         })
         .collect();
     if tasks.is_empty() {
@@ -123,7 +143,13 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
     }
     let mut involved: Vec<&str> = tasks
         .iter()
-        .flat_map(|t| t.spec.start_on_success.iter().chain(&t.spec.start_on_failure).map(String::as_str))
+        .flat_map(|t| {
+            t.spec
+                .start_on_success
+                .iter()
+                .chain(&t.spec.start_on_failure)
+                .map(String::as_str)
+        })
         .collect();
     let names: Vec<String> = tasks.iter().map(|t| t.name_any()).collect();
     involved.extend(names.iter().map(String::as_str));
@@ -138,7 +164,10 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
     let api: Api<TaskRun> = Api::namespaced(state.context.client.clone(), namespace);
     for successor in successors(run, &task_refs, &run_refs, &state.joins) {
         match successor {
-            Successor::Start { run: next, cancel: stale } => {
+            Successor::Start {
+                run: next,
+                cancel: stale,
+            } => {
                 for name in &stale {
                     cancel(&api, name, "replaced by a newer run (concurrencyPolicy: Replace)").await?;
                 }
@@ -148,7 +177,14 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
             Successor::Skipped { task, reason, message } => {
                 if let Some(successor) = tasks.iter().find(|t| t.name_any() == task) {
                     let note = format!("{} did not start {task}: {message}", run.name_any());
-                    publish(state, &successor.object_ref(&()), reason == "JoinConditionError", reason, note).await;
+                    publish(
+                        state,
+                        &successor.object_ref(&()),
+                        reason == "JoinConditionError",
+                        reason,
+                        note,
+                    )
+                    .await;
                 }
             }
         }

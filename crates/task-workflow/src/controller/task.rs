@@ -39,14 +39,24 @@ async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
         .spec
         .start_on_ignition
         .iter()
-        .map(|name| (name.clone(), state.ignitors.get(&ObjectRef::new(name).within(&namespace))))
+        .map(|name| {
+            (
+                name.clone(),
+                state.ignitors.get(&ObjectRef::new(name).within(&namespace)),
+            )
+        })
         .collect();
     let predecessors: BTreeMap<String, bool> = task
         .spec
         .start_on_success
         .iter()
         .chain(&task.spec.start_on_failure)
-        .map(|name| (name.clone(), state.tasks.get(&ObjectRef::new(name).within(&namespace)).is_some()))
+        .map(|name| {
+            (
+                name.clone(),
+                state.tasks.get(&ObjectRef::new(name).within(&namespace)).is_some(),
+            )
+        })
         .collect();
     let known = state.actions.names();
     let plan = plan_task(&TaskView {
@@ -67,7 +77,12 @@ async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
         create_run(&run_api, run).await?;
     }
     if Some(&plan.status) != task.status.as_ref() {
-        apply_status(&Api::<Task>::namespaced(state.context.client.clone(), &namespace), task, &plan.status).await?;
+        apply_status(
+            &Api::<Task>::namespaced(state.context.client.clone(), &namespace),
+            task,
+            &plan.status,
+        )
+        .await?;
     }
     // Only now that the status counts them may the pruned runs go.
     for name in &plan.delete {
@@ -78,7 +93,14 @@ async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
         }
     }
     for planned in plan.events {
-        publish(state, &task.object_ref(&()), planned.warning, planned.reason, planned.note).await;
+        publish(
+            state,
+            &task.object_ref(&()),
+            planned.warning,
+            planned.reason,
+            planned.note,
+        )
+        .await;
     }
     Ok(Action::await_change())
 }
