@@ -175,7 +175,9 @@ pub fn read_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
             let path = entry?.path();
             if path.is_dir() {
                 dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
+            } else if path.extension().is_some_and(|e| e == "yaml")
+                && path.file_name().is_some_and(|n| n != "kustomization.yaml")
+            {
                 files.push(path);
             }
         }

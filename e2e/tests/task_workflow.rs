@@ -930,24 +930,39 @@ async fn bad_input_is_a_condition_or_a_failed_run_with_the_reason() {
 #[tokio::test]
 async fn a_cel_join_condition_decides_on_the_predecessors_results_and_a_bad_one_is_reported() {
     let env = TestEnv::new().await;
-    let _kubelet = PodSimulator::start_with(env.client.clone(), Some(&env.namespace), Unannotated::Manual).await.unwrap();
+    let _kubelet = PodSimulator::start_with(env.client.clone(), Some(&env.namespace), Unannotated::Manual)
+        .await
+        .unwrap();
     let workflow = start_workflow(&env);
     let tasks = env.namespaced::<Task>();
     let runs = env.namespaced::<TaskRun>();
     let pods = env.namespaced::<Pod>();
-    tasks.create(&PostParams::default(), &task("build", json!({}))).await.unwrap();
-    tasks.create(&PostParams::default(), &task("test", json!({}))).await.unwrap();
+    tasks
+        .create(&PostParams::default(), &task("build", json!({})))
+        .await
+        .unwrap();
+    tasks
+        .create(&PostParams::default(), &task("test", json!({})))
+        .await
+        .unwrap();
     let release_when = "predecessors.build.phase == 'Succeeded' && predecessors.test.message == 'all green'";
     let join = json!({"startOnSuccess": ["build", "test"], "join": {"mode": "Condition", "condition": release_when}});
-    tasks.create(&PostParams::default(), &task("release", join)).await.unwrap();
+    tasks
+        .create(&PostParams::default(), &task("release", join))
+        .await
+        .unwrap();
 
     let mut handled = BTreeSet::new();
     for (round, verdict) in [(1, "3 failed"), (2, "all green")] {
         for task in ["build", "test"] {
-            runs.create(&PostParams::default(), &manual_run(task, &format!("{task}-{round}"))).await.unwrap();
+            runs.create(&PostParams::default(), &manual_run(task, &format!("{task}-{round}")))
+                .await
+                .unwrap();
             let pod = next_running_pod(&env, task, &mut handled).await;
             let message = if task == "test" { verdict } else { "built" };
-            pod_simulator::terminate(&pods, &pod.name_any(), 0, Some(message)).await.unwrap();
+            pod_simulator::terminate(&pods, &pod.name_any(), 0, Some(message))
+                .await
+                .unwrap();
             wait_run(&env, &format!("{task}-{round}"), TaskRunPhase::Succeeded).await;
         }
         let released = runs_of(&env, "release").await;
@@ -956,8 +971,12 @@ async fn a_cel_join_condition_decides_on_the_predecessors_results_and_a_bad_one_
     let release = runs_of(&env, "release").await.remove(0);
     assert_eq!(release.spec.data.as_deref(), Some("all green"));
 
-    let bad = json!({"startOnSuccess": ["build"], "join": {"mode": "Condition", "condition": "predecessors.build.phase =="}});
-    tasks.create(&PostParams::default(), &task("broken", bad)).await.unwrap();
+    let bad =
+        json!({"startOnSuccess": ["build"], "join": {"mode": "Condition", "condition": "predecessors.build.phase =="}});
+    tasks
+        .create(&PostParams::default(), &task("broken", bad))
+        .await
+        .unwrap();
     let (_, reason, message) = poll_until("the bad condition to be reported", Deadline::default(), || async {
         let status = task_status(&env, "broken").await;
         match crd_types::common::find_condition(&status.conditions, "Ready") {
@@ -967,6 +986,9 @@ async fn a_cel_join_condition_decides_on_the_predecessors_results_and_a_bad_one_
     })
     .await;
     assert_eq!(reason, "InvalidJoinCondition");
-    assert!(message.contains("predecessors.build.phase ==") && message.contains("1:"), "{message}");
+    assert!(
+        message.contains("predecessors.build.phase ==") && message.contains("1:"),
+        "{message}"
+    );
     workflow.stop().await;
 }

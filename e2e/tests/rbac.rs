@@ -1,0 +1,324 @@
+//! The controllers' RBAC (manifests/<controller>/rbac.yaml) on the real control plane, both
+//! ways: each controller runs its scenario as its ServiceAccount with exactly those rules
+//! (enough), and writes it has no business doing are forbidden (not too much). The manifests
+//! also pass the API server's validation (server-side dry run).
+
+// A test that cannot proceed should stop right there, with the error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+
+use crd_types::workflow::{Ignitor, Task, TaskRun, TaskRunPhase};
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::pinned_kind;
+use kube::{Api, Client, ResourceExt};
+use orrery_e2e::pod_simulator::PodSimulator;
+use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
+use serde_json::json;
+
+fn manifest(controller: &str, file: &str) -> Vec<DynamicObject> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests")
+        .join(controller)
+        .join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.split("\n---\n")
+        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
+        .map(|d| serde_yaml::from_str(d).unwrap())
+        .collect()
+}
+
+/// Binds the manifest's ClusterRole rules to ServiceAccount `controller` in the test
+/// namespace, and returns a client acting as that ServiceAccount.
+async fn as_service_account(env: &TestEnv, controller: &str) -> Client {
+    let role = manifest(controller, "rbac.yaml")
+        .into_iter()
+        .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "ClusterRole"))
+        .unwrap();
+    let name = format!("{}-{controller}", env.namespace);
+    let cluster_role: ClusterRole =
+        serde_json::from_value(json!({"metadata": {"name": name}, "rules": role.data["rules"]})).unwrap();
+    Api::<ClusterRole>::all(env.client.clone())
+        .create(&PostParams::default(), &cluster_role)
+        .await
+        .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "ServiceAccount", "name": controller, "namespace": env.namespace}]
+    }))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(env.client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    let user = format!("system:serviceaccount:{}:{controller}", env.namespace);
+    let groups = [
+        "system:serviceaccounts",
+        &format!("system:serviceaccounts:{}", env.namespace),
+        "system:authenticated",
+    ];
+    let client = Client::try_from(env.impersonating(&user, &groups)).unwrap();
+    // RBAC changes take a moment to reach the authorizer's cache.
+    let probe: Api<Ignitor> = Api::namespaced(client.clone(), &env.namespace);
+    poll_until("the binding to take effect", Deadline::default(), || async {
+        probe
+            .list(&ListParams::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    client
+}
+
+async fn cleanup(env: &TestEnv, controller: &str) {
+    let name = format!("{}-{controller}", env.namespace);
+    let _ = Api::<ClusterRoleBinding>::all(env.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await;
+    let _ = Api::<ClusterRole>::all(env.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await;
+}
+
+fn forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("{what} should be forbidden, got {other:?}"),
+    }
+}
+
+/// Would `user` be allowed `verb` on `resource` in `namespace`?
+async fn allowed(env: &TestEnv, user: &str, verb: &str, group: &str, resource: &str, namespace: &str) -> bool {
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"user": user, "groups": ["system:serviceaccounts", "system:authenticated"],
+                 "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace}}
+    }))
+    .unwrap();
+    let answer = Api::<SubjectAccessReview>::all(env.client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap();
+    answer.status.is_some_and(|s| s.allowed)
+}
+
+#[tokio::test]
+async fn each_controller_runs_with_its_own_rbac_and_no_more() {
+    let env = TestEnv::new().await;
+    let _kubelet = PodSimulator::start(env.client.clone(), Some(&env.namespace))
+        .await
+        .unwrap();
+    let scheduler_client = as_service_account(&env, "ignitor-scheduler").await;
+    let workflow_client = as_service_account(&env, "task-workflow").await;
+    let scheduler = InProcess::start(
+        scheduler_client.clone(),
+        &env.namespace,
+        "ignitor-scheduler",
+        ignitor_scheduler::run,
+    );
+    let workflow = InProcess::start(
+        workflow_client.clone(),
+        &env.namespace,
+        "task-workflow",
+        task_workflow::run,
+    );
+
+    // Enough: an Ignitor fires, its Task runs a pod, an Event action runs, a Secret is read
+    // for an http-post URL (the POST itself fails: nothing listens there), and the history
+    // limit deletes the older run.
+    let secret: Secret =
+        serde_json::from_value(json!({"metadata": {"name": "hook"}, "stringData": {"url": "http://127.0.0.1:9/"}}))
+            .unwrap();
+    env.namespaced::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let ignitor: Ignitor =
+        serde_json::from_value(json!({"metadata": {"name": "go"}, "spec": {"scheduled": "NOW"}})).unwrap();
+    env.namespaced::<Ignitor>()
+        .create(&PostParams::default(), &ignitor)
+        .await
+        .unwrap();
+    let task: Task = serde_json::from_value(json!({"metadata": {"name": "job"}, "spec": {
+        "startOnIgnition": ["go"],
+        "successfulRunsHistoryLimit": 1,
+        "template": {"spec": {"containers": [{"name": "main", "image": "busybox"}]}},
+        "successActions": ["event", {"name": "http-post", "parameters": {"urlFrom": {"secretKeyRef": {"name": "hook", "key": "url"}}, "retries": 0, "timeoutSeconds": 1}}]
+    }}))
+    .unwrap();
+    env.namespaced::<Task>()
+        .create(&PostParams::default(), &task)
+        .await
+        .unwrap();
+    let fired = poll_until("the first run to finish", Deadline::default(), || async {
+        let runs = env
+            .namespaced::<TaskRun>()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        runs.into_iter()
+            .find(|r| {
+                r.status
+                    .as_ref()
+                    .is_some_and(|s| s.phase == Some(TaskRunPhase::Succeeded) && s.handed_off)
+            })
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    let results = fired.status.clone().unwrap().action_results;
+    assert_eq!(results[0].outcome, "Succeeded", "{results:?}");
+    let post = results[1].message.clone().unwrap_or_default();
+    assert!(post.contains("127.0.0.1:9"), "the URL came from the Secret: {post}");
+    let patch = json!({"metadata": {"annotations": {crd_types::workflow::FIRE_ANNOTATION: "2"}}});
+    env.namespaced::<Ignitor>()
+        .patch("go", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    poll_until("the older run to be pruned", Deadline::default(), || async {
+        let status = env
+            .namespaced::<Task>()
+            .get("job")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        let runs = env
+            .namespaced::<TaskRun>()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items;
+        if status.success_count == 2 && runs.len() == 1 {
+            Ok(())
+        } else {
+            Err(format!("{} runs, {} successes", runs.len(), status.success_count))
+        }
+    })
+    .await;
+
+    // No more: writes outside each controller's job are refused.
+    let ns = env.namespace.clone();
+    forbidden(
+        Api::<Task>::namespaced(workflow_client.clone(), &ns)
+            .delete("job", &DeleteParams::default())
+            .await,
+        "task-workflow deleting a Task",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(workflow_client.clone(), &ns)
+            .create(&PostParams::default(), &secret)
+            .await,
+        "task-workflow creating a Secret",
+    );
+    let status_patch = Patch::Merge(json!({"status": {"ignitionsCount": 99}}));
+    forbidden(
+        Api::<Ignitor>::namespaced(workflow_client.clone(), &ns)
+            .patch_status("go", &PatchParams::default(), &status_patch)
+            .await,
+        "task-workflow writing Ignitor status",
+    );
+    forbidden(
+        Api::<Pod>::namespaced(scheduler_client.clone(), &ns)
+            .list(&ListParams::default())
+            .await,
+        "ignitor-scheduler listing pods",
+    );
+    forbidden(
+        Api::<Ignitor>::namespaced(scheduler_client.clone(), &ns)
+            .delete("go", &DeleteParams::default())
+            .await,
+        "ignitor-scheduler deleting an Ignitor",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(scheduler_client.clone(), &ns)
+            .get("hook")
+            .await,
+        "ignitor-scheduler reading a Secret",
+    );
+
+    scheduler.stop().await;
+    workflow.stop().await;
+    cleanup(&env, "ignitor-scheduler").await;
+    cleanup(&env, "task-workflow").await;
+}
+
+#[tokio::test]
+async fn the_manifests_pass_server_validation_and_grant_the_lease_only_in_their_namespace() {
+    let env = TestEnv::new().await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let system: Namespace = serde_json::from_value(json!({"metadata": {"name": "orrery-system"}})).unwrap();
+    match namespaces.create(&PostParams::default(), &system).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(err) => panic!("{err}"),
+    }
+    let dry_run = PatchParams::apply("orrery-e2e").force().dry_run();
+    for controller in ["ignitor-scheduler", "task-workflow"] {
+        for file in ["rbac.yaml", "deployment.yaml"] {
+            for object in manifest(controller, file) {
+                let types = object.types.clone().unwrap();
+                let (group, version) = types.api_version.split_once('/').unwrap_or(("", &types.api_version));
+                let (resource, caps) = pinned_kind(&env.client, &GroupVersionKind::gvk(group, version, &types.kind))
+                    .await
+                    .unwrap();
+                let api: Api<DynamicObject> = match caps.scope {
+                    kube::discovery::Scope::Namespaced => {
+                        Api::namespaced_with(env.client.clone(), &object.namespace().unwrap(), &resource)
+                    }
+                    kube::discovery::Scope::Cluster => Api::all_with(env.client.clone(), &resource),
+                };
+                api.patch(&object.name_any(), &dry_run, &Patch::Apply(&object))
+                    .await
+                    .unwrap_or_else(|err| panic!("{controller}/{file} {} {}: {err}", types.kind, object.name_any()));
+            }
+        }
+        // The Lease rules, applied for real so the authorizer can be asked about them.
+        for object in manifest(controller, "rbac.yaml") {
+            let kind = object.types.clone().unwrap().kind;
+            if kind == "Role" || kind == "RoleBinding" {
+                let gvk = GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind);
+                let api: Api<DynamicObject> = Api::namespaced_with(
+                    env.client.clone(),
+                    "orrery-system",
+                    &kube::api::ApiResource::from_gvk(&gvk),
+                );
+                api.patch(
+                    &object.name_any(),
+                    &PatchParams::apply("orrery-e2e").force(),
+                    &Patch::Apply(&object),
+                )
+                .await
+                .unwrap();
+            }
+        }
+        let user = format!("system:serviceaccount:orrery-system:{controller}");
+        poll_until("the Lease Role to take effect", Deadline::default(), || async {
+            if allowed(&env, &user, "patch", "coordination.k8s.io", "leases", "orrery-system").await {
+                Ok(())
+            } else {
+                Err("not yet".into())
+            }
+        })
+        .await;
+        for verb in ["get", "create", "update"] {
+            assert!(
+                allowed(&env, &user, verb, "coordination.k8s.io", "leases", "orrery-system").await,
+                "{controller} {verb} lease"
+            );
+        }
+        assert!(
+            !allowed(&env, &user, "patch", "coordination.k8s.io", "leases", "kube-system").await,
+            "{controller}: leases elsewhere"
+        );
+        assert!(
+            !allowed(&env, &user, "delete", "coordination.k8s.io", "leases", "orrery-system").await,
+            "{controller}: deleting leases"
+        );
+    }
+}
