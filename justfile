@@ -30,9 +30,12 @@ lint:
 crdgen:
     cargo run -q -p crd-types --bin crdgen
 
-# Benchmarks that print figures.
+# Benchmarks that print figures: CEL conditions, then task-workflow and ignitor-scheduler beside
+# the Job and CronJob controllers (sizes via ORRERY_BENCH_* variables, see e2e/benches/workflow.rs).
 bench:
     cargo bench -p cel-conditions --bench conditions -- --warm-up-time 1 --measurement-time 3
+    cargo build --release -p task-workflow -p ignitor-scheduler
+    cargo bench -p orrery-e2e --bench workflow
 
 # Fuzz CEL compile+evaluate (needs nightly and cargo-fuzz).
 fuzz seconds="60":

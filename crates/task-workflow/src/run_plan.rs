@@ -41,6 +41,9 @@ pub struct RunPlan {
     /// The run finished: run its actions and start what it triggers, then write `status`
     /// with `handedOff`.
     pub hand_off: bool,
+    /// The run finished in this plan (`status` is terminal, the stored one was not). The
+    /// hand-off may then happen right away, in the same write, when no successor joins.
+    pub finished_now: bool,
     /// When to look again.
     pub wake_at: Option<Timestamp>,
 }
@@ -232,6 +235,7 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
             );
         }
     }
+    plan.finished_now = matches!(status.phase, Some(TaskRunPhase::Succeeded | TaskRunPhase::Failed));
     plan.status = status;
     plan
 }

@@ -243,7 +243,6 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
     }
 
     plan.delete = prune(task, &mut status, &view.runs);
-
     // Conditions.
     let missing: Vec<String> = view
         .ignitors
@@ -332,6 +331,20 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
         generation,
         now,
     );
+
+    // Forgetting deletions that completed is not worth a write of its own: it rides along
+    // with the next change.
+    if let (Some(pruned), Some(before)) = (&status.pruned, &stored.pruned)
+        && pruned.deleting.len() < before.deleting.len()
+    {
+        let mut lazy = status.clone();
+        if let Some(p) = lazy.pruned.as_mut() {
+            p.deleting = before.deleting.clone();
+        }
+        if lazy == stored {
+            status = lazy;
+        }
+    }
     plan.status = status;
     plan
 }
@@ -536,7 +549,8 @@ mod tests {
         let next = plan_task(&view(&after, left.iter().collect(), &[]));
         assert_eq!((next.status.success_count, next.status.failures_count), (2, 3));
         assert!(next.delete.is_empty());
-        assert_eq!(next.status.pruned.as_ref().map(|p| p.deleting.len()), Some(0));
+        // The finished deletions alone are not worth a write; they are forgotten with the next one.
+        assert_eq!(Some(&next.status), after.status.as_ref(), "nothing to write");
     }
 
     #[test]

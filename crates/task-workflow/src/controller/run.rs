@@ -76,11 +76,17 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
             Err(source) => return Err(Error::api(format!("creating pod {}", pod.name_any()))(source)),
         }
     }
-    if plan.hand_off {
+    // A run that finished hands off in the next reconcile, once its final status is visible
+    // to concurrent hand-offs (a join must see every predecessor's result). Without a joining
+    // successor nothing needs to see it first, so the hand-off shares this write.
+    let hand_off_now = plan.hand_off || (plan.finished_now && !successors_join(state, run, &namespace));
+    if hand_off_now {
+        let mut finished = run.clone();
+        finished.status = Some(status.clone());
         if let Some(task) = task.as_deref() {
-            status.action_results = run_actions(state, run, task).await;
+            status.action_results = run_actions(state, &finished, task).await;
         }
-        hand_off(state, run, &namespace).await?;
+        hand_off(state, &finished, &namespace).await?;
         status.handed_off = true;
     }
     if Some(&status) != run.status.as_ref() {
@@ -123,6 +129,31 @@ async fn run_actions(state: &State, run: &TaskRun, task: &Task) -> Vec<crd_types
         publish(state, &run.object_ref(&()), true, "ActionFailed", note).await;
     }
     results
+}
+
+/// The Tasks in `namespace` that `run`'s finishing triggers.
+fn successor_tasks(state: &State, run: &TaskRun, namespace: &str) -> Vec<Arc<Task>> {
+    let predecessor = run.spec.task_ref.name.as_str();
+    state
+        .tasks
+        .state()
+        .into_iter()
+        .filter(|t| {
+            t.namespace().as_deref() == Some(namespace)
+                && (t.spec.start_on_success.iter().any(|n| n == predecessor)
+                    || t.spec.start_on_failure.iter().any(|n| n == predecessor))
+        })
+        .collect()
+}
+
+/// Does any Task that `run` triggers join it with other predecessors?
+fn successors_join(state: &State, run: &TaskRun, namespace: &str) -> bool {
+    successor_tasks(state, run, namespace).iter().any(|t| {
+        t.spec
+            .join
+            .as_ref()
+            .is_some_and(|j| j.mode != crd_types::workflow::JoinMode::AnyOf || j.condition.is_some())
+    })
 }
 
 /// Starts every Task the finished `run` triggers.
