@@ -13,6 +13,9 @@
 //! settings, as a user would run them (leader election off, so Lease renewals do not count as
 //! writes). Pods are completed by the pod simulator.
 
+// A benchmark that cannot proceed should stop right there, with the error.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Command};

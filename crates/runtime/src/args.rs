@@ -45,12 +45,13 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
 
-    /// Client-side limit on API requests per second (sustained).
-    #[arg(long, default_value_t = 50.0)]
+    /// Client-side limit on API requests per second (sustained). Each run of a task takes a
+    /// handful of small writes, so the default allows a few dozen runs a second.
+    #[arg(long, default_value_t = 200.0)]
     pub qps: f64,
 
     /// Client-side limit on API requests in a burst.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 400)]
     pub burst: u32,
 
     /// Seconds to let reconciles finish after SIGTERM before exiting anyway.

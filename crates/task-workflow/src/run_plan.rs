@@ -246,7 +246,8 @@ fn create_attempt(view: &RunView<'_>, task: &Task, mut status: TaskRunStatus, mu
             let name = pod.metadata.name.clone().unwrap_or_default();
             status.pod_name = Some(name.clone());
             status.phase = Some(TaskRunPhase::Pending);
-            ready(&mut status, view, true, "Pending", format!("created pod {name}"));
+            // The same words as when the pod is seen pending, so seeing it is no new write.
+            ready(&mut status, view, true, "Pending", format!("pod {name} is pending"));
             plan.create_pod = Some(pod);
         }
         Err(err) => finish(

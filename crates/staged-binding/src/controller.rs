@@ -1,0 +1,273 @@
+//! The I/O around [`plan`]: watch StagedBindingPolicies, the BindingPolicies they own,
+//! KubeStellar's Bindings and CombinedStatuses; apply and delete BindingPolicies; write status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crd_types::kubestellar::{Binding, BindingPolicy, CombinedStatus, combined_status_labels};
+use crd_types::placement::StagedBindingPolicy;
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Resource, ResourceExt};
+use orrery_runtime::{BoxError, Context, wait_synced, watch_shared};
+use serde_json::json;
+use tracing::warn;
+
+use crate::expressions::{StageExpressions, compile};
+use crate::plan::{Observed, POLICY_LABEL, plan};
+
+/// The controller's name: its field manager, Lease and Event reporter.
+pub const NAME: &str = "staged-binding";
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object changed between our read and our write; it is read again.
+    #[error("the StagedBindingPolicy changed while being written; retrying")]
+    Conflict,
+    /// The API server refused a request.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The server's answer.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Stable reason for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Conflict => "Conflict",
+            Error::Api { .. } => "ApiError",
+        }
+    }
+}
+
+type Compiled = Result<Arc<Vec<StageExpressions>>, String>;
+
+struct State {
+    context: Context,
+    binding_policies: Store<BindingPolicy>,
+    bindings: Store<Binding>,
+    combined: Store<CombinedStatus>,
+    /// Expressions compiled per policy (uid) and generation.
+    expressions: Mutex<HashMap<(String, i64), Compiled>>,
+}
+
+impl State {
+    fn expressions(&self, policy: &StagedBindingPolicy) -> Compiled {
+        let key = (
+            policy.uid().unwrap_or_default(),
+            policy.metadata.generation.unwrap_or(0),
+        );
+        let mut cache = self.expressions.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|(uid, generation), _| uid != &key.0 || *generation == key.1);
+        cache
+            .entry(key)
+            .or_insert_with(|| compile(&policy.spec).map(Arc::new))
+            .clone()
+    }
+}
+
+/// The policy that owns a BindingPolicy, from its label.
+fn owner_of(bp: &BindingPolicy) -> Option<ObjectRef<StagedBindingPolicy>> {
+    bp.labels().get(POLICY_LABEL).map(|name| ObjectRef::new(name))
+}
+
+/// Runs the controller until the context's shutdown signal.
+pub async fn run(context: Context) -> Result<(), BoxError> {
+    let config = watcher::Config::default().any_semantic();
+    let client = context.client.clone();
+    let (policies, mut policy_streams) = watch_shared(
+        Api::<StagedBindingPolicy>::all(client.clone()),
+        config.clone(),
+        1,
+        context.shutdown_signal(),
+    );
+    let (binding_policies, mut bp_streams) = watch_shared(
+        Api::<BindingPolicy>::all(client.clone()),
+        config.clone().labels(POLICY_LABEL),
+        1,
+        context.shutdown_signal(),
+    );
+    let (bindings, mut binding_streams) = watch_shared(
+        Api::<Binding>::all(client.clone()),
+        config.clone(),
+        1,
+        context.shutdown_signal(),
+    );
+    let (combined, mut combined_streams) = watch_shared(
+        Api::<CombinedStatus>::all(client.clone()),
+        config.labels(combined_status_labels::BINDING_POLICY),
+        1,
+        context.shutdown_signal(),
+    );
+    let readiness = context.readiness.clone();
+    let (p, b, bd, c) = (
+        policies.clone(),
+        binding_policies.clone(),
+        bindings.clone(),
+        combined.clone(),
+    );
+    tokio::spawn(async move {
+        if wait_synced(&p).await && wait_synced(&b).await && wait_synced(&bd).await && wait_synced(&c).await {
+            readiness.set_synced();
+        }
+    });
+    let state = Arc::new(State {
+        context: context.clone(),
+        binding_policies: binding_policies.clone(),
+        bindings,
+        combined,
+        expressions: Mutex::default(),
+    });
+    let bps_for_binding = binding_policies.clone();
+    let bps_for_status = binding_policies.clone();
+    Controller::for_shared_stream(policy_streams.remove(0), policies)
+        .owns_shared_stream(bp_streams.remove(0))
+        // A Binding is named after its BindingPolicy.
+        .watches_shared_stream(binding_streams.remove(0), move |binding: Arc<Binding>| {
+            bps_for_binding
+                .get(&ObjectRef::new(&binding.name_any()))
+                .and_then(|bp| owner_of(&bp))
+        })
+        .watches_shared_stream(combined_streams.remove(0), move |status: Arc<CombinedStatus>| {
+            let bp = status.labels().get(combined_status_labels::BINDING_POLICY)?;
+            bps_for_status.get(&ObjectRef::new(bp)).and_then(|bp| owner_of(&bp))
+        })
+        .graceful_shutdown_on(context.shutdown_signal())
+        .run(reconcile, error_policy, state)
+        .for_each(|_| async {})
+        .await;
+    Ok(())
+}
+
+async fn reconcile(policy: Arc<StagedBindingPolicy>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = advance(&policy, &state).await;
+    state
+        .context
+        .metrics
+        .observe(NAME, started.elapsed(), result.as_ref().err().map(Error::reason));
+    result
+}
+
+fn error_policy(_: Arc<StagedBindingPolicy>, error: &Error, _: Arc<State>) -> Action {
+    match error {
+        Error::Conflict => Action::requeue(Duration::from_millis(50)),
+        Error::Api { .. } => Action::requeue(Duration::from_secs(5)),
+    }
+}
+
+async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let owned: Vec<Arc<BindingPolicy>> = state
+        .binding_policies
+        .state()
+        .into_iter()
+        .filter(|bp| bp.labels().get(POLICY_LABEL) == Some(&name))
+        .collect();
+    let owned_names: Vec<String> = owned.iter().map(|bp| bp.name_any()).collect();
+    let bindings: Vec<Arc<Binding>> = owned_names
+        .iter()
+        .filter_map(|n| state.bindings.get(&ObjectRef::new(n)))
+        .collect();
+    let combined: Vec<Arc<CombinedStatus>> = state
+        .combined
+        .state()
+        .into_iter()
+        .filter(|cs| {
+            cs.labels()
+                .get(combined_status_labels::BINDING_POLICY)
+                .is_some_and(|bp| owned_names.contains(bp))
+        })
+        .collect();
+    let expressions = state.expressions(policy);
+    let now = Timestamp::now();
+    let planned = plan(&Observed {
+        now,
+        policy,
+        expressions: match &expressions {
+            Ok(e) => Ok(e.as_slice()),
+            Err(err) => Err(err.as_str()),
+        },
+        owned: owned.iter().map(Arc::as_ref).collect(),
+        bindings: bindings
+            .iter()
+            .map(|b| (b.name_any(), b.as_ref()))
+            .collect::<BTreeMap<_, _>>(),
+        combined: combined.iter().map(Arc::as_ref).collect(),
+    });
+
+    let bps: Api<BindingPolicy> = Api::all(state.context.client.clone());
+    let apply = PatchParams::apply(NAME).force();
+    for bp in &planned.apply {
+        bps.patch(&bp.name_any(), &apply, &Patch::Apply(bp))
+            .await
+            .map_err(|source| Error::Api {
+                action: format!("applying BindingPolicy {}", bp.name_any()),
+                source,
+            })?;
+    }
+    for name in &planned.delete {
+        match bps.delete(name, &DeleteParams::background()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Api {
+                    action: format!("deleting BindingPolicy {name}"),
+                    source,
+                });
+            }
+        }
+    }
+    if Some(&planned.status) != policy.status.as_ref() {
+        let patch = json!({
+            "apiVersion": StagedBindingPolicy::api_version(&()),
+            "kind": StagedBindingPolicy::kind(&()),
+            "metadata": {"resourceVersion": policy.resource_version()},
+            "status": planned.status,
+        });
+        let api: Api<StagedBindingPolicy> = Api::all(state.context.client.clone());
+        match api.patch_status(&name, &apply, &Patch::Apply(&patch)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::Conflict),
+            Err(source) => {
+                return Err(Error::Api {
+                    action: format!("writing the status of {name}"),
+                    source,
+                });
+            }
+        }
+    }
+    let reference = policy.object_ref(&());
+    for planned_event in planned.events {
+        let event = Event {
+            type_: if planned_event.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: planned_event.reason,
+            note: Some(planned_event.note),
+            action: "Rollout".into(),
+            secondary: None,
+        };
+        if let Err(err) = state.context.recorder.publish(&event, &reference).await {
+            warn!(policy = %name, error = %err, "could not publish an Event");
+        }
+    }
+    Ok(match planned.wake_at {
+        Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
+        None => Action::await_change(),
+    })
+}

@@ -1,0 +1,44 @@
+//! A policy's CEL expressions, compiled once per generation: each stage's `filter` over
+//! `downsyncClause` and `condition` over `combinedStatus`.
+
+use std::sync::Arc;
+
+use cel_conditions::Expression;
+use crd_types::placement::StagedBindingPolicySpec;
+
+/// The variable a `filter` sees.
+pub const FILTER_VARIABLE: &str = "downsyncClause";
+/// The variable a `condition` sees.
+pub const CONDITION_VARIABLE: &str = "combinedStatus";
+
+/// One stage's compiled expressions.
+#[derive(Debug, Clone, Default)]
+pub struct StageExpressions {
+    /// The filter, if the stage has one (all objects otherwise).
+    pub filter: Option<Arc<Expression>>,
+    /// The condition, if the stage has one (fulfilled on arrival otherwise).
+    pub condition: Option<Arc<Expression>>,
+}
+
+/// Every stage's expressions, or the first that does not compile, named.
+pub fn compile(spec: &StagedBindingPolicySpec) -> Result<Vec<StageExpressions>, String> {
+    spec.stages
+        .iter()
+        .map(|stage| {
+            let compile = |source: &Option<String>, variable: &str, field: &str| {
+                source
+                    .as_deref()
+                    .map(|s| {
+                        Expression::compile(s, &[variable])
+                            .map(Arc::new)
+                            .map_err(|err| format!("stage {:?} {field}: {err}", stage.name))
+                    })
+                    .transpose()
+            };
+            Ok(StageExpressions {
+                filter: compile(&stage.filter, FILTER_VARIABLE, "filter")?,
+                condition: compile(&stage.condition, CONDITION_VARIABLE, "condition")?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,774 @@
+//! The pure core: from a StagedBindingPolicy, the BindingPolicies it owns, KubeStellar's
+//! Bindings and CombinedStatuses, and the time, decide which stages' BindingPolicies should
+//! exist, whether the active stage is fulfilled, and what the status says.
+//!
+//! Rules (documented in the README):
+//! - One BindingPolicy per placed stage, named `<policy>-<stage>`, owned by the policy.
+//!   `placementMode: Move` keeps only the active stage's; `Keep` keeps every stage reached.
+//! - A stage is fulfilled when its `condition` holds for the CombinedStatus of every workload
+//!   object its `filter` picks from the Binding (at least one), continuously for `soakSeconds`.
+//!   A stage without a condition is fulfilled once placed.
+//! - A stage that requires approval starts only when the approve annotation names it.
+//! - Past `progressDeadlineSeconds` the stage fails: `Pause` stays, `Rollback` returns to the
+//!   previous stage; either way the rollout stops (Failed) until the spec changes.
+//! - Editing the spec continues from the active stage if it still exists (its deadline restarts),
+//!   or restarts from the first stage if it was removed.
+//! - An expression that does not compile stops the rollout where it is (Ready=False); a runtime
+//!   error on one status counts as "not met", with the error in the Progressing message.
+
+use std::collections::BTreeMap;
+
+use crd_types::common::{Time, find_condition, seconds, set_condition};
+use crd_types::kubestellar::{
+    Binding, BindingPolicy, BindingPolicySpec, CombinedStatus, DownsyncClause, REPORT_NAMESPACE,
+    combined_status_labels as labels,
+};
+use crd_types::placement::{
+    APPROVE_ANNOTATION, FailurePolicy, PlacementMode, StageRecord, StagedBindingPolicy, StagedBindingPolicyStatus,
+};
+use jiff::{SignedDuration, Timestamp};
+use kube::{Resource, ResourceExt};
+
+use crate::expressions::{CONDITION_VARIABLE, FILTER_VARIABLE, StageExpressions};
+
+/// Label on every BindingPolicy a policy owns, naming the policy.
+pub const POLICY_LABEL: &str = "placement.orrery.dev/staged-binding-policy";
+/// Label naming the stage a BindingPolicy places.
+pub const STAGE_LABEL: &str = "placement.orrery.dev/stage";
+
+/// Condition types.
+pub const READY: &str = "Ready";
+/// The rollout is moving (or waiting to).
+pub const PROGRESSING: &str = "Progressing";
+/// The last stage is fulfilled.
+pub const COMPLETE: &str = "Complete";
+/// A stage missed its deadline.
+pub const FAILED: &str = "Failed";
+
+/// What the controller sees.
+#[derive(Debug)]
+pub struct Observed<'a> {
+    /// Now.
+    pub now: Timestamp,
+    /// The policy.
+    pub policy: &'a StagedBindingPolicy,
+    /// Its expressions, compiled, or the compile error.
+    pub expressions: Result<&'a [StageExpressions], &'a str>,
+    /// The BindingPolicies it owns.
+    pub owned: Vec<&'a BindingPolicy>,
+    /// KubeStellar's Bindings, by name (a Binding is named after its BindingPolicy).
+    pub bindings: BTreeMap<String, &'a Binding>,
+    /// CombinedStatuses of its BindingPolicies.
+    pub combined: Vec<&'a CombinedStatus>,
+}
+
+/// An Event to emit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEvent {
+    /// Warning or Normal.
+    pub warning: bool,
+    /// Stable reason.
+    pub reason: String,
+    /// What happened.
+    pub note: String,
+}
+
+/// What to do.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The status to write.
+    pub status: StagedBindingPolicyStatus,
+    /// BindingPolicies to create or update (server-side apply).
+    pub apply: Vec<BindingPolicy>,
+    /// Owned BindingPolicies to delete.
+    pub delete: Vec<String>,
+    /// Events.
+    pub events: Vec<PlannedEvent>,
+    /// When to look again (soak or deadline), besides watch events.
+    pub wake_at: Option<Timestamp>,
+}
+
+/// The BindingPolicy of `stage` of `policy`.
+pub fn binding_policy_name(policy: &str, stage: &str) -> String {
+    format!("{policy}-{stage}")
+}
+
+/// The BindingPolicy placing stage `index`.
+pub fn stage_binding_policy(policy: &StagedBindingPolicy, index: usize) -> BindingPolicy {
+    let stage = &policy.spec.stages[index];
+    let mut bp = BindingPolicy::new(
+        &binding_policy_name(&policy.name_any(), &stage.name),
+        BindingPolicySpec {
+            cluster_selectors: stage.cluster_selectors.clone(),
+            downsync: policy.spec.downsync.clone(),
+            want_singleton_reported_state: false,
+        },
+    );
+    bp.metadata.labels = Some(
+        [
+            (POLICY_LABEL.to_string(), policy.name_any()),
+            (STAGE_LABEL.to_string(), stage.name.clone()),
+        ]
+        .into(),
+    );
+    bp.metadata.owner_references = policy.controller_owner_ref(&()).map(|o| vec![o]);
+    bp
+}
+
+/// Whether the active stage's condition holds now.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Met,
+    NotMet { reason: &'static str, message: String },
+}
+
+fn clause_json(clause: &DownsyncClause) -> serde_json::Value {
+    serde_json::to_value(clause).unwrap_or_default()
+}
+
+/// Finds the CombinedStatus KubeStellar writes for `clause` under BindingPolicy `bp`.
+fn combined_for<'a>(combined: &[&'a CombinedStatus], bp: &str, clause: &DownsyncClause) -> Option<&'a CombinedStatus> {
+    let namespace = clause.namespace.clone().unwrap_or_else(|| REPORT_NAMESPACE.into());
+    combined.iter().copied().find(|cs| {
+        let l = cs.labels();
+        cs.namespace().as_deref() == Some(namespace.as_str())
+            && l.get(labels::BINDING_POLICY).map(String::as_str) == Some(bp)
+            && l.get(labels::NAME) == Some(&clause.name)
+            && l.get(labels::RESOURCE) == Some(&clause.resource)
+            && l.get(labels::API_GROUP).map(String::as_str).unwrap_or("") == clause.group
+    })
+}
+
+fn evaluate(observed: &Observed<'_>, index: usize, expressions: &StageExpressions) -> Verdict {
+    let Some(condition) = &expressions.condition else {
+        return Verdict::Met;
+    };
+    let policy = observed.policy;
+    let bp = binding_policy_name(&policy.name_any(), &policy.spec.stages[index].name);
+    let Some(binding) = observed.bindings.get(&bp) else {
+        return Verdict::NotMet {
+            reason: "AwaitingBinding",
+            message: format!("waiting for KubeStellar to resolve BindingPolicy {bp}"),
+        };
+    };
+    let workload = &binding.spec.workload;
+    let mut picked = Vec::new();
+    for clause in workload.namespace_scope.iter().chain(&workload.cluster_scope) {
+        let keep = match &expressions.filter {
+            None => true,
+            Some(filter) => match filter.evaluate_bool(&[(FILTER_VARIABLE, &clause_json(clause))]) {
+                Ok(keep) => keep,
+                Err(err) => {
+                    return Verdict::NotMet {
+                        reason: "FilterError",
+                        message: format!("filter on {}/{}: {err}", clause.resource, clause.name),
+                    };
+                }
+            },
+        };
+        if keep {
+            picked.push(clause);
+        }
+    }
+    if picked.is_empty() {
+        return Verdict::NotMet {
+            reason: "NothingSelected",
+            message: format!("no workload object in Binding {bp} passes the filter"),
+        };
+    }
+    for clause in picked {
+        let object = format!(
+            "{} {}/{}",
+            clause.resource,
+            clause.namespace.as_deref().unwrap_or(""),
+            clause.name
+        );
+        let Some(status) = combined_for(&observed.combined, &bp, clause) else {
+            return Verdict::NotMet {
+                reason: "AwaitingStatus",
+                message: format!("waiting for the CombinedStatus of {object}"),
+            };
+        };
+        let value = serde_json::to_value(status).unwrap_or_default();
+        match condition.evaluate_bool(&[(CONDITION_VARIABLE, &value)]) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Verdict::NotMet {
+                    reason: "ConditionNotMet",
+                    message: format!("the condition does not hold yet for {object}"),
+                };
+            }
+            Err(err) => {
+                return Verdict::NotMet {
+                    reason: "ConditionError",
+                    message: format!("the condition failed on {object}, counted as not met: {err}"),
+                };
+            }
+        }
+    }
+    Verdict::Met
+}
+
+fn active_record<'a>(status: &'a mut StagedBindingPolicyStatus, stage: &str) -> Option<&'a mut StageRecord> {
+    status
+        .history
+        .iter_mut()
+        .rev()
+        .find(|r| r.name == stage && r.outcome == "Active")
+}
+
+fn start_record(status: &mut StagedBindingPolicyStatus, stage: &str, now: Time, message: &str) {
+    status.history.push(StageRecord {
+        name: stage.into(),
+        started: Some(now),
+        condition_met: None,
+        ended: None,
+        outcome: "Active".into(),
+        message: Some(message.into()),
+    });
+    status.active_stage = Some(stage.into());
+}
+
+fn approved(policy: &StagedBindingPolicy, stage: &str) -> bool {
+    policy.annotations().get(APPROVE_ANNOTATION).map(String::as_str) == Some(stage)
+}
+
+/// Plans one reconcile.
+pub fn plan(observed: &Observed<'_>) -> Plan {
+    let policy = observed.policy;
+    let spec = &policy.spec;
+    let now = seconds(observed.now);
+    let generation = policy.metadata.generation;
+    let stored = policy.status.clone().unwrap_or_default();
+    let mut status = stored.clone();
+    status.observed_generation = generation;
+    let spec_changed = stored.observed_generation.is_some_and(|g| Some(g) != generation);
+    let mut plan = Plan::default();
+    let mut event = |warning: bool, reason: &str, note: String| {
+        plan.events.push(PlannedEvent {
+            warning,
+            reason: reason.into(),
+            note,
+        })
+    };
+    let condition_is =
+        |type_: &str, value: &str| find_condition(&stored.conditions, type_).is_some_and(|c| c.status == value);
+
+    // Where the rollout is.
+    let index_of = |name: &str| spec.stages.iter().position(|s| s.name == name);
+    let mut failed = condition_is(FAILED, "True") && !spec_changed;
+    let mut active = match stored.active_stage.as_deref() {
+        Some(name) => match index_of(name) {
+            Some(index) => {
+                if spec_changed {
+                    // Continue where we are, with a fresh deadline under the new spec.
+                    if let Some(record) = active_record(&mut status, name) {
+                        record.started = Some(now.clone());
+                        record.condition_met = None;
+                    } else {
+                        start_record(&mut status, name, now.clone(), "resumed after a spec change");
+                    }
+                }
+                Some(index)
+            }
+            None => {
+                event(
+                    false,
+                    "Restarted",
+                    format!("stage {name:?} is no longer in the spec; restarting from the first stage"),
+                );
+                if let Some(record) = active_record(&mut status, name) {
+                    record.outcome = "Removed".into();
+                    record.ended = Some(now.clone());
+                }
+                status.active_stage = None;
+                failed = false;
+                None
+            }
+        },
+        None => None,
+    };
+    let mut awaiting_approval = None;
+    if active.is_none() {
+        let first = &spec.stages[0];
+        if first.require_approval.unwrap_or(false) && !approved(policy, &first.name) {
+            awaiting_approval = Some(first.name.clone());
+        } else {
+            start_record(&mut status, &first.name, now.clone(), "first stage");
+            event(false, "StageStarted", format!("stage {:?} started", first.name));
+            active = Some(0);
+        }
+    }
+
+    let suspended = spec.suspend.unwrap_or(false);
+    let mut ready = (
+        true,
+        "Ready".to_string(),
+        "the rollout's expressions compile".to_string(),
+    );
+    let mut progressing = (true, "Progressing".to_string(), String::new());
+    let mut complete = (
+        false,
+        "NotComplete".to_string(),
+        "the last stage is not fulfilled yet".to_string(),
+    );
+    let mut failure = (
+        false,
+        "NoFailure".to_string(),
+        "no stage missed its deadline".to_string(),
+    );
+
+    if let Some(stage) = &awaiting_approval {
+        progressing = (
+            true,
+            "AwaitingApproval".into(),
+            format!(
+                "stage {stage:?} waits for approval: kubectl annotate sbp {} {APPROVE_ANNOTATION}={stage}",
+                policy.name_any()
+            ),
+        );
+    }
+
+    if let Some(mut index) = active {
+        let expressions = match observed.expressions {
+            Ok(expressions) => Some(expressions),
+            Err(err) => {
+                ready = (false, "InvalidExpression".into(), err.to_owned());
+                progressing = (
+                    false,
+                    "InvalidExpression".into(),
+                    "the rollout waits until the expression is fixed".into(),
+                );
+                None
+            }
+        };
+        if failed {
+            failure = find_condition(&stored.conditions, FAILED)
+                .map(|c| (true, c.reason.clone(), c.message.clone()))
+                .unwrap_or(failure);
+            progressing = (
+                false,
+                "Failed".into(),
+                "the rollout stopped; change the spec to resume".into(),
+            );
+        } else if suspended {
+            progressing = (false, "Suspended".into(), "suspended: stages do not advance".into());
+        } else if let Some(expressions) = expressions {
+            let stage = spec.stages[index].clone();
+            match evaluate(observed, index, &expressions[index]) {
+                Verdict::Met => {
+                    let record = active_record(&mut status, &stage.name).map(|r| {
+                        let met = r.condition_met.get_or_insert(now.clone()).clone();
+                        (met, r)
+                    });
+                    let soak = SignedDuration::from_secs(stage.soak_seconds.unwrap_or(0));
+                    let met = record.as_ref().map(|(m, _)| m.0).unwrap_or(observed.now);
+                    let soaked = met.checked_add(soak).unwrap_or(met);
+                    if observed.now < soaked {
+                        progressing = (
+                            true,
+                            "Soaking".into(),
+                            format!("stage {:?} holds its condition; soaking until {soaked}", stage.name),
+                        );
+                        plan.wake_at = Some(soaked);
+                    } else if index + 1 == spec.stages.len() {
+                        if let Some((_, record)) = record {
+                            record.outcome = "Fulfilled".into();
+                            record.ended = Some(now.clone());
+                            record.message = Some("the last stage is fulfilled".into());
+                            event(
+                                false,
+                                "RolloutComplete",
+                                format!("stage {:?} fulfilled; the rollout is complete", stage.name),
+                            );
+                        }
+                        complete = (
+                            true,
+                            "RolloutComplete".into(),
+                            format!("every stage is fulfilled; {:?} is the last", stage.name),
+                        );
+                        progressing = (false, "Complete".into(), "the rollout is complete".into());
+                    } else {
+                        let next = &spec.stages[index + 1];
+                        if next.require_approval.unwrap_or(false) && !approved(policy, &next.name) {
+                            progressing = (
+                                true,
+                                "AwaitingApproval".into(),
+                                format!(
+                                    "stage {:?} is fulfilled; stage {:?} waits for approval: kubectl annotate sbp {} {APPROVE_ANNOTATION}={}",
+                                    stage.name,
+                                    next.name,
+                                    policy.name_any(),
+                                    next.name
+                                ),
+                            );
+                        } else {
+                            if let Some((_, record)) = record {
+                                record.outcome = "Fulfilled".into();
+                                record.ended = Some(now.clone());
+                                record.message = Some("condition held".into());
+                            }
+                            start_record(
+                                &mut status,
+                                &next.name,
+                                now.clone(),
+                                &format!("{:?} fulfilled", stage.name),
+                            );
+                            event(
+                                false,
+                                "StageAdvanced",
+                                format!("stage {:?} fulfilled; stage {:?} started", stage.name, next.name),
+                            );
+                            progressing = (true, "StageAdvanced".into(), format!("stage {:?} started", next.name));
+                            index += 1;
+                            // Evaluate the new stage on the next event (its Binding does not exist yet).
+                        }
+                    }
+                }
+                Verdict::NotMet { reason, message } => {
+                    let started = active_record(&mut status, &stage.name).and_then(|r| {
+                        r.condition_met = None;
+                        r.started.clone()
+                    });
+                    progressing = (true, reason.into(), message);
+                    if let (Some(deadline), Some(started)) = (spec.progress_deadline_seconds, started) {
+                        let due = started
+                            .0
+                            .checked_add(SignedDuration::from_secs(deadline))
+                            .unwrap_or(started.0);
+                        if observed.now >= due {
+                            let why = format!("stage {:?} did not fulfil its condition within {deadline}s", stage.name);
+                            if let Some(record) = active_record(&mut status, &stage.name) {
+                                record.ended = Some(now.clone());
+                                record.outcome = "Failed".into();
+                                record.message = Some(why.clone());
+                            }
+                            let rollback = spec.on_failure.unwrap_or_default() == FailurePolicy::Rollback && index > 0;
+                            if rollback {
+                                if let Some(record) = status.history.last_mut() {
+                                    record.outcome = "RolledBack".into();
+                                }
+                                index -= 1;
+                                let previous = spec.stages[index].name.clone();
+                                start_record(&mut status, &previous, now.clone(), "rolled back to");
+                                failure = (
+                                    true,
+                                    "RolledBack".into(),
+                                    format!("{why}; placement rolled back to stage {previous:?}"),
+                                );
+                                event(true, "RolledBack", failure.2.clone());
+                            } else {
+                                failure = (true, "ProgressDeadlineExceeded".into(), format!("{why}; paused"));
+                                event(true, "ProgressDeadlineExceeded", failure.2.clone());
+                            }
+                            progressing = (
+                                false,
+                                "Failed".into(),
+                                "the rollout stopped; change the spec to resume".into(),
+                            );
+                        } else {
+                            plan.wake_at = Some(due);
+                        }
+                    }
+                }
+            }
+        }
+        active = Some(index);
+    }
+
+    // The BindingPolicies that should exist now.
+    let wanted: Vec<usize> = match (active, spec.placement_mode.unwrap_or_default()) {
+        (None, _) => vec![],
+        (Some(index), PlacementMode::Move) => vec![index],
+        (Some(index), PlacementMode::Keep) => (0..=index).collect(),
+    };
+    let owned: BTreeMap<String, &BindingPolicy> = observed.owned.iter().map(|bp| (bp.name_any(), *bp)).collect();
+    for index in &wanted {
+        let desired = stage_binding_policy(policy, *index);
+        if owned
+            .get(&desired.name_any())
+            .is_none_or(|current| current.spec != desired.spec)
+        {
+            plan.apply.push(desired);
+        }
+    }
+    let wanted_names: Vec<String> = wanted
+        .iter()
+        .map(|i| binding_policy_name(&policy.name_any(), &spec.stages[*i].name))
+        .collect();
+    plan.delete = owned.keys().filter(|n| !wanted_names.contains(n)).cloned().collect();
+
+    for (type_, (value, reason, message)) in [
+        (READY, ready),
+        (PROGRESSING, progressing),
+        (COMPLETE, complete),
+        (FAILED, failure),
+    ] {
+        let before = find_condition(&stored.conditions, type_).map(|c| (c.status.clone(), c.reason.clone()));
+        let text = if value { "True" } else { "False" };
+        if type_ == READY && !value && before.as_ref().map(|b| b.1.as_str()) != Some(reason.as_str()) {
+            event(true, &reason, message.clone());
+        }
+        if type_ == PROGRESSING && before.as_ref().is_none_or(|b| b.1 != reason) && reason == "AwaitingApproval" {
+            event(false, &reason, message.clone());
+        }
+        let _ = text;
+        set_condition(
+            &mut status.conditions,
+            type_,
+            value,
+            &reason,
+            message,
+            generation,
+            now.clone(),
+        );
+    }
+    plan.status = status;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::expressions::compile;
+    use crd_types::kubestellar::{BindingSpec, DownsyncObjectClauses, Value};
+    use serde_json::json;
+
+    const SEED_CONDITION: &str = "combinedStatus.results.exists(r, r.name == 'deployments-aggregator' && r.rows.exists(row, row.columns.exists(col, col.type == 'Number' && col.float == '1')))";
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn seed(extra: serde_json::Value) -> StagedBindingPolicy {
+        let mut spec = json!({
+            "downsync": [{"statusCollectors": ["deployments-aggregator"], "objectSelectors": [{"matchLabels": {"app.kubernetes.io/name": "nginx"}}]}],
+            "stages": [
+                {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "filter": "downsyncClause.resource == \"deployments\"", "condition": SEED_CONDITION},
+                {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+            ]
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        let mut policy: StagedBindingPolicy =
+            serde_json::from_value(json!({"metadata": {"name": "p", "uid": "uid-p", "generation": 1}, "spec": spec}))
+                .unwrap();
+        policy.metadata.generation = Some(1);
+        policy
+    }
+
+    fn binding(name: &str) -> Binding {
+        Binding::new(
+            name,
+            BindingSpec {
+                workload: DownsyncObjectClauses {
+                    cluster_scope: vec![],
+                    namespace_scope: vec![DownsyncClause {
+                        group: "apps".into(),
+                        version: "v1".into(),
+                        resource: "deployments".into(),
+                        namespace: Some("default".into()),
+                        name: "nginx".into(),
+                        ..DownsyncClause::default()
+                    }],
+                },
+                destinations: vec![],
+            },
+        )
+    }
+
+    fn combined(bp: &str, value: &str) -> CombinedStatus {
+        let mut cs: CombinedStatus = serde_json::from_value(json!({
+            "metadata": {"name": "uid.uid", "namespace": "default", "labels": {
+                labels::API_GROUP: "apps", labels::RESOURCE: "deployments", labels::NAMESPACE: "default",
+                labels::NAME: "nginx", labels::BINDING_POLICY: bp}},
+            "results": [{"name": "deployments-aggregator", "columnNames": ["count"], "rows": [{"columns": []}]}]
+        }))
+        .unwrap();
+        cs.spec.results[0].rows[0].columns.push(Value::number(value));
+        cs
+    }
+
+    struct World {
+        bindings: Vec<Binding>,
+        combined: Vec<CombinedStatus>,
+        owned: Vec<BindingPolicy>,
+    }
+
+    fn run(policy: &StagedBindingPolicy, world: &World, now: &str) -> Plan {
+        let expressions = compile(&policy.spec);
+        plan(&Observed {
+            now: t(now),
+            policy,
+            expressions: match &expressions {
+                Ok(e) => Ok(e.as_slice()),
+                Err(e) => Err(e.as_str()),
+            },
+            owned: world.owned.iter().collect(),
+            bindings: world.bindings.iter().map(|b| (b.name_any(), b)).collect(),
+            combined: world.combined.iter().collect(),
+        })
+    }
+
+    fn reason(plan: &Plan, type_: &str) -> String {
+        find_condition(&plan.status.conditions, type_).unwrap().reason.clone()
+    }
+
+    #[test]
+    fn the_seed_starts_at_dev_and_advances_to_prod_when_the_aggregator_reports_1() {
+        let mut policy = seed(json!({}));
+        let empty = World {
+            bindings: vec![],
+            combined: vec![],
+            owned: vec![],
+        };
+        let first = run(&policy, &empty, "2026-01-01T00:00:00Z");
+        assert_eq!(first.status.active_stage.as_deref(), Some("dev"));
+        assert_eq!(first.apply.len(), 1);
+        assert_eq!(first.apply[0].name_any(), "p-dev");
+        assert_eq!(reason(&first, PROGRESSING), "AwaitingBinding");
+
+        policy.status = Some(first.status.clone());
+        let mut world = World {
+            bindings: vec![binding("p-dev")],
+            combined: vec![combined("p-dev", "0")],
+            owned: first.apply.clone(),
+        };
+        let not_yet = run(&policy, &world, "2026-01-01T00:00:05Z");
+        assert_eq!(reason(&not_yet, PROGRESSING), "ConditionNotMet");
+        assert!(not_yet.apply.is_empty(), "the placed BindingPolicy is already right");
+
+        world.combined = vec![combined("p-dev", "1")];
+        let advanced = run(&policy, &world, "2026-01-01T00:00:10Z");
+        assert_eq!(advanced.status.active_stage.as_deref(), Some("prod"));
+        assert_eq!(advanced.apply[0].name_any(), "p-prod");
+        assert_eq!(
+            advanced.delete,
+            vec!["p-dev"],
+            "Move leaves only the active stage placed"
+        );
+        assert_eq!(advanced.status.history[0].outcome, "Fulfilled");
+
+        policy.status = Some(advanced.status.clone());
+        world.owned = advanced.apply.clone();
+        let done = run(&policy, &world, "2026-01-01T00:00:11Z");
+        assert_eq!(reason(&done, COMPLETE), "RolloutComplete");
+        // Steady state: nothing to write, apply or delete.
+        policy.status = Some(done.status.clone());
+        let rest = run(&policy, &world, "2026-01-01T00:10:00Z");
+        assert_eq!(Some(&rest.status), policy.status.as_ref());
+        assert!(rest.apply.is_empty() && rest.delete.is_empty() && rest.events.is_empty());
+    }
+
+    #[test]
+    fn soak_time_counts_from_when_the_condition_first_held_and_resets_when_it_stops() {
+        let mut policy = seed(json!({}));
+        policy.spec.stages[0].soak_seconds = Some(60);
+        let start = run(
+            &policy,
+            &World {
+                bindings: vec![],
+                combined: vec![],
+                owned: vec![],
+            },
+            "2026-01-01T00:00:00Z",
+        );
+        policy.status = Some(start.status);
+        let world = World {
+            bindings: vec![binding("p-dev")],
+            combined: vec![combined("p-dev", "1")],
+            owned: vec![],
+        };
+        let soaking = run(&policy, &world, "2026-01-01T00:00:10Z");
+        assert_eq!(reason(&soaking, PROGRESSING), "Soaking");
+        assert_eq!(soaking.wake_at, Some(t("2026-01-01T00:01:10Z")));
+        policy.status = Some(soaking.status);
+        let broke = World {
+            bindings: vec![binding("p-dev")],
+            combined: vec![combined("p-dev", "0")],
+            owned: vec![],
+        };
+        let reset = run(&policy, &broke, "2026-01-01T00:00:30Z");
+        assert_eq!(reset.status.history[0].condition_met, None);
+        policy.status = Some(reset.status);
+        let again = run(&policy, &world, "2026-01-01T00:00:40Z");
+        assert_eq!(again.wake_at, Some(t("2026-01-01T00:01:40Z")), "the soak starts over");
+    }
+
+    #[test]
+    fn a_deadline_rolls_back_to_the_previous_stage() {
+        let mut policy = seed(json!({"progressDeadlineSeconds": 30, "onFailure": "Rollback"}));
+        policy.spec.stages[1].condition = Some(SEED_CONDITION.into());
+        let mut world = World {
+            bindings: vec![binding("p-dev")],
+            combined: vec![combined("p-dev", "1")],
+            owned: vec![],
+        };
+        let start = run(&policy, &world, "2026-01-01T00:00:00Z");
+        policy.status = Some(start.status);
+        let advanced = run(&policy, &world, "2026-01-01T00:00:01Z");
+        assert_eq!(advanced.status.active_stage.as_deref(), Some("prod"));
+        policy.status = Some(advanced.status);
+        world.bindings.push(binding("p-prod"));
+        world.combined.push(combined("p-prod", "0"));
+        let waiting = run(&policy, &world, "2026-01-01T00:00:10Z");
+        assert_eq!(
+            waiting.wake_at,
+            Some(t("2026-01-01T00:00:30Z")),
+            "prod started with the first reconcile"
+        );
+        policy.status = Some(waiting.status);
+        let failed = run(&policy, &world, "2026-01-01T00:00:31Z");
+        assert_eq!(failed.status.active_stage.as_deref(), Some("dev"));
+        assert_eq!(reason(&failed, FAILED), "RolledBack");
+        assert_eq!(failed.apply[0].name_any(), "p-dev");
+        assert!(failed.events.iter().any(|e| e.reason == "RolledBack" && e.warning));
+        // Stopped until the spec changes.
+        policy.status = Some(failed.status);
+        let stays = run(&policy, &world, "2026-01-01T00:05:00Z");
+        assert_eq!(stays.status.active_stage.as_deref(), Some("dev"));
+        assert_eq!(reason(&stays, PROGRESSING), "Failed");
+    }
+
+    #[test]
+    fn an_expression_that_does_not_compile_is_named_and_nothing_advances() {
+        let mut policy = seed(json!({}));
+        policy.spec.stages[0].condition = Some("combinedStatus.results.exists(r, r.name ==".into());
+        let world = World {
+            bindings: vec![binding("p-dev")],
+            combined: vec![combined("p-dev", "1")],
+            owned: vec![],
+        };
+        let plan = run(&policy, &world, "2026-01-01T00:00:00Z");
+        let ready = find_condition(&plan.status.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "InvalidExpression")
+        );
+        assert!(ready.message.contains("stage \"dev\" condition"), "{}", ready.message);
+        policy.status = Some(plan.status);
+        let again = run(&policy, &world, "2026-01-01T00:00:10Z");
+        assert_eq!(again.status.active_stage.as_deref(), Some("dev"));
+    }
+
+    #[test]
+    fn an_approval_gate_waits_for_the_annotation_naming_the_stage() {
+        let mut policy = seed(json!({}));
+        policy.spec.stages[1].require_approval = Some(true);
+        let world = World {
+            bindings: vec![binding("p-dev")],
+            combined: vec![combined("p-dev", "1")],
+            owned: vec![],
+        };
+        let start = run(&policy, &world, "2026-01-01T00:00:00Z");
+        policy.status = Some(start.status);
+        let gated = run(&policy, &world, "2026-01-01T00:00:01Z");
+        assert_eq!(reason(&gated, PROGRESSING), "AwaitingApproval");
+        assert_eq!(gated.status.active_stage.as_deref(), Some("dev"));
+        policy.metadata.annotations = Some([(APPROVE_ANNOTATION.to_string(), "prod".to_string())].into());
+        policy.status = Some(gated.status);
+        let approved = run(&policy, &world, "2026-01-01T00:00:02Z");
+        assert_eq!(approved.status.active_stage.as_deref(), Some("prod"));
+    }
+}

@@ -1,0 +1,456 @@
+//! staged-binding on the real control plane, the KubeStellar simulator playing KubeStellar:
+//! the seed's dev → prod rollout, soak time, deadline → pause and → rollback, approval,
+//! suspend, bad expressions, runtime errors, deletion, and a restart mid-rollout.
+
+// A test that cannot proceed should stop right there, with the error.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use crd_types::kubestellar::{BindingPolicy, Value};
+use crd_types::placement::StagedBindingPolicy;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use orrery_e2e::kubestellar_simulator::{INVENTORY_LABEL, INVENTORY_NAMESPACE, KubeStellarSimulator, report};
+use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
+use serde_json::{Value as Json, json};
+
+const SEED_CONDITION: &str = "combinedStatus.results.exists(r,\n  r.name == 'deployments-aggregator' &&\n  r.rows.exists(row,\n    row.columns.exists(col,\n      col.type == 'Number' &&\n      col.float == '1'\n)))\n";
+
+fn start(env: &TestEnv) -> InProcess {
+    InProcess::start(
+        env.client.clone(),
+        &env.namespace,
+        staged_binding::controller::NAME,
+        staged_binding::run,
+    )
+}
+
+/// Inventory clusters (shared by the tests of this binary) and one nginx Deployment in the
+/// test's namespace.
+async fn world(env: &TestEnv) -> KubeStellarSimulator {
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": INVENTORY_NAMESPACE}})).unwrap();
+    let _ = Api::<Namespace>::all(env.client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await;
+    for (cluster, stage) in [("dev1", "dev"), ("test1", "test"), ("prod1", "prod"), ("prod2", "prod")] {
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": cluster, "labels": {INVENTORY_LABEL: "cluster", "env": stage}}}),
+        )
+        .unwrap();
+        let _ = Api::<ConfigMap>::namespaced(env.client.clone(), INVENTORY_NAMESPACE)
+            .create(&PostParams::default(), &cm)
+            .await;
+    }
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "nginx", "labels": {"app.kubernetes.io/name": format!("nginx-{}", env.namespace)}},
+        "spec": {"selector": {"matchLabels": {"app": "nginx"}}, "template": {"metadata": {"labels": {"app": "nginx"}}, "spec": {"containers": [{"name": "nginx", "image": "nginx"}]}}}
+    }))
+    .unwrap();
+    env.namespaced::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    KubeStellarSimulator::start(env.client.clone()).await.unwrap()
+}
+
+/// The seed's policy (its name and object selector made unique to the test), with `extra`
+/// merged into each stage by index and into the spec.
+fn policy(env: &TestEnv, name: &str, stages: Json, extra: Json) -> StagedBindingPolicy {
+    let mut spec = json!({
+        "downsync": [{"statusCollectors": ["deployments-aggregator"], "objectSelectors": [{"matchLabels": {"app.kubernetes.io/name": format!("nginx-{}", env.namespace)}}]}],
+        "stages": stages,
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    serde_json::from_value(json!({"metadata": {"name": format!("{}-{name}", env.namespace)}, "spec": spec})).unwrap()
+}
+
+fn seed_stages() -> Json {
+    json!([
+        {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "filter": "downsyncClause.resource == \"deployments\"", "condition": SEED_CONDITION},
+        {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+    ])
+}
+
+async fn status_of(client: &Client, name: &str) -> crd_types::placement::StagedBindingPolicyStatus {
+    Api::<StagedBindingPolicy>::all(client.clone())
+        .get(name)
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default()
+}
+
+fn condition(status: &crd_types::placement::StagedBindingPolicyStatus, type_: &str) -> (String, String, String) {
+    let c =
+        crd_types::common::find_condition(&status.conditions, type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    (c.status.clone(), c.reason.clone(), c.message.clone())
+}
+
+async fn wait_stage(client: &Client, name: &str, stage: &str) -> crd_types::placement::StagedBindingPolicyStatus {
+    poll_until(
+        &format!("{name} to reach stage {stage}"),
+        Deadline::default(),
+        || async {
+            let status = status_of(client, name).await;
+            if status.active_stage.as_deref() == Some(stage) {
+                Ok(status)
+            } else {
+                Err(format!("{:?}", status.active_stage))
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_condition(
+    client: &Client,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> crd_types::placement::StagedBindingPolicyStatus {
+    poll_until(
+        &format!("{name} {type_} reason {reason}"),
+        Deadline::default(),
+        || async {
+            let status = status_of(client, name).await;
+            match crd_types::common::find_condition(&status.conditions, type_) {
+                Some(c) if c.reason == reason => Ok(status),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+async fn binding_policies(client: &Client, policy: &str) -> Vec<BindingPolicy> {
+    let list = Api::<BindingPolicy>::all(client.clone())
+        .list(&ListParams::default().labels(&format!("{}={policy}", staged_binding::plan::POLICY_LABEL)))
+        .await
+        .unwrap();
+    list.items
+}
+
+async fn report_ready(env: &TestEnv, bp: &str, value: &str) {
+    report(
+        &env.client,
+        &env.namespace,
+        "nginx",
+        bp,
+        "deployments-aggregator",
+        Value::number(value),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn the_seed_rollout_moves_from_dev_to_prod_when_the_aggregator_reports_1() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    let controller = start(&env);
+    let name = format!("{}-seed", env.namespace);
+    Api::<StagedBindingPolicy>::all(env.client.clone())
+        .create(&PostParams::default(), &policy(&env, "seed", seed_stages(), json!({})))
+        .await
+        .unwrap();
+
+    let status = wait_stage(&env.client, &name, "dev").await;
+    assert_eq!(status.history.len(), 1);
+    let bps = poll_until("the dev BindingPolicy", Deadline::default(), || async {
+        let bps = binding_policies(&env.client, &name).await;
+        if bps.len() == 1 {
+            Ok(bps)
+        } else {
+            Err(format!("{} BindingPolicies", bps.len()))
+        }
+    })
+    .await;
+    let dev = &bps[0];
+    assert_eq!(dev.name_any(), format!("{name}-dev"));
+    assert_eq!(
+        dev.spec.cluster_selectors[0].match_labels.as_ref().unwrap()["env"],
+        "dev"
+    );
+    assert_eq!(dev.spec.downsync[0].status_collectors, vec!["deployments-aggregator"]);
+
+    // Not yet: the aggregator reports 0.
+    report_ready(&env, &dev.name_any(), "0").await;
+    let waiting = wait_condition(&env.client, &name, "Progressing", "ConditionNotMet").await;
+    assert_eq!(waiting.active_stage.as_deref(), Some("dev"));
+
+    report_ready(&env, &dev.name_any(), "1").await;
+    let status = wait_stage(&env.client, &name, "prod").await;
+    let stages: Vec<(&str, &str)> = status
+        .history
+        .iter()
+        .map(|r| (r.name.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(stages[0], ("dev", "Fulfilled"));
+    assert_eq!(stages[1].0, "prod");
+    assert!(status.history[0].started.is_some() && status.history[0].ended.is_some());
+    let complete = wait_condition(&env.client, &name, "Complete", "RolloutComplete").await;
+    assert_eq!(condition(&complete, "Ready").0, "True");
+    // Move (the default): only prod's BindingPolicy remains.
+    poll_until("only the prod BindingPolicy", Deadline::default(), || async {
+        let names: Vec<String> = binding_policies(&env.client, &name)
+            .await
+            .iter()
+            .map(|b| b.name_any())
+            .collect();
+        if names == vec![format!("{name}-prod")] {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+    let events = env.client.clone();
+    let list = Api::<Event>::all(events).list(&ListParams::default()).await.unwrap();
+    let reasons: Vec<String> = list
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name.as_str()))
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(
+        reasons.contains(&"StageAdvanced".to_string()) && reasons.contains(&"RolloutComplete".to_string()),
+        "{reasons:?}"
+    );
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn soak_time_keep_mode_approval_and_suspend() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    let controller = start(&env);
+    let name = format!("{}-gated", env.namespace);
+    let stages = json!([
+        {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": SEED_CONDITION, "soakSeconds": 2},
+        {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}], "requireApproval": true}
+    ]);
+    let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    policies
+        .create(
+            &PostParams::default(),
+            &policy(&env, "gated", stages, json!({"placementMode": "Keep"})),
+        )
+        .await
+        .unwrap();
+    wait_stage(&env.client, &name, "dev").await;
+    report_ready(&env, &format!("{name}-dev"), "1").await;
+    let soaking = wait_condition(&env.client, &name, "Progressing", "Soaking").await;
+    let met = soaking.history[0]
+        .condition_met
+        .clone()
+        .expect("condition met recorded")
+        .0;
+    let awaiting = wait_condition(&env.client, &name, "Progressing", "AwaitingApproval").await;
+    assert_eq!(
+        awaiting.active_stage.as_deref(),
+        Some("dev"),
+        "soaked, but prod needs approval"
+    );
+    assert!(jiff::Timestamp::now().duration_since(met) >= jiff::SignedDuration::from_secs(2));
+
+    // Suspended, an approval waits; resumed, it goes through.
+    policies
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": true}})),
+        )
+        .await
+        .unwrap();
+    wait_condition(&env.client, &name, "Progressing", "Suspended").await;
+    let approve = json!({"metadata": {"annotations": {crd_types::placement::APPROVE_ANNOTATION: "prod"}}});
+    policies
+        .patch(&name, &PatchParams::default(), &Patch::Merge(&approve))
+        .await
+        .unwrap();
+    let still = wait_condition(&env.client, &name, "Progressing", "Suspended").await;
+    assert_eq!(still.active_stage.as_deref(), Some("dev"));
+    policies
+        .patch(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"suspend": false}})),
+        )
+        .await
+        .unwrap();
+    wait_stage(&env.client, &name, "prod").await;
+    // Keep: dev's BindingPolicy stays beside prod's.
+    poll_until("both BindingPolicies", Deadline::default(), || async {
+        let mut names: Vec<String> = binding_policies(&env.client, &name)
+            .await
+            .iter()
+            .map(|b| b.name_any())
+            .collect();
+        names.sort();
+        if names == vec![format!("{name}-dev"), format!("{name}-prod")] {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_missed_deadline_pauses_or_rolls_back() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    let controller = start(&env);
+    let stages = json!([
+        {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": SEED_CONDITION},
+        {"name": "test", "clusterSelectors": [{"matchLabels": {"env": "test"}}], "condition": SEED_CONDITION},
+        {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+    ]);
+    let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    for (short, on_failure) in [("pause", "Pause"), ("rollback", "Rollback")] {
+        let name = format!("{}-{short}", env.namespace);
+        policies
+            .create(
+                &PostParams::default(),
+                &policy(
+                    &env,
+                    short,
+                    stages.clone(),
+                    json!({"progressDeadlineSeconds": 3, "onFailure": on_failure}),
+                ),
+            )
+            .await
+            .unwrap();
+        wait_stage(&env.client, &name, "dev").await;
+        report_ready(&env, &format!("{name}-dev"), "1").await;
+        wait_stage(&env.client, &name, "test").await;
+        // test never reports 1: after 3 s the stage fails.
+        let failed = wait_condition(
+            &env.client,
+            &name,
+            "Failed",
+            if short == "pause" {
+                "ProgressDeadlineExceeded"
+            } else {
+                "RolledBack"
+            },
+        )
+        .await;
+        assert_eq!(condition(&failed, "Failed").0, "True");
+        assert_eq!(condition(&failed, "Progressing").0, "False");
+        let expected_stage = if short == "pause" { "test" } else { "dev" };
+        assert_eq!(failed.active_stage.as_deref(), Some(expected_stage));
+        let wanted = format!("{name}-{expected_stage}");
+        poll_until("placement to follow", Deadline::default(), || async {
+            let names: Vec<String> = binding_policies(&env.client, &name)
+                .await
+                .iter()
+                .map(|b| b.name_any())
+                .collect();
+            if names == vec![wanted.clone()] {
+                Ok(())
+            } else {
+                Err(format!("{names:?}"))
+            }
+        })
+        .await;
+    }
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn bad_expressions_stop_the_rollout_and_runtime_errors_count_as_not_met() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    let controller = start(&env);
+    let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+
+    let broken = json!([
+        {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": "combinedStatus.results.exists(r, r.name =="},
+        {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+    ]);
+    let name = format!("{}-broken", env.namespace);
+    policies
+        .create(&PostParams::default(), &policy(&env, "broken", broken, json!({})))
+        .await
+        .unwrap();
+    let status = wait_condition(&env.client, &name, "Ready", "InvalidExpression").await;
+    let (_, _, message) = condition(&status, "Ready");
+    assert!(
+        message.contains("stage \"dev\" condition") && message.contains("1:"),
+        "{message}"
+    );
+    assert_eq!(
+        status.active_stage.as_deref(),
+        Some("dev"),
+        "placed, but never advanced"
+    );
+
+    let erroring = json!([
+        {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": "combinedStatus.results[5].name == 'x'"},
+        {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+    ]);
+    let name = format!("{}-erroring", env.namespace);
+    policies
+        .create(&PostParams::default(), &policy(&env, "erroring", erroring, json!({})))
+        .await
+        .unwrap();
+    wait_stage(&env.client, &name, "dev").await;
+    report_ready(&env, &format!("{name}-dev"), "1").await;
+    let status = wait_condition(&env.client, &name, "Progressing", "ConditionError").await;
+    assert_eq!(status.active_stage.as_deref(), Some("dev"));
+    assert_eq!(condition(&status, "Ready").0, "True");
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_mid_rollout_skips_and_repeats_nothing_and_deletion_collects_placement() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    let controller = start(&env);
+    let stages = json!([
+        {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": SEED_CONDITION},
+        {"name": "test", "clusterSelectors": [{"matchLabels": {"env": "test"}}], "condition": SEED_CONDITION},
+        {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+    ]);
+    let name = format!("{}-restart", env.namespace);
+    let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    policies
+        .create(&PostParams::default(), &policy(&env, "restart", stages, json!({})))
+        .await
+        .unwrap();
+    wait_stage(&env.client, &name, "dev").await;
+    report_ready(&env, &format!("{name}-dev"), "1").await;
+    wait_stage(&env.client, &name, "test").await;
+    controller.stop().await;
+    let controller = start(&env);
+    // After the restart test is still active: nothing skipped, dev not repeated. Its status
+    // has no rows yet, and KubeStellar omits an empty `rows`, so the seed's condition errors
+    // on it: counted as not met.
+    let status = wait_condition(&env.client, &name, "Progressing", "ConditionError").await;
+    assert_eq!(status.active_stage.as_deref(), Some("test"));
+    assert!(condition(&status, "Progressing").2.contains("No such key: rows"));
+    assert_eq!(status.history.iter().filter(|r| r.name == "dev").count(), 1);
+    report_ready(&env, &format!("{name}-test"), "1").await;
+    let status = wait_condition(&env.client, &name, "Complete", "RolloutComplete").await;
+    let order: Vec<&str> = status.history.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(order, ["dev", "test", "prod"]);
+
+    policies.delete(&name, &DeleteParams::default()).await.unwrap();
+    // The garbage collector learns of new CRDs on its discovery resync (every 30 s).
+    poll_until(
+        "the BindingPolicies to be garbage-collected",
+        Deadline(std::time::Duration::from_secs(90)),
+        || async {
+            let left = binding_policies(&env.client, &name).await.len();
+            if left == 0 { Ok(()) } else { Err(format!("{left} left")) }
+        },
+    )
+    .await;
+    controller.stop().await;
+}
