@@ -63,14 +63,20 @@ async fn as_service_account(env: &TestEnv, controller: &str) -> Client {
         "system:authenticated",
     ];
     let client = Client::try_from(env.impersonating(&user, &groups)).unwrap();
-    // RBAC changes take a moment to reach the authorizer's cache.
-    let probe: Api<Ignitor> = Api::namespaced(client.clone(), &env.namespace);
+    // RBAC changes take a moment to reach the authorizer's cache: wait until its first rule
+    // is in force.
+    let rule = &role.data["rules"][0];
+    let (group, resource, verb) = (
+        rule["apiGroups"][0].as_str().unwrap().to_owned(),
+        rule["resources"][0].as_str().unwrap().to_owned(),
+        rule["verbs"][0].as_str().unwrap().to_owned(),
+    );
     poll_until("the binding to take effect", Deadline::default(), || async {
-        probe
-            .list(&ListParams::default())
-            .await
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        if allowed(env, &user, &verb, &group, &resource, &env.namespace).await {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
     })
     .await;
     client
@@ -259,7 +265,7 @@ async fn the_manifests_pass_server_validation_and_grant_the_lease_only_in_their_
         Err(err) => panic!("{err}"),
     }
     let dry_run = PatchParams::apply("orrery-e2e").force().dry_run();
-    for controller in ["ignitor-scheduler", "task-workflow"] {
+    for controller in ["ignitor-scheduler", "task-workflow", "staged-binding"] {
         for file in ["rbac.yaml", "deployment.yaml"] {
             for object in manifest(controller, file) {
                 let types = object.types.clone().unwrap();
@@ -321,4 +327,104 @@ async fn the_manifests_pass_server_validation_and_grant_the_lease_only_in_their_
             "{controller}: deleting leases"
         );
     }
+}
+
+#[tokio::test]
+async fn staged_binding_runs_a_rollout_with_its_own_rbac_and_no_more() {
+    use crd_types::kubestellar::{Binding, Value};
+    use crd_types::placement::StagedBindingPolicy;
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use orrery_e2e::kubestellar_simulator::{INVENTORY_LABEL, INVENTORY_NAMESPACE, KubeStellarSimulator, report};
+
+    let env = TestEnv::new().await;
+    let inventory: Namespace = serde_json::from_value(json!({"metadata": {"name": INVENTORY_NAMESPACE}})).unwrap();
+    let _ = Api::<Namespace>::all(env.client.clone())
+        .create(&PostParams::default(), &inventory)
+        .await;
+    for (cluster, stage) in [("rbac-dev", "dev"), ("rbac-prod", "prod")] {
+        let cm: ConfigMap = serde_json::from_value(
+            json!({"metadata": {"name": cluster, "labels": {INVENTORY_LABEL: "cluster", "env": stage}}}),
+        )
+        .unwrap();
+        let _ = Api::<ConfigMap>::namespaced(env.client.clone(), INVENTORY_NAMESPACE)
+            .create(&PostParams::default(), &cm)
+            .await;
+    }
+    let app = format!("rbac-{}", env.namespace);
+    let deployment: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "web", "labels": {"app": app}},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}
+    }))
+    .unwrap();
+    env.namespaced::<Deployment>()
+        .create(&PostParams::default(), &deployment)
+        .await
+        .unwrap();
+    let _kubestellar = KubeStellarSimulator::start(env.client.clone()).await.unwrap();
+    let client = as_service_account(&env, "staged-binding").await;
+    let controller = InProcess::start(client.clone(), &env.namespace, "staged-binding", staged_binding::run);
+
+    let name = format!("{}-rbac", env.namespace);
+    let policy: StagedBindingPolicy = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
+        "downsync": [{"statusCollectors": ["ready"], "objectSelectors": [{"matchLabels": {"app": app}}]}],
+        "stages": [
+            {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": "combinedStatus.results.exists(r, r.name == 'ready' && r.rows.size() > 0)"},
+            {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+        ]
+    }}))
+    .unwrap();
+    let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    report(
+        &env.client,
+        &env.namespace,
+        "web",
+        &format!("{name}-dev"),
+        "ready",
+        Value::number(1),
+    )
+    .await
+    .unwrap();
+    poll_until(
+        "the rollout to complete as the ServiceAccount",
+        Deadline::default(),
+        || async {
+            let status = policies
+                .get(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let complete =
+                crd_types::common::find_condition(&status.conditions, "Complete").is_some_and(|c| c.status == "True");
+            if complete {
+                Ok(())
+            } else {
+                Err(format!("{:?}", status.active_stage))
+            }
+        },
+    )
+    .await;
+
+    let as_controller = Api::<StagedBindingPolicy>::all(client.clone());
+    forbidden(
+        as_controller.delete(&name, &DeleteParams::default()).await,
+        "staged-binding deleting a StagedBindingPolicy",
+    );
+    forbidden(
+        Api::<Binding>::all(client.clone())
+            .delete(&format!("{name}-prod"), &DeleteParams::default())
+            .await,
+        "staged-binding deleting KubeStellar's Binding",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(client.clone(), &env.namespace)
+            .list(&ListParams::default())
+            .await,
+        "staged-binding listing Secrets",
+    );
+    policies.delete(&name, &DeleteParams::default()).await.unwrap();
+    controller.stop().await;
+    cleanup(&env, "staged-binding").await;
 }

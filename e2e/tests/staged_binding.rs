@@ -454,3 +454,70 @@ async fn a_restart_mid_rollout_skips_and_repeats_nothing_and_deletion_collects_p
     .await;
     controller.stop().await;
 }
+
+#[tokio::test]
+async fn editing_the_spec_continues_from_the_active_stage_or_restarts_if_it_was_removed() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    let controller = start(&env);
+    let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    let stages = json!([
+        {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": SEED_CONDITION},
+        {"name": "test", "clusterSelectors": [{"matchLabels": {"env": "test"}}], "condition": SEED_CONDITION},
+        {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+    ]);
+    for short in ["edit", "shrink"] {
+        let name = format!("{}-{short}", env.namespace);
+        policies
+            .create(&PostParams::default(), &policy(&env, short, stages.clone(), json!({})))
+            .await
+            .unwrap();
+        wait_stage(&env.client, &name, "dev").await;
+        report_ready(&env, &format!("{name}-dev"), "1").await;
+        wait_stage(&env.client, &name, "test").await;
+    }
+
+    // Edit the active stage's condition: the rollout continues from it (dev is not redone).
+    let edit = format!("{}-edit", env.namespace);
+    let patch = json!({"spec": {"stages": [
+        stages[0].clone(),
+        {"name": "test", "clusterSelectors": [{"matchLabels": {"env": "test"}}], "condition": "true"},
+        stages[2].clone()
+    ]}});
+    policies
+        .patch(&edit, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let done = wait_condition(&env.client, &edit, "Complete", "RolloutComplete").await;
+    let order: Vec<&str> = done.history.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(order, ["dev", "test", "prod"]);
+
+    // Remove the active stage: the rollout restarts from the first.
+    let shrink = format!("{}-shrink", env.namespace);
+    let patch = json!({"spec": {"stages": [stages[0].clone(), stages[2].clone()]}});
+    policies
+        .patch(&shrink, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let restarted = poll_until("the restart from dev", Deadline::default(), || async {
+        let status = status_of(&env.client, &shrink).await;
+        if status
+            .history
+            .iter()
+            .any(|r| r.name == "test" && r.outcome == "Removed")
+        {
+            Ok(status)
+        } else {
+            Err(format!("{:?}", status.history))
+        }
+    })
+    .await;
+    let outcomes: Vec<(&str, &str)> = restarted
+        .history
+        .iter()
+        .map(|r| (r.name.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(outcomes[..2], [("dev", "Fulfilled"), ("test", "Removed")]);
+    assert_eq!(outcomes[2].0, "dev", "{outcomes:?}");
+    controller.stop().await;
+}

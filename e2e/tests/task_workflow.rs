@@ -269,8 +269,19 @@ async fn the_orca_readme_example_end_to_end() {
     let (valid, reason, message) = condition(&status, "ActionsValid");
     assert_eq!((valid.as_str(), reason.as_str()), ("False", "UnknownAction"));
     assert!(message.contains("YOUR-PLUGIN-NAME"));
-    let kept = runs_of(&env, "task1").await;
-    assert_eq!(kept.len(), 3, "the history keeps 3 failed runs by default");
+    let kept = poll_until(
+        "the history to keep 3 failed runs (the default)",
+        Deadline::default(),
+        || async {
+            let kept = runs_of(&env, "task1").await;
+            if kept.len() == 3 {
+                Ok(kept)
+            } else {
+                Err(format!("{} runs", kept.len()))
+            }
+        },
+    )
+    .await;
     let first_kept = kept[0].status.clone().unwrap();
     assert!(
         first_kept.message.unwrap().contains("continerName1"),

@@ -1,47 +1,64 @@
-//! One watch and one cache per kind, shared by every controller of a binary that needs it
-//! (a trigger for one, a lookup table for another). `managedFields` is dropped on the way in:
-//! it is about half of an object's metadata and no controller reads it.
+//! Watches and caches for controllers. Every trigger gets a watch of its own (independent
+//! streams cannot hold each other up), and each kind a binary looks objects up in is cached
+//! once. `managedFields` is dropped on the way in: it is about half of an object's metadata
+//! and no controller reads it.
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, ReflectHandle, Store};
+use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
-/// How many events a slow subscriber may fall behind before the watch waits for it.
-const BUFFER: usize = 1024;
-
-/// Starts one watch of `api` (with backoff while the API server is away), caching what it sees
-/// until `shutdown` resolves. Returns the cache and `subscriptions` streams of changed objects,
-/// one per controller trigger. Each stream must be consumed, or the watch waits for it.
-pub fn watch_shared<K>(
+fn stripped<K>(
     api: Api<K>,
     config: watcher::Config,
-    subscriptions: usize,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> (Store<K>, Vec<ReflectHandle<K>>)
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+}
+
+/// A watch of `api` (with backoff while the API server is away) as a controller trigger.
+pub fn watched<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    stripped(api, config).applied_objects()
+}
+
+/// A watch of `api` that also fills the returned cache: the trigger of the controller whose
+/// main kind it is (`Controller::for_stream`).
+pub fn watched_and_cached<K>(
+    api: Api<K>,
+    config: watcher::Config,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
-    let (store, writer) = reflector::store_shared(BUFFER);
-    let handles = (0..subscriptions)
-        .map(|_| writer.subscribe().expect("a shared store always has a dispatcher"))
-        .collect();
-    let stream = watcher(api, config)
-        .default_backoff()
-        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
-        .reflect_shared(writer)
-        .for_each(|event| async move {
-            if let Err(err) = event {
-                tracing::warn!(error = %err, kind = %K::kind(&()), "watch failed; retrying with backoff");
-            }
-        });
+    let (store, writer) = reflector::store();
+    (store, stripped(api, config).reflect(writer).applied_objects())
+}
+
+/// A cache of `api` for lookups only, filled until `shutdown` resolves.
+pub fn cached<K>(api: Api<K>, config: watcher::Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    let stream = stripped(api, config).reflect(writer).for_each(|event| async move {
+        if let Err(err) = event {
+            tracing::warn!(error = %err, kind = %K::kind(&()), "watch failed; retrying with backoff");
+        }
+    });
     tokio::spawn(async move {
         tokio::select! {
             _ = stream => {}
             _ = shutdown => {}
         }
     });
-    (store, handles)
+    store
 }

@@ -15,7 +15,7 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, wait_synced, watch_shared};
+use orrery_runtime::{BoxError, Context, cached, wait_synced, watched, watched_and_cached};
 use serde_json::json;
 use tracing::warn;
 
@@ -87,28 +87,23 @@ fn owner_of(bp: &BindingPolicy) -> Option<ObjectRef<StagedBindingPolicy>> {
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher::Config::default().any_semantic();
     let client = context.client.clone();
-    let (policies, mut policy_streams) = watch_shared(
-        Api::<StagedBindingPolicy>::all(client.clone()),
-        config.clone(),
-        1,
-        context.shutdown_signal(),
-    );
-    let (binding_policies, mut bp_streams) = watch_shared(
+    let (policies, policy_trigger) =
+        watched_and_cached(Api::<StagedBindingPolicy>::all(client.clone()), config.clone());
+    let owned_only = config.clone().labels(POLICY_LABEL);
+    let binding_policies = cached(
         Api::<BindingPolicy>::all(client.clone()),
-        config.clone().labels(POLICY_LABEL),
-        1,
+        owned_only.clone(),
         context.shutdown_signal(),
     );
-    let (bindings, mut binding_streams) = watch_shared(
+    let bindings = cached(
         Api::<Binding>::all(client.clone()),
         config.clone(),
-        1,
         context.shutdown_signal(),
     );
-    let (combined, mut combined_streams) = watch_shared(
+    let reported = config.clone().labels(combined_status_labels::BINDING_POLICY);
+    let combined = cached(
         Api::<CombinedStatus>::all(client.clone()),
-        config.labels(combined_status_labels::BINDING_POLICY),
-        1,
+        reported.clone(),
         context.shutdown_signal(),
     );
     let readiness = context.readiness.clone();
@@ -131,19 +126,25 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         expressions: Mutex::default(),
     });
     let bps_for_binding = binding_policies.clone();
-    let bps_for_status = binding_policies.clone();
-    Controller::for_shared_stream(policy_streams.remove(0), policies)
-        .owns_shared_stream(bp_streams.remove(0))
+    let bps_for_status = binding_policies;
+    Controller::for_stream(policy_trigger, policies)
+        .owns_stream(watched(Api::<BindingPolicy>::all(client.clone()), owned_only))
         // A Binding is named after its BindingPolicy.
-        .watches_shared_stream(binding_streams.remove(0), move |binding: Arc<Binding>| {
-            bps_for_binding
-                .get(&ObjectRef::new(&binding.name_any()))
-                .and_then(|bp| owner_of(&bp))
-        })
-        .watches_shared_stream(combined_streams.remove(0), move |status: Arc<CombinedStatus>| {
-            let bp = status.labels().get(combined_status_labels::BINDING_POLICY)?;
-            bps_for_status.get(&ObjectRef::new(bp)).and_then(|bp| owner_of(&bp))
-        })
+        .watches_stream(
+            watched(Api::<Binding>::all(client.clone()), config),
+            move |binding: Binding| {
+                bps_for_binding
+                    .get(&ObjectRef::new(&binding.name_any()))
+                    .and_then(|bp| owner_of(&bp))
+            },
+        )
+        .watches_stream(
+            watched(Api::<CombinedStatus>::all(client), reported),
+            move |status: CombinedStatus| {
+                let bp = status.labels().get(combined_status_labels::BINDING_POLICY)?;
+                bps_for_status.get(&ObjectRef::new(bp)).and_then(|bp| owner_of(&bp))
+            },
+        )
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})

@@ -15,7 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, wait_synced, watch_shared};
+use orrery_runtime::{BoxError, Context, cached, wait_synced, watched, watched_and_cached};
 use serde::Serialize;
 use serde_json::json;
 
@@ -125,14 +125,12 @@ impl State {
 /// Runs the Task and TaskRun controllers until the context's shutdown signal.
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher::Config::default().any_semantic();
-    let (tasks, mut task_streams) = watch_shared(context.api::<Task>(), config.clone(), 3, context.shutdown_signal());
-    let (runs, mut run_streams) = watch_shared(context.api::<TaskRun>(), config.clone(), 2, context.shutdown_signal());
-    let (ignitors, mut ignitor_streams) =
-        watch_shared(context.api::<Ignitor>(), config.clone(), 1, context.shutdown_signal());
-    let (pods, mut pod_streams) = watch_shared(
+    let (tasks, task_trigger) = watched_and_cached(context.api::<Task>(), config.clone());
+    let (runs, run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
+    let ignitors = cached(context.api::<Ignitor>(), config.clone(), context.shutdown_signal());
+    let pods = cached(
         context.api::<Pod>(),
-        config.labels(TASKRUN_LABEL),
-        1,
+        config.clone().labels(TASKRUN_LABEL),
         context.shutdown_signal(),
     );
 
@@ -149,7 +147,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         context: context.clone(),
         tasks: tasks.clone(),
         runs: runs.clone(),
-        ignitors: ignitors.clone(),
+        ignitors,
         pods,
         actions: Registry::builtin(),
         http: reqwest::Client::new(),
@@ -158,21 +156,24 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 
     let tasks_for_ignitor = tasks.clone();
     let tasks_for_task = tasks.clone();
-    let task_controller = Controller::for_shared_stream(next_stream(&mut task_streams), tasks.clone())
-        .watches_shared_stream(next_stream(&mut run_streams), |run: Arc<TaskRun>| {
+    let task_controller = Controller::for_stream(task_trigger, tasks.clone())
+        .watches_stream(watched(context.api::<TaskRun>(), config.clone()), |run: TaskRun| {
             Some(ObjectRef::<Task>::new(&run.spec.task_ref.name).within(&run.namespace().unwrap_or_default()))
         })
-        .watches_shared_stream(next_stream(&mut ignitor_streams), move |ignitor: Arc<Ignitor>| {
-            let name = ignitor.name_any();
-            let namespace = ignitor.namespace();
-            tasks_for_ignitor
-                .state()
-                .into_iter()
-                .filter(move |t| t.namespace() == namespace && t.spec.start_on_ignition.contains(&name))
-                .map(|t| ObjectRef::from_obj(t.as_ref()))
-        })
+        .watches_stream(
+            watched(context.api::<Ignitor>(), config.clone()),
+            move |ignitor: Ignitor| {
+                let name = ignitor.name_any();
+                let namespace = ignitor.namespace();
+                tasks_for_ignitor
+                    .state()
+                    .into_iter()
+                    .filter(move |t| t.namespace() == namespace && t.spec.start_on_ignition.contains(&name))
+                    .map(|t| ObjectRef::from_obj(t.as_ref()))
+            },
+        )
         // A Task appearing may complete another's triggers.
-        .watches_shared_stream(next_stream(&mut task_streams), move |changed: Arc<Task>| {
+        .watches_stream(watched(context.api::<Task>(), config.clone()), move |changed: Task| {
             let name = changed.name_any();
             let namespace = changed.namespace();
             tasks_for_task
@@ -189,10 +190,10 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         .for_each(|_| async {});
 
     let runs_for_task = runs.clone();
-    let run_controller = Controller::for_shared_stream(next_stream(&mut run_streams), runs.clone())
-        .owns_shared_stream(next_stream(&mut pod_streams))
+    let run_controller = Controller::for_stream(run_trigger, runs)
+        .owns_stream(watched(context.api::<Pod>(), config.clone().labels(TASKRUN_LABEL)))
         // A Task appearing starts the runs that waited for it.
-        .watches_shared_stream(next_stream(&mut task_streams), move |task: Arc<Task>| {
+        .watches_stream(watched(context.api::<Task>(), config), move |task: Task| {
             let name = task.name_any();
             let namespace = task.namespace();
             runs_for_task
@@ -210,10 +211,6 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 
     tokio::join!(task_controller, run_controller);
     Ok(())
-}
-
-fn next_stream<T>(streams: &mut Vec<T>) -> T {
-    streams.pop().expect("as many streams as subscribers were asked for")
 }
 
 /// A 404: the object is already gone, which is what a delete wanted.
