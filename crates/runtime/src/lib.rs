@@ -30,7 +30,7 @@ pub use args::{LogFormat, RuntimeArgs};
 pub use client::{RateLimitLayer, build_client, load_config};
 pub use health::{Readiness, router, wait_synced};
 pub use metrics::{Metrics, ReconcileMetrics};
-pub use shared::{cached, watched, watched_and_cached};
+pub use shared::{watched, watched_and_cached};
 pub use telemetry::init_tracing;
 
 /// Errors from controllers, as the runtime sees them.

@@ -1,9 +1,9 @@
-//! Watches and caches for controllers. Every trigger gets a watch of its own (independent
-//! streams cannot hold each other up), and each kind a binary looks objects up in is cached
-//! once. `managedFields` is dropped on the way in: it is about half of an object's metadata
-//! and no controller reads it.
+//! Watches and caches for controllers. A cache a reconcile reads from is filled by the very
+//! stream that triggers the reconcile, so a trigger never arrives before its change is cached;
+//! streams are never shared, so one slow consumer cannot hold up another. `managedFields` is
+//! dropped on the way in: it is about half of an object's metadata and no controller reads it.
 
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -41,24 +41,4 @@ where
 {
     let (store, writer) = reflector::store();
     (store, stripped(api, config).reflect(writer).applied_objects())
-}
-
-/// A cache of `api` for lookups only, filled until `shutdown` resolves.
-pub fn cached<K>(api: Api<K>, config: watcher::Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store();
-    let stream = stripped(api, config).reflect(writer).for_each(|event| async move {
-        if let Err(err) = event {
-            tracing::warn!(error = %err, kind = %K::kind(&()), "watch failed; retrying with backoff");
-        }
-    });
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = stream => {}
-            _ = shutdown => {}
-        }
-    });
-    store
 }

@@ -15,12 +15,12 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, cached, wait_synced, watched, watched_and_cached};
+use orrery_runtime::{BoxError, Context, wait_synced, watched_and_cached};
 use serde_json::json;
 use tracing::warn;
 
 use crate::expressions::{StageExpressions, compile};
-use crate::plan::{Observed, POLICY_LABEL, plan};
+use crate::plan::{Observed, POLICY_LABEL, binding_policy_name, plan};
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "staged-binding";
@@ -78,33 +78,35 @@ impl State {
     }
 }
 
-/// The policy that owns a BindingPolicy, from its label.
-fn owner_of(bp: &BindingPolicy) -> Option<ObjectRef<StagedBindingPolicy>> {
-    bp.labels().get(POLICY_LABEL).map(|name| ObjectRef::new(name))
+/// The policy one of whose stages a BindingPolicy (or its Binding) named `name` places.
+fn policy_placing(policies: &Store<StagedBindingPolicy>, name: &str) -> Option<ObjectRef<StagedBindingPolicy>> {
+    policies
+        .state()
+        .into_iter()
+        .find(|p| {
+            p.spec
+                .stages
+                .iter()
+                .any(|s| binding_policy_name(&p.name_any(), &s.name) == name)
+        })
+        .map(|p| ObjectRef::from_obj(p.as_ref()))
 }
 
-/// Runs the controller until the context's shutdown signal.
+/// Runs the controller until the context's shutdown signal. Every cache a reconcile reads is
+/// filled by the stream that triggers it, so a trigger never runs ahead of its cache.
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher::Config::default().any_semantic();
     let client = context.client.clone();
     let (policies, policy_trigger) =
         watched_and_cached(Api::<StagedBindingPolicy>::all(client.clone()), config.clone());
-    let owned_only = config.clone().labels(POLICY_LABEL);
-    let binding_policies = cached(
+    let (binding_policies, bp_trigger) = watched_and_cached(
         Api::<BindingPolicy>::all(client.clone()),
-        owned_only.clone(),
-        context.shutdown_signal(),
+        config.clone().labels(POLICY_LABEL),
     );
-    let bindings = cached(
-        Api::<Binding>::all(client.clone()),
-        config.clone(),
-        context.shutdown_signal(),
-    );
-    let reported = config.clone().labels(combined_status_labels::BINDING_POLICY);
-    let combined = cached(
-        Api::<CombinedStatus>::all(client.clone()),
-        reported.clone(),
-        context.shutdown_signal(),
+    let (bindings, binding_trigger) = watched_and_cached(Api::<Binding>::all(client.clone()), config.clone());
+    let (combined, combined_trigger) = watched_and_cached(
+        Api::<CombinedStatus>::all(client),
+        config.labels(combined_status_labels::BINDING_POLICY),
     );
     let readiness = context.readiness.clone();
     let (p, b, bd, c) = (
@@ -120,31 +122,25 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     });
     let state = Arc::new(State {
         context: context.clone(),
-        binding_policies: binding_policies.clone(),
+        binding_policies,
         bindings,
         combined,
         expressions: Mutex::default(),
     });
-    let bps_for_binding = binding_policies.clone();
-    let bps_for_status = binding_policies;
+    let for_binding = policies.clone();
+    let for_status = policies.clone();
     Controller::for_stream(policy_trigger, policies)
-        .owns_stream(watched(Api::<BindingPolicy>::all(client.clone()), owned_only))
+        .owns_stream(bp_trigger)
         // A Binding is named after its BindingPolicy.
-        .watches_stream(
-            watched(Api::<Binding>::all(client.clone()), config),
-            move |binding: Binding| {
-                bps_for_binding
-                    .get(&ObjectRef::new(&binding.name_any()))
-                    .and_then(|bp| owner_of(&bp))
-            },
-        )
-        .watches_stream(
-            watched(Api::<CombinedStatus>::all(client), reported),
-            move |status: CombinedStatus| {
-                let bp = status.labels().get(combined_status_labels::BINDING_POLICY)?;
-                bps_for_status.get(&ObjectRef::new(bp)).and_then(|bp| owner_of(&bp))
-            },
-        )
+        .watches_stream(binding_trigger, move |binding: Binding| {
+            policy_placing(&for_binding, &binding.name_any())
+        })
+        .watches_stream(combined_trigger, move |status: CombinedStatus| {
+            policy_placing(
+                &for_status,
+                status.labels().get(combined_status_labels::BINDING_POLICY)?,
+            )
+        })
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})

@@ -15,7 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, cached, wait_synced, watched, watched_and_cached};
+use orrery_runtime::{BoxError, Context, wait_synced, watched, watched_and_cached};
 use serde::Serialize;
 use serde_json::json;
 
@@ -103,6 +103,9 @@ impl JoinCondition for JoinConditions {
 pub(crate) struct State {
     pub context: Context,
     pub tasks: Store<Task>,
+    /// TaskRuns as the Task controller has been told of them.
+    pub task_runs: Store<TaskRun>,
+    /// TaskRuns as the TaskRun controller has been told of them.
     pub runs: Store<TaskRun>,
     pub ignitors: Store<Ignitor>,
     pub pods: Store<Pod>,
@@ -112,9 +115,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// The runs of `task` in `namespace`.
+    /// The runs of `task` in `namespace`, from the Task controller's cache.
     pub fn runs_of(&self, namespace: &str, task: &str) -> Vec<Arc<TaskRun>> {
-        self.runs
+        self.task_runs
             .state()
             .into_iter()
             .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.task_ref.name == task)
@@ -123,22 +126,36 @@ impl State {
 }
 
 /// Runs the Task and TaskRun controllers until the context's shutdown signal.
+///
+/// Every cache a reconcile reads from is filled by the same stream that triggers it, so a
+/// trigger never arrives before the change it announces is in the cache. Where a controller
+/// only learns of a change through another's cache (a Task appearing), the waiting reconcile
+/// also looks again on a timer.
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher::Config::default().any_semantic();
     let (tasks, task_trigger) = watched_and_cached(context.api::<Task>(), config.clone());
+    let (task_runs, task_run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
+    let (ignitors, ignitor_trigger) = watched_and_cached(context.api::<Ignitor>(), config.clone());
     let (runs, run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
-    let ignitors = cached(context.api::<Ignitor>(), config.clone(), context.shutdown_signal());
-    let pods = cached(
-        context.api::<Pod>(),
-        config.clone().labels(TASKRUN_LABEL),
-        context.shutdown_signal(),
-    );
+    let (pods, pod_trigger) = watched_and_cached(context.api::<Pod>(), config.clone().labels(TASKRUN_LABEL));
 
     let readiness = context.readiness.clone();
-    let (t, r, i, p) = (tasks.clone(), runs.clone(), ignitors.clone(), pods.clone());
+    let caches = (
+        tasks.clone(),
+        task_runs.clone(),
+        ignitors.clone(),
+        runs.clone(),
+        pods.clone(),
+    );
     tokio::spawn(async move {
         // Ready once every cache has its first full list.
-        if wait_synced(&t).await && wait_synced(&r).await && wait_synced(&i).await && wait_synced(&p).await {
+        let (t, tr, i, r, p) = caches;
+        if wait_synced(&t).await
+            && wait_synced(&tr).await
+            && wait_synced(&i).await
+            && wait_synced(&r).await
+            && wait_synced(&p).await
+        {
             readiness.set_synced();
         }
     });
@@ -146,6 +163,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let state = Arc::new(State {
         context: context.clone(),
         tasks: tasks.clone(),
+        task_runs,
         runs: runs.clone(),
         ignitors,
         pods,
@@ -157,21 +175,18 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let tasks_for_ignitor = tasks.clone();
     let tasks_for_task = tasks.clone();
     let task_controller = Controller::for_stream(task_trigger, tasks.clone())
-        .watches_stream(watched(context.api::<TaskRun>(), config.clone()), |run: TaskRun| {
+        .watches_stream(task_run_trigger, |run: TaskRun| {
             Some(ObjectRef::<Task>::new(&run.spec.task_ref.name).within(&run.namespace().unwrap_or_default()))
         })
-        .watches_stream(
-            watched(context.api::<Ignitor>(), config.clone()),
-            move |ignitor: Ignitor| {
-                let name = ignitor.name_any();
-                let namespace = ignitor.namespace();
-                tasks_for_ignitor
-                    .state()
-                    .into_iter()
-                    .filter(move |t| t.namespace() == namespace && t.spec.start_on_ignition.contains(&name))
-                    .map(|t| ObjectRef::from_obj(t.as_ref()))
-            },
-        )
+        .watches_stream(ignitor_trigger, move |ignitor: Ignitor| {
+            let name = ignitor.name_any();
+            let namespace = ignitor.namespace();
+            tasks_for_ignitor
+                .state()
+                .into_iter()
+                .filter(move |t| t.namespace() == namespace && t.spec.start_on_ignition.contains(&name))
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+        })
         // A Task appearing may complete another's triggers.
         .watches_stream(watched(context.api::<Task>(), config.clone()), move |changed: Task| {
             let name = changed.name_any();
@@ -191,7 +206,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 
     let runs_for_task = runs.clone();
     let run_controller = Controller::for_stream(run_trigger, runs)
-        .owns_stream(watched(context.api::<Pod>(), config.clone().labels(TASKRUN_LABEL)))
+        .owns_stream(pod_trigger)
         // A Task appearing starts the runs that waited for it.
         .watches_stream(watched(context.api::<Task>(), config), move |task: Task| {
             let name = task.name_any();

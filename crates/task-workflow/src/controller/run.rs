@@ -99,6 +99,8 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     }
     Ok(match plan.wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
+        // The Task's arrival reaches the Task controller's cache first; look again now and then.
+        None if task.is_none() => Action::requeue(Duration::from_secs(5)),
         None => Action::await_change(),
     })
 }

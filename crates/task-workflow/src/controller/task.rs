@@ -102,7 +102,15 @@ async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
         )
         .await;
     }
-    Ok(Action::await_change())
+    // Triggers that do not exist yet are announced to the other controller's cache; look
+    // again now and then rather than rely on that.
+    let waiting = crd_types::common::find_condition(&plan.status.conditions, crd_types::CONDITION_READY)
+        .is_some_and(|c| c.reason == "MissingTriggers");
+    Ok(if waiting {
+        Action::requeue(std::time::Duration::from_secs(5))
+    } else {
+        Action::await_change()
+    })
 }
 
 /// Creates `run`; one that already exists is the same trigger seen again, which is fine.
