@@ -658,7 +658,7 @@ async fn retries_back_off_and_deadlines_stop_runs() {
     tasks
         .create(
             &PostParams::default(),
-            &task("flaky", json!({"retry": {"limit": 2, "backoffSeconds": 1}})),
+            &task("flaky", json!({"retry": {"limit": 2, "backoffSeconds": 3}})),
         )
         .await
         .unwrap();
