@@ -16,6 +16,7 @@ mod health;
 mod metrics;
 mod shared;
 mod telemetry;
+mod write;
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,6 +33,7 @@ pub use health::{Readiness, router, wait_synced};
 pub use metrics::{Metrics, ReconcileMetrics};
 pub use shared::{watched, watched_and_cached};
 pub use telemetry::init_tracing;
+pub use write::{Error, apply_status, is_not_found};
 
 /// Errors from controllers, as the runtime sees them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

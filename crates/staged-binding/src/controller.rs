@@ -15,8 +15,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, wait_synced, watched_and_cached};
-use serde_json::json;
+pub use orrery_runtime::Error;
+use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched_and_cached};
 use tracing::warn;
 
 use crate::expressions::{StageExpressions, compile};
@@ -24,33 +24,6 @@ use crate::plan::{Observed, POLICY_LABEL, binding_policy_name, plan};
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "staged-binding";
-
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The object changed between our read and our write; it is read again.
-    #[error("the StagedBindingPolicy changed while being written; retrying")]
-    Conflict,
-    /// The API server refused a request.
-    #[error("{action}: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The server's answer.
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl Error {
-    /// Stable reason for metrics and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Conflict => "Conflict",
-            Error::Api { .. } => "ApiError",
-        }
-    }
-}
 
 type Compiled = Result<Arc<Vec<StageExpressions>>, String>;
 
@@ -159,10 +132,7 @@ async fn reconcile(policy: Arc<StagedBindingPolicy>, state: Arc<State>) -> Resul
 }
 
 fn error_policy(_: Arc<StagedBindingPolicy>, error: &Error, _: Arc<State>) -> Action {
-    match error {
-        Error::Conflict => Action::requeue(Duration::from_millis(50)),
-        Error::Api { .. } => Action::requeue(Duration::from_secs(5)),
-    }
+    error.requeue()
 }
 
 async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, Error> {
@@ -210,41 +180,23 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
     for bp in &planned.apply {
         bps.patch(&bp.name_any(), &apply, &Patch::Apply(bp))
             .await
-            .map_err(|source| Error::Api {
-                action: format!("applying BindingPolicy {}", bp.name_any()),
-                source,
-            })?;
+            .map_err(Error::api(format!("applying BindingPolicy {}", bp.name_any())))?;
     }
     for name in &planned.delete {
         match bps.delete(name, &DeleteParams::background()).await {
             Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(source) => {
-                return Err(Error::Api {
-                    action: format!("deleting BindingPolicy {name}"),
-                    source,
-                });
-            }
+            Err(err) if is_not_found(&err) => {}
+            Err(source) => return Err(Error::api(format!("deleting BindingPolicy {name}"))(source)),
         }
     }
     if Some(&planned.status) != policy.status.as_ref() {
-        let patch = json!({
-            "apiVersion": StagedBindingPolicy::api_version(&()),
-            "kind": StagedBindingPolicy::kind(&()),
-            "metadata": {"resourceVersion": policy.resource_version()},
-            "status": planned.status,
-        });
-        let api: Api<StagedBindingPolicy> = Api::all(state.context.client.clone());
-        match api.patch_status(&name, &apply, &Patch::Apply(&patch)).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => return Err(Error::Conflict),
-            Err(source) => {
-                return Err(Error::Api {
-                    action: format!("writing the status of {name}"),
-                    source,
-                });
-            }
-        }
+        apply_status(
+            &Api::<StagedBindingPolicy>::all(state.context.client.clone()),
+            NAME,
+            policy,
+            &planned.status,
+        )
+        .await?;
     }
     let reference = policy.object_ref(&());
     for planned_event in planned.events {

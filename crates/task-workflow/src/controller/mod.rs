@@ -10,52 +10,18 @@ use cel_conditions::Expression;
 use crd_types::workflow::{Ignitor, TASKRUN_LABEL, Task, TaskRun};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::ResourceExt;
+use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Api, Resource, ResourceExt};
+pub use orrery_runtime::Error;
 use orrery_runtime::{BoxError, Context, wait_synced, watched, watched_and_cached};
-use serde::Serialize;
-use serde_json::json;
 
 use crate::actions::Registry;
 use crate::handoff::JoinCondition;
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "task-workflow";
-
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The object changed between our read and our write; it is read again.
-    #[error("{0} changed while being written; retrying")]
-    Conflict(String),
-    /// The API server refused a request.
-    #[error("{action}: {source}")]
-    Api {
-        /// What was being done.
-        action: String,
-        /// The server's answer.
-        #[source]
-        source: kube::Error,
-    },
-}
-
-impl Error {
-    /// Stable reason for metrics and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Conflict(_) => "Conflict",
-            Error::Api { .. } => "ApiError",
-        }
-    }
-
-    fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-        let action = action.into();
-        move |source| Error::Api { action, source }
-    }
-}
 
 /// A join condition compiled, or why it does not compile.
 type Compiled = Result<Arc<Expression>, String>;
@@ -226,42 +192,4 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 
     tokio::join!(task_controller, run_controller);
     Ok(())
-}
-
-/// A 404: the object is already gone, which is what a delete wanted.
-pub(crate) fn is_not_found(err: &kube::Error) -> bool {
-    matches!(err, kube::Error::Api(status) if status.code == 404)
-}
-
-/// Writes `status` with server-side apply, only if the object is still the one we read.
-pub(crate) async fn apply_status<K>(api: &Api<K>, object: &K, status: &impl Serialize) -> Result<(), Error>
-where
-    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let patch = json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "metadata": {"resourceVersion": object.resource_version()},
-        "status": status,
-    });
-    let name = object.name_any();
-    match api
-        .patch_status(&name, &PatchParams::apply(NAME).force(), &Patch::Apply(&patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!("{} {name}", K::kind(&())))),
-        Err(source) => Err(Error::Api {
-            action: format!("writing the status of {} {name}", K::kind(&())),
-            source,
-        }),
-    }
-}
-
-/// Requeue policy: conflicts are read again at once; other failures after a pause.
-pub(crate) fn requeue_after(error: &Error) -> Action {
-    match error {
-        Error::Conflict(_) => Action::requeue(std::time::Duration::from_millis(50)),
-        Error::Api { .. } => Action::requeue(std::time::Duration::from_secs(5)),
-    }
 }

@@ -13,7 +13,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::task::{cancel, create_run, publish};
-use super::{Error, State, apply_status, requeue_after};
+use orrery_runtime::{apply_status, is_not_found};
+
+use super::{Error, NAME, State};
 use crate::actions::ActionContext;
 use crate::handoff::{Successor, successors};
 use crate::naming::pod_name;
@@ -30,7 +32,7 @@ pub(crate) async fn reconcile(run: Arc<TaskRun>, state: Arc<State>) -> Result<Ac
 }
 
 pub(crate) fn error_policy(_: Arc<TaskRun>, error: &Error, _: Arc<State>) -> Action {
-    requeue_after(error)
+    error.requeue()
 }
 
 async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
@@ -55,7 +57,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     if let Some(name) = &plan.delete_pod {
         match pods.delete(name, &DeleteParams::background()).await {
             Ok(_) => {}
-            Err(err) if super::is_not_found(&err) => {}
+            Err(err) if is_not_found(&err) => {}
             Err(source) => return Err(Error::api(format!("deleting pod {name}"))(source)),
         }
     }
@@ -92,6 +94,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     if Some(&status) != run.status.as_ref() {
         apply_status(
             &Api::<TaskRun>::namespaced(state.context.client.clone(), &namespace),
+            NAME,
             run,
             &status,
         )

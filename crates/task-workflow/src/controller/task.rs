@@ -15,7 +15,9 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
-use super::{Error, NAME, State, apply_status, requeue_after};
+use orrery_runtime::{apply_status, is_not_found};
+
+use super::{Error, NAME, State};
 use crate::task_plan::{TaskView, plan_task};
 
 pub(crate) async fn reconcile(task: Arc<Task>, state: Arc<State>) -> Result<Action, Error> {
@@ -29,7 +31,7 @@ pub(crate) async fn reconcile(task: Arc<Task>, state: Arc<State>) -> Result<Acti
 }
 
 pub(crate) fn error_policy(_: Arc<Task>, error: &Error, _: Arc<State>) -> Action {
-    requeue_after(error)
+    error.requeue()
 }
 
 async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
@@ -79,6 +81,7 @@ async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
     if Some(&plan.status) != task.status.as_ref() {
         apply_status(
             &Api::<Task>::namespaced(state.context.client.clone(), &namespace),
+            NAME,
             task,
             &plan.status,
         )
@@ -88,7 +91,7 @@ async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
     for name in &plan.delete {
         match run_api.delete(name, &DeleteParams::background()).await {
             Ok(_) => {}
-            Err(err) if super::is_not_found(&err) => {}
+            Err(err) if is_not_found(&err) => {}
             Err(source) => return Err(Error::api(format!("deleting TaskRun {name}"))(source)),
         }
     }
@@ -127,7 +130,7 @@ pub(crate) async fn cancel(api: &Api<TaskRun>, name: &str, why: &str) -> Result<
     let patch = json!({"metadata": {"annotations": {CANCEL_ANNOTATION: why}}});
     match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => Ok(()),
-        Err(err) if super::is_not_found(&err) => Ok(()),
+        Err(err) if is_not_found(&err) => Ok(()),
         Err(source) => Err(Error::api(format!("cancelling TaskRun {name}"))(source)),
     }
 }

@@ -1,0 +1,83 @@
+//! What every controller's I/O repeats: writing status with server-side apply under a
+//! resourceVersion precondition, one error type with stable reasons, and the requeue policy.
+
+use std::time::Duration;
+
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Api, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object changed between our read and our write; it is read again.
+    #[error("{0} changed while being written; retrying")]
+    Conflict(String),
+    /// The API server refused a request.
+    #[error("{action}: {source}")]
+    Api {
+        /// What was being done.
+        action: String,
+        /// The server's answer.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Stable reason for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Conflict(_) => "Conflict",
+            Error::Api { .. } => "ApiError",
+        }
+    }
+
+    /// Wraps a failed request, saying what was being done.
+    pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let action = action.into();
+        move |source| Error::Api { action, source }
+    }
+
+    /// Conflicts are read again at once; other failures after a pause.
+    pub fn requeue(&self) -> Action {
+        match self {
+            Error::Conflict(_) => Action::requeue(Duration::from_millis(50)),
+            Error::Api { .. } => Action::requeue(Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A 404: the object is already gone, which is what a delete wanted.
+pub fn is_not_found(err: &kube::Error) -> bool {
+    matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Writes `status` of `object` with server-side apply as `manager`, only if the object is
+/// still the one we read (its resourceVersion): two writers can never both act on one state.
+pub async fn apply_status<K>(api: &Api<K>, manager: &str, object: &K, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let patch = json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"resourceVersion": object.resource_version()},
+        "status": status,
+    });
+    let name = object.name_any();
+    match api
+        .patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!("{} {name}", K::kind(&())))),
+        Err(source) => Err(Error::Api {
+            action: format!("writing the status of {} {name}", K::kind(&())),
+            source,
+        }),
+    }
+}
