@@ -232,11 +232,19 @@ async fn resolve_all(client: &Client) -> anyhow::Result<()> {
             }
         }
     }
-    // CombinedStatuses of BindingPolicies (or objects) that are gone.
+    // CombinedStatuses of BindingPolicies that are gone. Checked afresh: a BindingPolicy
+    // created since the list above (by a test running alongside) keeps its statuses.
     let all: Api<CombinedStatus> = Api::all(client.clone());
+    let bp_api: Api<BindingPolicy> = Api::all(client.clone());
     for status in all.list(&ListParams::default()).await?.items {
         let key = (status.namespace().unwrap_or_default(), status.name_any());
-        if !wanted_statuses.contains(&key) {
+        if wanted_statuses.contains(&key) {
+            continue;
+        }
+        let Some(bp) = status.labels().get(labels::BINDING_POLICY) else {
+            continue;
+        };
+        if bp_api.get_opt(bp).await?.is_none() {
             let api: Api<CombinedStatus> = Api::namespaced(client.clone(), &key.0);
             let _ = api.delete(&key.1, &DeleteParams::default()).await;
         }
