@@ -7,40 +7,18 @@ use std::time::{Duration, Instant};
 use crd_types::workflow::{FIRE_ANNOTATION, Ignitor};
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context};
-use serde_json::json;
+pub use orrery_runtime::Error;
+use orrery_runtime::{BoxError, Context, apply_status};
 use tracing::{info, warn};
 
 use crate::plan::{Observed, plan};
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "ignitor-scheduler";
-
-/// Why a reconcile failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Another writer changed the Ignitor between our read and our write; we read again.
-    #[error("the Ignitor changed while it was being fired; retrying")]
-    Conflict,
-    /// The API server refused the status write.
-    #[error("writing status: {0}")]
-    WriteStatus(#[source] kube::Error),
-}
-
-impl Error {
-    /// Stable reason for metrics and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Conflict => "Conflict",
-            Error::WriteStatus(_) => "WriteStatusFailed",
-        }
-    }
-}
 
 struct State {
     context: Context,
@@ -87,26 +65,9 @@ async fn fire_if_due(ignitor: &Ignitor, context: &Context) -> Result<Action, Err
 
     if planned.status != status {
         let api: Api<Ignitor> = Api::namespaced(context.client.clone(), &ignitor.namespace().unwrap_or_default());
-        // The resourceVersion makes the write conditional: two writers can never both record
-        // the same firing, and a firing is in status before anyone acts on it.
-        let patch = json!({
-            "apiVersion": Ignitor::api_version(&()),
-            "kind": Ignitor::kind(&()),
-            "metadata": {"resourceVersion": ignitor.resource_version()},
-            "status": planned.status,
-        });
-        match api
-            .patch_status(
-                &ignitor.name_any(),
-                &PatchParams::apply(NAME).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.code == 409 => return Err(Error::Conflict),
-            Err(err) => return Err(Error::WriteStatus(err)),
-        }
+        // The write is conditional on the resourceVersion read: two writers can never both
+        // record the same firing, and a firing is in status before anyone acts on it.
+        apply_status(&api, NAME, ignitor, &planned.status).await?;
         if let Some(ignition) = &planned.fired {
             info!(ignitor = %ignitor.name_any(), namespace = ?ignitor.namespace(), sequence = ignition.sequence, reason = %ignition.reason, "fired");
         }
@@ -137,8 +98,5 @@ async fn fire_if_due(ignitor: &Ignitor, context: &Context) -> Result<Action, Err
 }
 
 fn error_policy(_: Arc<Ignitor>, error: &Error, _: Arc<State>) -> Action {
-    match error {
-        Error::Conflict => Action::requeue(Duration::from_millis(50)),
-        Error::WriteStatus(_) => Action::requeue(Duration::from_secs(5)),
-    }
+    error.requeue()
 }
