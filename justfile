@@ -30,12 +30,14 @@ lint:
 crdgen:
     cargo run -q -p crd-types --bin crdgen
 
-# Benchmarks that print figures: CEL conditions, then task-workflow and ignitor-scheduler beside
-# the Job and CronJob controllers (sizes via ORRERY_BENCH_* variables, see e2e/benches/workflow.rs).
+# Benchmarks that print figures: CEL conditions; task-workflow and ignitor-scheduler beside the
+# Job and CronJob controllers; staged-binding with many policies (sizes via ORRERY_BENCH_*
+# variables, see e2e/benches/).
 bench:
     cargo bench -p cel-conditions --bench conditions -- --warm-up-time 1 --measurement-time 3
-    cargo build --release -p task-workflow -p ignitor-scheduler
+    cargo build --release -p task-workflow -p ignitor-scheduler -p staged-binding
     cargo bench -p orrery-e2e --bench workflow
+    cargo bench -p orrery-e2e --bench placement
 
 # Fuzz CEL compile+evaluate (needs nightly and cargo-fuzz).
 fuzz seconds="60":

@@ -17,12 +17,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use crd_types::workflow::{Ignitor, TASK_LABEL, Task, TaskRef, TaskRun, TaskRunSpec};
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -32,14 +29,11 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
 use orrery_e2e::ControlPlane;
+use orrery_e2e::bench::{Controller, env_usize, invoked_as_benchmark, percentiles, wait_for};
 use orrery_e2e::pod_simulator::PodSimulator;
 use serde_json::json;
 
 const NAMESPACE: &str = "bench";
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// When this process first saw things happen, from one watch per kind.
 #[derive(Default)]
@@ -115,104 +109,6 @@ fn observe(client: Client, seen: Arc<Mutex<Seen>>) {
     });
 }
 
-/// A controller binary running against the control plane; killed on drop.
-struct Controller {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Controller {
-    fn start(binary: &str, plane: &ControlPlane) -> anyhow::Result<Self> {
-        let dir = std::env::var("ORRERY_BIN_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
-        let path = dir.join(binary);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let log = std::fs::File::create(plane.dir().join(format!("{binary}.log")))?;
-        let child = Command::new(&path)
-            .args(["--leader-elect=false", "--watch-namespace", NAMESPACE])
-            .arg("--kubeconfig")
-            .arg(plane.kubeconfig_path())
-            .arg("--http-addr")
-            .arg(format!("127.0.0.1:{port}"))
-            .env("RUST_LOG", "warn")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("{} (run `just bench`, which builds it)", path.display()))?;
-        Ok(Controller { child, port })
-    }
-
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-            .unwrap_or(f64::NAN)
-    }
-
-    /// API requests this controller sent, by HTTP method, from its /metrics.
-    fn requests(&self) -> HashMap<String, f64> {
-        let mut out = HashMap::new();
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return out;
-        };
-        use std::io::{Read, Write};
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        for line in text.lines().filter(|l| l.starts_with("orrery_api_requests_total{")) {
-            if let (Some(method), Some(value)) = (line.split('"').nth(1), line.rsplit(' ').next()) {
-                out.insert(method.to_owned(), value.parse().unwrap_or(0.0));
-            }
-        }
-        out
-    }
-}
-
-fn writes(requests: &HashMap<String, f64>) -> f64 {
-    requests
-        .iter()
-        .filter(|(m, _)| m.as_str() != "GET")
-        .map(|(_, v)| v)
-        .sum()
-}
-
-fn percentiles(mut samples: Vec<f64>) -> String {
-    if samples.is_empty() {
-        return "no samples".into();
-    }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
-    format!(
-        "p50 {:7.1} ms   p99 {:7.1} ms   max {:7.1} ms   (n={})",
-        at(0.5),
-        at(0.99),
-        at(1.0),
-        samples.len()
-    )
-}
-
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    while !done() {
-        if start.elapsed() > limit {
-            anyhow::bail!("{what}: not done after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(start.elapsed())
-}
-
 fn task(name: &str, after: Option<&str>) -> Task {
     let mut spec = json!({"template": {"spec": {"containers": [{"name": "main", "image": "busybox"}]}}, "successfulRunsHistoryLimit": 1});
     if let Some(after) = after {
@@ -235,9 +131,7 @@ fn run(task: &str, name: &str) -> TaskRun {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // `cargo test --all-targets` runs bench targets once as tests; this one takes minutes and
-    // measures rather than checks, so it runs only under `cargo bench`.
-    if !std::env::args().any(|a| a == "--bench") {
+    if !invoked_as_benchmark() {
         println!("workflow benchmark: run it with `just bench`");
         return Ok(());
     }
@@ -263,8 +157,8 @@ async fn main() -> anyhow::Result<()> {
     let _kubelet = PodSimulator::start(client.clone(), Some(NAMESPACE)).await?;
     let seen = Arc::new(Mutex::new(Seen::default()));
     observe(client.clone(), seen.clone());
-    let workflow = Controller::start("task-workflow", &plane)?;
-    let scheduler = Controller::start("ignitor-scheduler", &plane)?;
+    let workflow = Controller::start("task-workflow", &plane, Some(NAMESPACE))?;
+    let scheduler = Controller::start("ignitor-scheduler", &plane, Some(NAMESPACE))?;
     let tasks: Api<Task> = Api::namespaced(client.clone(), NAMESPACE);
     let runs: Api<TaskRun> = Api::namespaced(client.clone(), NAMESPACE);
     let interval = Duration::from_secs_f64(1.0 / rate);
@@ -474,9 +368,9 @@ async fn main() -> anyhow::Result<()> {
         .delete_collection(&Default::default(), &ListParams::default())
         .await?;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let (w0, s0) = (writes(&workflow.requests()), writes(&scheduler.requests()));
+    let (w0, s0) = (workflow.writes(), scheduler.writes());
     tokio::time::sleep(at_rest).await;
-    let (w1, s1) = (writes(&workflow.requests()), writes(&scheduler.requests()));
+    let (w1, s1) = (workflow.writes(), scheduler.writes());
     println!(
         "\nAPI writes while nothing happens, over {:?}: task-workflow {}, ignitor-scheduler {}",
         at_rest,

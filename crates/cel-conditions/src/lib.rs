@@ -54,9 +54,11 @@ mod error;
 mod input;
 mod limits;
 mod nesting;
+mod shared;
 
 pub use error::{CelError, Position};
 pub use limits::Limits;
+pub use shared::SharedExpressions;
 
 use cel::objects::ValueType;
 use cel::{Context, Env, ParseErrors, Program, Value};

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use cel_conditions::SharedExpressions;
 use crd_types::kubestellar::{Binding, BindingPolicy, CombinedStatus, combined_status_labels};
 use crd_types::placement::StagedBindingPolicy;
 use futures::StreamExt;
@@ -34,6 +35,8 @@ struct State {
     combined: Store<CombinedStatus>,
     /// Expressions compiled per policy (uid) and generation.
     expressions: Mutex<HashMap<(String, i64), Compiled>>,
+    /// Compiled expressions shared between policies with the same source.
+    shared_expressions: SharedExpressions,
 }
 
 impl State {
@@ -46,7 +49,7 @@ impl State {
         cache.retain(|(uid, generation), _| uid != &key.0 || *generation == key.1);
         cache
             .entry(key)
-            .or_insert_with(|| compile(&policy.spec).map(Arc::new))
+            .or_insert_with(|| compile(&policy.spec, &self.shared_expressions).map(Arc::new))
             .clone()
     }
 }
@@ -99,6 +102,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         bindings,
         combined,
         expressions: Mutex::default(),
+        shared_expressions: SharedExpressions::default(),
     });
     let for_binding = policies.clone();
     let for_status = policies.clone();

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use cel_conditions::Expression;
+use cel_conditions::{Expression, SharedExpressions};
 use crd_types::placement::StagedBindingPolicySpec;
 
 /// The variable a `filter` sees.
@@ -20,8 +20,9 @@ pub struct StageExpressions {
     pub condition: Option<Arc<Expression>>,
 }
 
-/// Every stage's expressions, or the first that does not compile, named.
-pub fn compile(spec: &StagedBindingPolicySpec) -> Result<Vec<StageExpressions>, String> {
+/// Every stage's expressions, or the first that does not compile, named. Policies with the
+/// same expressions share their compiled form through `shared`.
+pub fn compile(spec: &StagedBindingPolicySpec, shared: &SharedExpressions) -> Result<Vec<StageExpressions>, String> {
     spec.stages
         .iter()
         .map(|stage| {
@@ -29,7 +30,8 @@ pub fn compile(spec: &StagedBindingPolicySpec) -> Result<Vec<StageExpressions>, 
                 source
                     .as_deref()
                     .map(|s| {
-                        Expression::compile(s, &[variable])
+                        shared
+                            .compile(s, &[variable])
                             .map(Arc::new)
                             .map_err(|err| format!("stage {:?} {field}: {err}", stage.name))
                     })

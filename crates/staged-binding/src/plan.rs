@@ -597,7 +597,7 @@ mod tests {
     }
 
     fn run(policy: &StagedBindingPolicy, world: &World, now: &str) -> Plan {
-        let expressions = compile(&policy.spec);
+        let expressions = compile(&policy.spec, &Default::default());
         plan(&Observed {
             now: t(now),
             policy,

@@ -6,7 +6,7 @@ mod task;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cel_conditions::Expression;
+use cel_conditions::{Expression, SharedExpressions};
 use crd_types::workflow::{Ignitor, TASKRUN_LABEL, Task, TaskRun};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
@@ -30,6 +30,8 @@ type Compiled = Result<Arc<Expression>, String>;
 #[derive(Default, Debug)]
 pub struct JoinConditions {
     compiled: Mutex<HashMap<(String, i64), Compiled>>,
+    /// Tasks with the same condition share its compiled form.
+    shared: SharedExpressions,
 }
 
 impl JoinConditions {
@@ -44,7 +46,8 @@ impl JoinConditions {
             compiled
                 .entry(key)
                 .or_insert_with(|| {
-                    Expression::compile(source, &["predecessors"])
+                    self.shared
+                        .compile(source, &["predecessors"])
                         .map(Arc::new)
                         .map_err(|err| format!("join condition: {err}"))
                 })
