@@ -24,6 +24,7 @@ pub fn invoked_as_benchmark() -> bool {
 
 /// A controller binary running against the control plane as a user would run it (default
 /// settings, leader election off so Lease renewals do not count as writes); killed on drop.
+#[derive(Debug)]
 pub struct Controller {
     child: Child,
     port: u16,

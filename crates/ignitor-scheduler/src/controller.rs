@@ -33,6 +33,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     tokio::spawn(async move { readiness.set_synced_when_ready(&[store]).await });
     let shutdown = context.shutdown_signal();
     controller
+        .with_config(context.controller_config())
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, Arc::new(State { context }))
         .for_each(|_| async {})

@@ -54,6 +54,11 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 400)]
     pub burst: u32,
 
+    /// Reconciles run at once, per controller. Each holds an API connection while it writes;
+    /// more rarely helps, as the request limit above is shared.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
     /// Seconds to let reconciles finish after SIGTERM before exiting anyway.
     #[arg(long, default_value_t = 20)]
     pub shutdown_timeout_seconds: u64,

@@ -12,6 +12,7 @@
 
 mod args;
 mod client;
+pub mod events;
 mod health;
 mod metrics;
 mod shared;
@@ -22,13 +23,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use kube::Client;
-use kube::runtime::events::{Recorder, Reporter};
 use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use args::{LogFormat, RuntimeArgs};
 pub use client::{RateLimitLayer, build_client, load_config};
+pub use events::Recorder;
 pub use health::{Readiness, router, wait_synced};
 pub use metrics::{Metrics, ReconcileMetrics};
 pub use shared::{watched, watched_and_cached};
@@ -82,6 +83,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Watch only this namespace (`--watch-namespace`); all namespaces when `None`.
     pub namespace: Option<String>,
+    /// Reconciles run at once, per controller (`--concurrency`).
+    pub concurrency: u16,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -110,17 +113,26 @@ impl std::fmt::Debug for Context {
     }
 }
 
+/// `--concurrency`'s default, also used by [`Context::standalone`].
+const DEFAULT_CONCURRENCY: u16 = 16;
+
 impl Context {
+    /// The configuration every `kube::runtime::Controller` of this binary runs with.
+    pub fn controller_config(&self) -> kube::runtime::controller::Config {
+        kube::runtime::controller::Config::default().concurrency(self.concurrency)
+    }
+
     /// A context for running controllers in-process without the binary's plumbing (no Lease,
     /// no HTTP server): for end-to-end tests, benchmarks and the demo.
     pub fn standalone(client: Client, controller: &str) -> (Self, StopHandle) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let context = Context {
-            recorder: recorder(client.clone(), controller, controller.to_owned()),
+            recorder: Recorder::new(client.clone(), controller, controller.to_owned()),
             client,
             metrics: ReconcileMetrics::default(),
             readiness: Readiness::default(),
             namespace: None,
+            concurrency: DEFAULT_CONCURRENCY,
             shutdown: stop_rx,
         };
         (context, StopHandle(stop_tx))
@@ -239,11 +251,12 @@ where
     readiness.set_starting();
 
     let context = Context {
-        recorder: recorder(client.clone(), name, identity),
+        recorder: Recorder::new(client.clone(), name, identity),
         client,
         metrics: metrics.reconcile.clone(),
         readiness: readiness.clone(),
         namespace: args.watch_namespace.clone(),
+        concurrency: args.concurrency,
         shutdown: stop_rx,
     };
     let mut running = tokio::spawn(controllers(context));
@@ -320,16 +333,6 @@ async fn termination_signal() {
     {
         let _ = ctrl_c.await;
     }
-}
-
-fn recorder(client: Client, controller: &str, instance: String) -> Recorder {
-    Recorder::new(
-        client,
-        Reporter {
-            controller: controller.to_owned(),
-            instance: Some(instance),
-        },
-    )
 }
 
 fn default_identity() -> String {

@@ -118,6 +118,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 status.labels().get(combined_status_labels::BINDING_POLICY)?,
             )
         })
+        .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile, error_policy, state)
         .for_each(|_| async {})

@@ -12,7 +12,7 @@ use crd_types::workflow::{ActionRef, ActionResult, Task, TaskRun, TaskRunPhase};
 use futures::future::BoxFuture;
 use kube::Client;
 use kube::ResourceExt;
-use kube::runtime::events::Recorder;
+use orrery_runtime::Recorder;
 
 /// What an action gets to work with.
 pub struct ActionContext<'a> {

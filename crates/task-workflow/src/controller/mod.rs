@@ -169,6 +169,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 })
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
         })
+        .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(task::reconcile, task::error_policy, state.clone())
         .for_each(|_| async {});
@@ -189,6 +190,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 })
                 .map(|r| ObjectRef::from_obj(r.as_ref()))
         })
+        .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(run::reconcile, run::error_policy, state)
         .for_each(|_| async {});

@@ -1,0 +1,878 @@
+//! The I/O around [`crate::plan`]: one controller per hierarchy kind. Each watches its kind,
+//! its children (their readiness rolls up into its own) and its parent (a parent's change
+//! re-runs its children), applies what its plan wants with server-side apply, and writes
+//! its status.
+
+mod targets;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crd_types::common::{CONDITION_READY, Time, set_condition};
+use crd_types::hierarchy::{
+    Application, ApplicationStatus, Cluster, ClusterStatus, HierarchyStatus, OWNER_LABEL, Project, VirtualCluster,
+    VirtualClusterStatus,
+};
+use futures::StreamExt;
+use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+pub use orrery_runtime::Error;
+use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched, watched_and_cached};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::warn;
+
+use crate::gateway::{self, HTTPROUTE_CRD};
+use crate::plan::application::{self, APP_LABEL};
+use crate::plan::{Child, Readiness, project, roll_up, virtual_cluster};
+use crate::registry::{Claim, INSTALL_GATEWAY_API, Kind, Registry, flag};
+use targets::Targets;
+
+/// The controller's name: its field manager, Lease and Event reporter.
+pub const NAME: &str = "hierarchy-executor";
+
+/// How often a resource whose readiness depends on another cluster looks again: no watch
+/// reaches there.
+const REMOTE_RECHECK: Duration = Duration::from_secs(15);
+
+struct State {
+    context: Context,
+    registry: Registry,
+    targets: Targets,
+    clusters: Store<Cluster>,
+    virtual_clusters: Store<VirtualCluster>,
+    applications: Store<Application>,
+}
+
+/// What a reconcile concluded, before its status is written.
+struct Outcome {
+    readiness: Readiness,
+    /// Look again after this long even if nothing changes.
+    recheck: Option<Duration>,
+}
+
+/// Runs the four controllers until the context's shutdown signal.
+pub async fn run(context: Context) -> Result<(), BoxError> {
+    run_with(context, Registry::builtin()).await
+}
+
+/// Runs the controllers claiming the executors of `registry`.
+pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxError> {
+    let config = watcher::Config::default().any_semantic();
+    let client = context.client.clone();
+    // Each controller has its own watches: a cache it reads is fed by a stream it is triggered by.
+    let (projects, project_trigger) = watched_and_cached(Api::<Project>::all(client.clone()), config.clone());
+    let (clusters, cluster_trigger) = watched_and_cached(Api::<Cluster>::all(client.clone()), config.clone());
+    let (virtual_clusters, vc_trigger) = watched_and_cached(Api::<VirtualCluster>::all(client.clone()), config.clone());
+    let (applications, app_trigger) = watched_and_cached(Api::<Application>::all(client.clone()), config.clone());
+    let readiness = context.readiness.clone();
+    let caches = (
+        projects.clone(),
+        clusters.clone(),
+        virtual_clusters.clone(),
+        applications.clone(),
+    );
+    tokio::spawn(async move {
+        let (p, c, v, a) = caches;
+        if wait_synced(&p).await && wait_synced(&c).await && wait_synced(&v).await && wait_synced(&a).await {
+            readiness.set_synced();
+        }
+    });
+    let state = Arc::new(State {
+        context: context.clone(),
+        registry,
+        targets: Targets::new(client.clone()),
+        clusters: clusters.clone(),
+        virtual_clusters: virtual_clusters.clone(),
+        applications: applications.clone(),
+    });
+    // Project: its Clusters roll up into it.
+    let project_controller = Controller::for_stream(project_trigger, projects.clone())
+        .watches_stream(watched(Api::<Cluster>::all(client.clone()), config.clone()), {
+            let projects = projects.clone();
+            move |c: Cluster| parent_ref(&projects, c.spec.project.as_deref())
+        })
+        .with_config(context.controller_config())
+        .graceful_shutdown_on(context.shutdown_signal())
+        .run(reconcile_project, error_policy, state.clone())
+        .for_each(|_| async {});
+
+    // Cluster: its Project triggers it; its VirtualClusters roll up into it.
+    let cluster_controller = Controller::for_stream(cluster_trigger, clusters.clone())
+        .watches_stream(watched(Api::<VirtualCluster>::all(client.clone()), config.clone()), {
+            let clusters = clusters.clone();
+            move |v: VirtualCluster| parent_ref(&clusters, v.spec.cluster.as_deref())
+        })
+        .watches_stream(watched(Api::<Project>::all(client.clone()), config.clone()), {
+            let clusters = clusters.clone();
+            move |p: Project| {
+                let name = p.name_any();
+                clusters
+                    .state()
+                    .into_iter()
+                    .filter(move |c| c.spec.project.as_deref() == Some(name.as_str()))
+                    .map(|c| ObjectRef::from_obj(c.as_ref()))
+            }
+        })
+        .with_config(context.controller_config())
+        .graceful_shutdown_on(context.shutdown_signal())
+        .run(reconcile_cluster, error_policy, state.clone())
+        .for_each(|_| async {});
+
+    // VirtualCluster: its Cluster triggers it; its Applications roll up into it.
+    let vc_controller = Controller::for_stream(vc_trigger, virtual_clusters.clone())
+        .watches_stream(watched(Api::<Application>::all(client.clone()), config.clone()), {
+            let virtual_clusters = virtual_clusters.clone();
+            move |a: Application| parent_ref(&virtual_clusters, a.spec.virtual_cluster.as_deref())
+        })
+        .watches_stream(watched(Api::<Cluster>::all(client.clone()), config.clone()), {
+            let virtual_clusters = virtual_clusters.clone();
+            move |c: Cluster| {
+                let name = c.name_any();
+                virtual_clusters
+                    .state()
+                    .into_iter()
+                    .filter(move |v| v.spec.cluster.as_deref() == Some(name.as_str()))
+                    .map(|v| ObjectRef::from_obj(v.as_ref()))
+            }
+        })
+        .with_config(context.controller_config())
+        .graceful_shutdown_on(context.shutdown_signal())
+        .run(reconcile_virtual_cluster, error_policy, state.clone())
+        .for_each(|_| async {});
+
+    // Application: its VirtualCluster triggers it, and so do its Deployments on this cluster.
+    let deployments = watched(
+        Api::<Deployment>::all(client.clone()),
+        watcher::Config::default().any_semantic().labels(APP_LABEL),
+    );
+    let app_controller = Controller::for_stream(app_trigger, applications.clone())
+        .watches_stream(deployments, |d: Deployment| {
+            Some(ObjectRef::new(d.labels().get(APP_LABEL)?).within(&d.namespace()?))
+        })
+        .watches_stream(watched(Api::<VirtualCluster>::all(client.clone()), config.clone()), {
+            let applications = applications.clone();
+            move |v: VirtualCluster| {
+                let name = v.name_any();
+                applications
+                    .state()
+                    .into_iter()
+                    .filter(move |a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))
+                    .map(|a| ObjectRef::from_obj(a.as_ref()))
+            }
+        })
+        .with_config(context.controller_config())
+        .graceful_shutdown_on(context.shutdown_signal())
+        .run(reconcile_application, error_policy, state)
+        .for_each(|_| async {});
+
+    tokio::join!(project_controller, cluster_controller, vc_controller, app_controller);
+    Ok(())
+}
+
+/// The parent named `name`, if it is in `parents`.
+fn parent_ref<P>(parents: &Store<P>, name: Option<&str>) -> Option<ObjectRef<P>>
+where
+    P: Resource<DynamicType = ()> + Clone,
+{
+    let reference = ObjectRef::new(name?);
+    parents.get(&reference).map(|_| reference)
+}
+
+fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<State>) -> Action {
+    error.requeue()
+}
+
+fn observe(state: &State, started: Instant, result: &Result<Action, Error>) {
+    state
+        .context
+        .metrics
+        .observe(NAME, started.elapsed(), result.as_ref().err().map(Error::reason));
+}
+
+/// Whether this controller runs the resource's executor. `None`: leave it (another
+/// controller's, or reported as unclaimed); `Some(Err)`: ours, with bad parameters.
+fn claim(
+    state: &State,
+    kind: Kind,
+    executor: Option<&crd_types::common::PluginRef>,
+    claimed_by: Option<&str>,
+) -> Result<Result<crd_types::common::Parameters, Readiness>, Option<String>> {
+    match state.registry.claim(kind, executor) {
+        Claim::Claimed(parameters) => Ok(Ok(parameters)),
+        Claim::InvalidParameters(message) => Ok(Err(Readiness::NotReady {
+            reason: "InvalidParameters".into(),
+            message,
+        })),
+        // Claimed by another controller: none of our business.
+        Claim::NotClaimed(_) if claimed_by.is_some_and(|c| c != NAME) => Err(None),
+        Claim::NotClaimed(name) => Err(Some(name)),
+    }
+}
+
+/// Server-side apply of `object` as this executor, never taking fields another manager owns.
+async fn apply<K>(client: &Client, object: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K::Scope: ScopeApi<K>,
+{
+    let api: Api<K> = K::Scope::api(client.clone(), object.namespace().as_deref());
+    let name = object.name_any();
+    let mut object = object.clone();
+    // Server-side apply wants apiVersion and kind in the body.
+    object.meta_mut().managed_fields = None;
+    let body = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&())});
+    let mut value = serde_json::to_value(&object).map_err(|e| Error::Conflict(e.to_string()))?;
+    if let (Some(map), Some(head)) = (value.as_object_mut(), body.as_object()) {
+        map.extend(head.clone());
+    }
+    match api.patch(&name, &PatchParams::apply(NAME), &Patch::Apply(&value)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!(
+            "{} {name} has fields another manager owns: {}",
+            K::kind(&()),
+            status.message
+        ))),
+        Err(source) => Err(Error::api(format!("applying {} {name}", K::kind(&())))(source)),
+    }
+}
+
+/// Deletes `name` if it exists.
+async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(err) if is_not_found(&err) => Ok(()),
+        Err(source) => Err(Error::api(format!("deleting {} {name}", K::kind(&())))(source)),
+    }
+}
+
+/// An `Api` for a namespaced or cluster-scoped kind.
+trait ScopeApi<K> {
+    fn api(client: Client, namespace: Option<&str>) -> Api<K>;
+}
+
+impl<K> ScopeApi<K> for k8s_openapi::NamespaceResourceScope
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    fn api(client: Client, namespace: Option<&str>) -> Api<K> {
+        Api::namespaced(client, namespace.unwrap_or("default"))
+    }
+}
+
+impl<K> ScopeApi<K> for k8s_openapi::ClusterResourceScope
+where
+    K: Resource<Scope = k8s_openapi::ClusterResourceScope, DynamicType = ()>,
+{
+    fn api(client: Client, _: Option<&str>) -> Api<K> {
+        Api::all(client)
+    }
+}
+
+/// The shared part of every kind's status, from the outcome.
+fn common_status(
+    previous: Option<&HierarchyStatus>,
+    generation: Option<i64>,
+    readiness: &Readiness,
+) -> HierarchyStatus {
+    let mut conditions = previous.map(|p| p.conditions.clone()).unwrap_or_default();
+    let now = Time(Timestamp::now());
+    match readiness {
+        Readiness::Ready => set_condition(&mut conditions, CONDITION_READY, true, "Ready", "", generation, now),
+        Readiness::NotReady { reason, message } => set_condition(
+            &mut conditions,
+            CONDITION_READY,
+            false,
+            reason,
+            message.clone(),
+            generation,
+            now,
+        ),
+    }
+    HierarchyStatus {
+        observed_generation: generation,
+        conditions,
+        executor: Some(NAME.into()),
+        // policy-runner's field: never written here.
+        policy: None,
+    }
+}
+
+/// Writes `status` unless it says what is already there (ignoring the policy field, which is
+/// policy-runner's), and an Event when readiness changed.
+async fn finish<K, S>(
+    state: &State,
+    object: &K,
+    api: &Api<K>,
+    status: S,
+    previous: Option<S>,
+    outcome: &Outcome,
+    was_ready: Option<bool>,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if previous.as_ref() != Some(&status) {
+        apply_status(api, NAME, object, &status).await?;
+    }
+    let ready = matches!(outcome.readiness, Readiness::Ready);
+    if was_ready != Some(ready) {
+        let (type_, reason, note) = match &outcome.readiness {
+            Readiness::Ready => (EventType::Normal, "Ready".to_owned(), "every part is ready".to_owned()),
+            Readiness::NotReady { reason, message } => (EventType::Warning, reason.clone(), message.clone()),
+        };
+        let event = Event {
+            type_,
+            reason,
+            note: Some(note.chars().take(1024).collect()),
+            action: "Execute".into(),
+            secondary: None,
+        };
+        if let Err(err) = state.context.recorder.publish(&event, &object.object_ref(&())).await {
+            warn!(object = %object.name_any(), error = %err, "could not publish an Event");
+        }
+    }
+    Ok(match outcome.recheck {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    })
+}
+
+fn was_ready(status: Option<&HierarchyStatus>) -> Option<bool> {
+    crd_types::common::find_condition(&status?.conditions, CONDITION_READY).map(|c| c.status == "True")
+}
+
+fn not_claimed(name: &str) -> Readiness {
+    Readiness::NotReady {
+        reason: "ExecutorNotClaimed".into(),
+        message: format!("no controller runs executor {name:?} for this kind"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn reconcile_project(project: Arc<Project>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = execute_project(&project, &state).await;
+    observe(&state, started, &result);
+    result
+}
+
+async fn execute_project(project: &Project, state: &State) -> Result<Action, Error> {
+    let previous = project.status.clone();
+    let readiness = match claim(
+        state,
+        Kind::Project,
+        project.spec.executor.as_ref(),
+        previous.as_ref().and_then(|s| s.executor.as_deref()),
+    ) {
+        Err(None) => return Ok(Action::await_change()),
+        Err(Some(name)) => not_claimed(&name),
+        Ok(Err(invalid)) => invalid,
+        Ok(Ok(_)) => match project::children(project) {
+            Err(message) => Readiness::NotReady {
+                reason: "InvalidTemplates".into(),
+                message,
+            },
+            Ok(children) => {
+                let client = &state.context.client;
+                for cluster in &children.clusters {
+                    apply(client, cluster).await?;
+                }
+                for vc in &children.virtual_clusters {
+                    apply(client, vc).await?;
+                }
+                for app in &children.applications {
+                    apply(client, app).await?;
+                }
+                prune_templated(state, project, &children).await?;
+                let name = project.name_any();
+                let clusters: Vec<Arc<Cluster>> = state
+                    .clusters
+                    .state()
+                    .into_iter()
+                    .filter(|c| c.spec.project.as_deref() == Some(name.as_str()))
+                    .collect();
+                let names: Vec<String> = clusters.iter().map(|c| c.name_any()).collect();
+                let rolled: Vec<Child<'_>> = clusters
+                    .iter()
+                    .zip(&names)
+                    .map(|(c, n)| Child {
+                        kind: "Cluster",
+                        name: n,
+                        conditions: c.status.as_ref().map_or(&[], |s| s.common.conditions.as_slice()),
+                    })
+                    .collect();
+                roll_up(Readiness::Ready, &rolled)
+            }
+        },
+    };
+    let outcome = Outcome {
+        readiness,
+        recheck: None,
+    };
+    let status = common_status(previous.as_ref(), project.metadata.generation, &outcome.readiness);
+    let previous_comparable = previous.clone().map(|mut p| {
+        p.policy = None;
+        p
+    });
+    finish(
+        state,
+        project,
+        &Api::all(state.context.client.clone()),
+        status,
+        previous_comparable,
+        &outcome,
+        was_ready(previous.as_ref()),
+    )
+    .await
+}
+
+/// Children this Project's templates created once and no longer describe: deleted.
+async fn prune_templated(state: &State, project: &Project, wanted: &project::ProjectChildren) -> Result<(), Error> {
+    let Some(uid) = project.metadata.uid.as_deref() else {
+        return Ok(());
+    };
+    let owned =
+        |labels: &std::collections::BTreeMap<String, String>| labels.get(OWNER_LABEL).map(String::as_str) == Some(uid);
+    let client = state.context.client.clone();
+    for cluster in state.clusters.state().iter().filter(|c| owned(c.labels())) {
+        if !wanted.clusters.iter().any(|w| w.name_any() == cluster.name_any()) {
+            delete(&Api::<Cluster>::all(client.clone()), &cluster.name_any()).await?;
+        }
+    }
+    for vc in state.virtual_clusters.state().iter().filter(|v| owned(v.labels())) {
+        if !wanted.virtual_clusters.iter().any(|w| w.name_any() == vc.name_any()) {
+            delete(&Api::<VirtualCluster>::all(client.clone()), &vc.name_any()).await?;
+        }
+    }
+    for app in state.applications.state().iter().filter(|a| owned(a.labels())) {
+        if !wanted
+            .applications
+            .iter()
+            .any(|w| w.name_any() == app.name_any() && w.namespace() == app.namespace())
+        {
+            let api = Api::<Application>::namespaced(client.clone(), &app.namespace().unwrap_or_default());
+            delete(&api, &app.name_any()).await?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn reconcile_cluster(cluster: Arc<Cluster>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = execute_cluster(&cluster, &state).await;
+    observe(&state, started, &result);
+    result
+}
+
+async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Error> {
+    let previous = cluster.status.clone();
+    let mut status = ClusterStatus::default();
+    let mut recheck = None;
+    let readiness = match claim(
+        state,
+        Kind::Cluster,
+        cluster.spec.executor.as_ref(),
+        previous.as_ref().and_then(|s| s.common.executor.as_deref()),
+    ) {
+        Err(None) => return Ok(Action::await_change()),
+        Err(Some(name)) => not_claimed(&name),
+        Ok(Err(invalid)) => invalid,
+        Ok(Ok(parameters)) => {
+            if cluster.spec.kubeconfig_secret_ref.is_some() {
+                recheck = Some(REMOTE_RECHECK);
+            }
+            match state.targets.client_for(cluster).await {
+                Err(readiness) => readiness,
+                Ok(target) => {
+                    let own = inspect_cluster(&target, flag(&parameters, INSTALL_GATEWAY_API), &mut status).await;
+                    let name = cluster.name_any();
+                    let vcs: Vec<Arc<VirtualCluster>> = state
+                        .virtual_clusters
+                        .state()
+                        .into_iter()
+                        .filter(|v| v.spec.cluster.as_deref() == Some(name.as_str()))
+                        .collect();
+                    let names: Vec<String> = vcs.iter().map(|v| v.name_any()).collect();
+                    let rolled: Vec<Child<'_>> = vcs
+                        .iter()
+                        .zip(&names)
+                        .map(|(v, n)| Child {
+                            kind: "VirtualCluster",
+                            name: n,
+                            conditions: v.status.as_ref().map_or(&[], |s| s.common.conditions.as_slice()),
+                        })
+                        .collect();
+                    roll_up(own, &rolled)
+                }
+            }
+        }
+    };
+    let outcome = Outcome { readiness, recheck };
+    status.common = common_status(
+        previous.as_ref().map(|s| &s.common),
+        cluster.metadata.generation,
+        &outcome.readiness,
+    );
+    let previous_comparable = previous.clone().map(|mut p| {
+        p.common.policy = None;
+        p
+    });
+    finish(
+        state,
+        cluster,
+        &Api::all(state.context.client.clone()),
+        status,
+        previous_comparable,
+        &outcome,
+        was_ready(previous.as_ref().map(|s| &s.common)),
+    )
+    .await
+}
+
+/// Version and Gateway API CRDs of the target cluster, installing the CRDs when asked.
+async fn inspect_cluster(target: &Client, install: bool, status: &mut ClusterStatus) -> Readiness {
+    match target.apiserver_version().await {
+        Ok(info) => status.version = Some(info.git_version),
+        Err(err) => {
+            return Readiness::NotReady {
+                reason: "Unreachable".into(),
+                message: format!("the cluster's API server does not answer: {err}"),
+            };
+        }
+    }
+    let crds: Api<CustomResourceDefinition> = Api::all(target.clone());
+    let wanted = gateway::crds();
+    let mut found = Vec::new();
+    let mut missing = Vec::new();
+    for crd in &wanted {
+        let name = crd.name_any();
+        match crds.get_opt(&name).await {
+            Ok(Some(_)) => found.push(name),
+            Ok(None) => missing.push(crd),
+            Err(err) => {
+                return Readiness::NotReady {
+                    reason: "Unreachable".into(),
+                    message: format!("cannot read CRDs: {err}"),
+                };
+            }
+        }
+    }
+    if install && !missing.is_empty() {
+        for crd in missing.drain(..) {
+            let name = crd.name_any();
+            match crds.patch(&name, &PatchParams::apply(NAME), &Patch::Apply(crd)).await {
+                Ok(_) => found.push(name),
+                Err(err) => {
+                    return Readiness::NotReady {
+                        reason: "InstallFailed".into(),
+                        message: format!("installing CRD {name}: {err}"),
+                    };
+                }
+            }
+        }
+    }
+    found.sort();
+    status.gateway_api_crds = found;
+    status.missing_crds = missing.iter().map(|c| c.name_any()).collect();
+    if status.missing_crds.iter().any(|c| c == HTTPROUTE_CRD) {
+        return Readiness::NotReady {
+            reason: "GatewayAPIMissing".into(),
+            message: format!(
+                "the cluster lacks {}; set executor parameter {INSTALL_GATEWAY_API}: true to install them",
+                status.missing_crds.join(", ")
+            ),
+        };
+    }
+    Readiness::Ready
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn reconcile_virtual_cluster(vc: Arc<VirtualCluster>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = execute_virtual_cluster(&vc, &state).await;
+    observe(&state, started, &result);
+    result
+}
+
+/// The Cluster a child names, and a client for it; or why there is none.
+async fn target_of(state: &State, cluster: Option<&str>) -> Result<(Arc<Cluster>, Client), Readiness> {
+    let Some(name) = cluster else {
+        return Err(Readiness::NotReady {
+            reason: "ParentNotFound".into(),
+            message: "spec.cluster names no Cluster".into(),
+        });
+    };
+    let Some(cluster) = state.clusters.get(&ObjectRef::new(name)) else {
+        return Err(Readiness::NotReady {
+            reason: "ParentNotFound".into(),
+            message: format!("Cluster {name} does not exist"),
+        });
+    };
+    let client = state.targets.client_for(&cluster).await?;
+    Ok((cluster, client))
+}
+
+async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<Action, Error> {
+    let previous = vc.status.clone();
+    let mut status = VirtualClusterStatus::default();
+    let mut recheck = None;
+    let readiness = match claim(
+        state,
+        Kind::VirtualCluster,
+        vc.spec.executor.as_ref(),
+        previous.as_ref().and_then(|s| s.common.executor.as_deref()),
+    ) {
+        Err(None) => return Ok(Action::await_change()),
+        Err(Some(name)) => not_claimed(&name),
+        Ok(Err(invalid)) => invalid,
+        Ok(Ok(_)) => match target_of(state, vc.spec.cluster.as_deref()).await {
+            Err(readiness) => readiness,
+            Ok((cluster, target)) => {
+                if cluster.spec.kubeconfig_secret_ref.is_some() {
+                    recheck = Some(REMOTE_RECHECK);
+                }
+                let namespace = virtual_cluster::namespace_name(vc);
+                let existing = Api::<Namespace>::all(target.clone())
+                    .get_opt(&namespace)
+                    .await
+                    .map_err(Error::api(format!("reading namespace {namespace}")))?;
+                match virtual_cluster::namespace_conflict(vc, existing.as_ref()) {
+                    Some(message) => Readiness::NotReady {
+                        reason: "NamespaceConflict".into(),
+                        message,
+                    },
+                    None => {
+                        align_virtual_cluster(vc, &target, &namespace).await?;
+                        status.namespace = Some(namespace.clone());
+                        let name = vc.name_any();
+                        let apps: Vec<Arc<Application>> = state
+                            .applications
+                            .state()
+                            .into_iter()
+                            .filter(|a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))
+                            .collect();
+                        let names: Vec<String> = apps
+                            .iter()
+                            .map(|a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()))
+                            .collect();
+                        let rolled: Vec<Child<'_>> = apps
+                            .iter()
+                            .zip(&names)
+                            .map(|(a, n)| Child {
+                                kind: "Application",
+                                name: n,
+                                conditions: a.status.as_ref().map_or(&[], |s| s.common.conditions.as_slice()),
+                            })
+                            .collect();
+                        roll_up(Readiness::Ready, &rolled)
+                    }
+                }
+            }
+        },
+    };
+    let outcome = Outcome { readiness, recheck };
+    status.common = common_status(
+        previous.as_ref().map(|s| &s.common),
+        vc.metadata.generation,
+        &outcome.readiness,
+    );
+    let previous_comparable = previous.clone().map(|mut p| {
+        p.common.policy = None;
+        p
+    });
+    finish(
+        state,
+        vc,
+        &Api::all(state.context.client.clone()),
+        status,
+        previous_comparable,
+        &outcome,
+        was_ready(previous.as_ref().map(|s| &s.common)),
+    )
+    .await
+}
+
+async fn align_virtual_cluster(vc: &VirtualCluster, target: &Client, namespace: &str) -> Result<(), Error> {
+    let owner = vc.metadata.uid.clone().unwrap_or_default();
+    let objects = virtual_cluster::objects(vc, &owner);
+    apply(target, &objects.namespace).await?;
+    let in_namespace = |client: &Client| (client.clone(), namespace.to_owned());
+    let (client, ns) = in_namespace(target);
+    match &objects.quota {
+        Some(quota) => apply(&client, quota).await?,
+        None => {
+            delete(
+                &Api::<ResourceQuota>::namespaced(client.clone(), &ns),
+                virtual_cluster::QUOTA_NAME,
+            )
+            .await?
+        }
+    }
+    match &objects.limits {
+        Some(limits) => apply(&client, limits).await?,
+        None => {
+            delete(
+                &Api::<LimitRange>::namespaced(client.clone(), &ns),
+                virtual_cluster::LIMITS_NAME,
+            )
+            .await?
+        }
+    }
+    match &objects.network_policy {
+        Some(policy) => apply(&client, policy).await?,
+        None => {
+            delete(
+                &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
+                virtual_cluster::NETWORK_POLICY_NAME,
+            )
+            .await?
+        }
+    }
+    for binding in &objects.role_bindings {
+        apply(&client, binding).await?;
+    }
+    // Access entries removed from the spec: their RoleBindings go.
+    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    let existing = bindings
+        .list(&ListParams::default().labels(&format!("{OWNER_LABEL}={owner}")))
+        .await
+        .map_err(Error::api("listing RoleBindings"))?;
+    for binding in existing.items {
+        if !objects.role_bindings.iter().any(|b| b.name_any() == binding.name_any()) {
+            delete(&bindings, &binding.name_any()).await?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+async fn reconcile_application(app: Arc<Application>, state: Arc<State>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = execute_application(&app, &state).await;
+    observe(&state, started, &result);
+    result
+}
+
+async fn execute_application(app: &Application, state: &State) -> Result<Action, Error> {
+    let previous = app.status.clone();
+    let mut status = ApplicationStatus::default();
+    let mut recheck = None;
+    let readiness = match claim(
+        state,
+        Kind::Application,
+        app.spec.executor.as_ref(),
+        previous.as_ref().and_then(|s| s.common.executor.as_deref()),
+    ) {
+        Err(None) => return Ok(Action::await_change()),
+        Err(Some(name)) => not_claimed(&name),
+        Ok(Err(invalid)) => invalid,
+        Ok(Ok(_)) => {
+            let parent = app
+                .spec
+                .virtual_cluster
+                .as_deref()
+                .and_then(|name| state.virtual_clusters.get(&ObjectRef::new(name)));
+            match parent {
+                None => Readiness::NotReady {
+                    reason: "ParentNotFound".into(),
+                    message: format!(
+                        "VirtualCluster {} does not exist",
+                        app.spec.virtual_cluster.as_deref().unwrap_or("(none named)")
+                    ),
+                },
+                Some(vc) => match target_of(state, vc.spec.cluster.as_deref()).await {
+                    Err(readiness) => readiness,
+                    Ok((cluster, target)) => {
+                        if cluster.spec.kubeconfig_secret_ref.is_some() {
+                            recheck = Some(REMOTE_RECHECK);
+                        }
+                        let namespace = virtual_cluster::namespace_name(&vc);
+                        align_application(app, &target, &namespace, &mut status).await?
+                    }
+                },
+            }
+        }
+    };
+    let outcome = Outcome { readiness, recheck };
+    status.common = common_status(
+        previous.as_ref().map(|s| &s.common),
+        app.metadata.generation,
+        &outcome.readiness,
+    );
+    let previous_comparable = previous.clone().map(|mut p| {
+        p.common.policy = None;
+        p
+    });
+    finish(
+        state,
+        app,
+        &Api::namespaced(state.context.client.clone(), &app.namespace().unwrap_or_default()),
+        status,
+        previous_comparable,
+        &outcome,
+        was_ready(previous.as_ref().map(|s| &s.common)),
+    )
+    .await
+}
+
+async fn align_application(
+    app: &Application,
+    target: &Client,
+    namespace: &str,
+    status: &mut ApplicationStatus,
+) -> Result<Readiness, Error> {
+    let owner = app.metadata.uid.clone().unwrap_or_default();
+    let objects = application::objects(app, namespace, &owner);
+    for deployment in &objects.deployments {
+        apply(target, deployment).await?;
+    }
+    for service in &objects.services {
+        apply(target, service).await?;
+    }
+    if let Err(err) = apply(target, &objects.route).await {
+        return Ok(Readiness::NotReady {
+            reason: "RouteNotApplied".into(),
+            message: format!("{err} (are the Gateway API CRDs installed on the Cluster?)"),
+        });
+    }
+    status.weights = objects.weights.clone();
+    let deployments: Api<Deployment> = Api::namespaced(target.clone(), namespace);
+    let observed = deployments
+        .list(&ListParams::default().labels(&format!("{APP_LABEL}={}", app.name_any())))
+        .await
+        .map_err(Error::api("listing the Application's Deployments"))?
+        .items;
+    let services: Api<Service> = Api::namespaced(target.clone(), namespace);
+    for removed in application::removed_versions(app, &observed) {
+        delete(&deployments, &removed).await?;
+        delete(&services, &removed).await?;
+    }
+    status.versions = application::version_statuses(app, &observed);
+    Ok(application::readiness(&status.versions))
+}
+
+/// The route object's API, for tests reading what the executor wrote.
+pub fn routes(client: Client, namespace: &str) -> Api<HttpRoute> {
+    Api::namespaced(client, namespace)
+}

@@ -1,0 +1,93 @@
+//! Clients for target clusters: the local one, or a remote one from its kubeconfig Secret.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crd_types::hierarchy::Cluster;
+use k8s_openapi::api::core::v1::Secret;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config, ResourceExt};
+
+use crate::plan::Readiness;
+
+/// Builds and keeps one client per remote Cluster, rebuilt when its Secret changes.
+pub(super) struct Targets {
+    local: Client,
+    /// Cluster name → (the Secret's resourceVersion it was built from, the client).
+    remote: Mutex<HashMap<String, (String, Client)>>,
+}
+
+impl Targets {
+    pub(super) fn new(local: Client) -> Self {
+        Targets {
+            local,
+            remote: Mutex::default(),
+        }
+    }
+
+    /// A client for `cluster`, or why there is none (as the readiness to report).
+    pub(super) async fn client_for(&self, cluster: &Cluster) -> Result<Client, Readiness> {
+        let Some(reference) = cluster.spec.kubeconfig_secret_ref.as_ref() else {
+            return Ok(self.local.clone());
+        };
+        let not_ready = |reason: &str, message: String| Readiness::NotReady {
+            reason: reason.into(),
+            message,
+        };
+        let Some(namespace) = reference.namespace.as_deref() else {
+            return Err(not_ready(
+                "InvalidSecretRef",
+                "kubeconfigSecretRef.namespace is required: a Cluster has no namespace of its own".into(),
+            ));
+        };
+        let secret = Api::<Secret>::namespaced(self.local.clone(), namespace)
+            .get_opt(&reference.name)
+            .await
+            .map_err(|err| {
+                not_ready(
+                    "SecretUnreadable",
+                    format!("reading Secret {namespace}/{}: {err}", reference.name),
+                )
+            })?
+            .ok_or_else(|| {
+                not_ready(
+                    "SecretNotFound",
+                    format!("Secret {namespace}/{} does not exist", reference.name),
+                )
+            })?;
+        let version = secret.resource_version().unwrap_or_default();
+        let name = cluster.name_any();
+        if let Some((built_from, client)) = self.remote.lock().unwrap_or_else(|p| p.into_inner()).get(&name)
+            && *built_from == version
+        {
+            return Ok(client.clone());
+        }
+        let data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&reference.key))
+            .ok_or_else(|| {
+                not_ready(
+                    "SecretKeyNotFound",
+                    format!("Secret {namespace}/{} has no key {:?}", reference.name, reference.key),
+                )
+            })?;
+        let invalid = |err: String| {
+            not_ready(
+                "InvalidKubeconfig",
+                format!("Secret {namespace}/{}: {err}", reference.name),
+            )
+        };
+        let text = std::str::from_utf8(&data.0).map_err(|e| invalid(e.to_string()))?;
+        let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| invalid(e.to_string()))?;
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .map_err(|e| invalid(e.to_string()))?;
+        let client = Client::try_from(config).map_err(|e| invalid(e.to_string()))?;
+        self.remote
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, (version, client.clone()));
+        Ok(client)
+    }
+}
