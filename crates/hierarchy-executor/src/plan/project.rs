@@ -167,6 +167,8 @@ mod tests {
     fn no_templates_no_children() {
         let p: Project = serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {}})).unwrap();
         let children = children(&p).unwrap();
-        assert!(children.clusters.is_empty() && children.virtual_clusters.is_empty() && children.applications.is_empty());
+        assert!(
+            children.clusters.is_empty() && children.virtual_clusters.is_empty() && children.applications.is_empty()
+        );
     }
 }
