@@ -132,14 +132,18 @@ async fn a_project_with_templates_builds_the_whole_tree_and_rolls_readiness_up()
         .collect();
     assert_eq!(ready, [("v1".into(), 1, 1), ("v2".into(), 2, 2)]);
 
-    // v2's pods stop starting (a field of another manager's, which the executor leaves be):
-    // the Application, the VirtualCluster and the Project are not Ready, and say why.
+    // v2's pods are replaced by pods that never start (fields another manager sets, which the
+    // executor leaves be; Recreate so the old pods go first): the Application, the
+    // VirtualCluster and the Project are not Ready, and say why.
     let deployments: Api<Deployment> = Api::namespaced(env.client.clone(), &team_namespace);
     deployments
         .patch(
             "shop-v2",
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"template": {"metadata": {"annotations": {OUTCOME: "Pending"}}}}})),
+            &Patch::Merge(json!({"spec": {
+                "strategy": {"type": "Recreate", "rollingUpdate": null},
+                "template": {"metadata": {"annotations": {OUTCOME: "Pending"}}},
+            }})),
         )
         .await
         .unwrap();

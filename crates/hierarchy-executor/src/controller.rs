@@ -283,6 +283,35 @@ where
     }
 }
 
+/// A hierarchy kind's status: the shared part, and the kind's own fields.
+trait Status: Serialize + PartialEq + Clone + Default {
+    fn common(&self) -> &HierarchyStatus;
+    fn common_mut(&mut self) -> &mut HierarchyStatus;
+}
+
+impl Status for HierarchyStatus {
+    fn common(&self) -> &HierarchyStatus {
+        self
+    }
+    fn common_mut(&mut self) -> &mut HierarchyStatus {
+        self
+    }
+}
+
+macro_rules! status_with_common {
+    ($($status:ty),*) => {$(
+        impl Status for $status {
+            fn common(&self) -> &HierarchyStatus {
+                &self.common
+            }
+            fn common_mut(&mut self) -> &mut HierarchyStatus {
+                &mut self.common
+            }
+        }
+    )*};
+}
+status_with_common!(ClusterStatus, VirtualClusterStatus, ApplicationStatus);
+
 /// The shared part of every kind's status, from the outcome.
 fn common_status(
     previous: Option<&HierarchyStatus>,
@@ -312,26 +341,35 @@ fn common_status(
     }
 }
 
-/// Writes `status` unless it says what is already there (ignoring the policy field, which is
-/// policy-runner's), and an Event when readiness changed.
+/// Completes `status` with the outcome, writes it unless it says what is already there
+/// (ignoring the policy field, which is policy-runner's), and publishes an Event when the
+/// readiness changed.
 async fn finish<K, S>(
     state: &State,
     object: &K,
     api: &Api<K>,
-    status: S,
-    previous: Option<S>,
-    outcome: &Outcome,
-    was_ready: Option<bool>,
+    previous: Option<&S>,
+    mut status: S,
+    outcome: Outcome,
 ) -> Result<Action, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
-    S: Serialize + PartialEq,
+    S: Status,
 {
-    if previous.as_ref() != Some(&status) {
+    *status.common_mut() = common_status(
+        previous.map(Status::common),
+        object.meta().generation,
+        &outcome.readiness,
+    );
+    let comparable = previous.cloned().map(|mut p| {
+        p.common_mut().policy = None;
+        p
+    });
+    if comparable.as_ref() != Some(&status) {
         apply_status(api, NAME, object, &status).await?;
     }
     let ready = matches!(outcome.readiness, Readiness::Ready);
-    if was_ready != Some(ready) {
+    if was_ready(previous.map(Status::common)) != Some(ready) {
         let (type_, reason, note) = match &outcome.readiness {
             Readiness::Ready => (EventType::Normal, "Ready".to_owned(), "every part is ready".to_owned()),
             Readiness::NotReady { reason, message } => (EventType::Warning, reason.clone(), message.clone()),
@@ -351,6 +389,27 @@ where
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// `own` rolled up with `children`'s readiness, each named by `name`.
+fn roll_up_children<T>(
+    own: Readiness,
+    kind: &str,
+    children: &[Arc<T>],
+    name: impl Fn(&T) -> String,
+    status: impl Fn(&T) -> Option<&HierarchyStatus>,
+) -> Readiness {
+    let names: Vec<String> = children.iter().map(|c| name(c)).collect();
+    let rolled: Vec<Child<'_>> = children
+        .iter()
+        .zip(&names)
+        .map(|(c, n)| Child {
+            kind,
+            name: n,
+            conditions: status(c).map_or(&[], |s| s.conditions.as_slice()),
+        })
+        .collect();
+    roll_up(own, &rolled)
 }
 
 fn was_ready(status: Option<&HierarchyStatus>) -> Option<bool> {
@@ -375,6 +434,7 @@ async fn reconcile_project(project: Arc<Project>, state: Arc<State>) -> Result<A
 
 async fn execute_project(project: &Project, state: &State) -> Result<Action, Error> {
     let previous = project.status.clone();
+    let status = HierarchyStatus::default();
     let readiness = match claim(
         state,
         Kind::Project,
@@ -408,17 +468,13 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
                     .into_iter()
                     .filter(|c| c.spec.project.as_deref() == Some(name.as_str()))
                     .collect();
-                let names: Vec<String> = clusters.iter().map(|c| c.name_any()).collect();
-                let rolled: Vec<Child<'_>> = clusters
-                    .iter()
-                    .zip(&names)
-                    .map(|(c, n)| Child {
-                        kind: "Cluster",
-                        name: n,
-                        conditions: c.status.as_ref().map_or(&[], |s| s.common.conditions.as_slice()),
-                    })
-                    .collect();
-                roll_up(Readiness::Ready, &rolled)
+                roll_up_children(
+                    Readiness::Ready,
+                    "Cluster",
+                    &clusters,
+                    |c| c.name_any(),
+                    |c| c.status.as_ref().map(|s| &s.common),
+                )
             }
         },
     };
@@ -426,19 +482,13 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
         readiness,
         recheck: None,
     };
-    let status = common_status(previous.as_ref(), project.metadata.generation, &outcome.readiness);
-    let previous_comparable = previous.clone().map(|mut p| {
-        p.policy = None;
-        p
-    });
     finish(
         state,
         project,
         &Api::all(state.context.client.clone()),
+        previous.as_ref(),
         status,
-        previous_comparable,
-        &outcome,
-        was_ready(previous.as_ref()),
+        outcome,
     )
     .await
 }
@@ -511,39 +561,25 @@ async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Err
                         .into_iter()
                         .filter(|v| v.spec.cluster.as_deref() == Some(name.as_str()))
                         .collect();
-                    let names: Vec<String> = vcs.iter().map(|v| v.name_any()).collect();
-                    let rolled: Vec<Child<'_>> = vcs
-                        .iter()
-                        .zip(&names)
-                        .map(|(v, n)| Child {
-                            kind: "VirtualCluster",
-                            name: n,
-                            conditions: v.status.as_ref().map_or(&[], |s| s.common.conditions.as_slice()),
-                        })
-                        .collect();
-                    roll_up(own, &rolled)
+                    roll_up_children(
+                        own,
+                        "VirtualCluster",
+                        &vcs,
+                        |v| v.name_any(),
+                        |v| v.status.as_ref().map(|s| &s.common),
+                    )
                 }
             }
         }
     };
     let outcome = Outcome { readiness, recheck };
-    status.common = common_status(
-        previous.as_ref().map(|s| &s.common),
-        cluster.metadata.generation,
-        &outcome.readiness,
-    );
-    let previous_comparable = previous.clone().map(|mut p| {
-        p.common.policy = None;
-        p
-    });
     finish(
         state,
         cluster,
         &Api::all(state.context.client.clone()),
+        previous.as_ref(),
         status,
-        previous_comparable,
-        &outcome,
-        was_ready(previous.as_ref().map(|s| &s.common)),
+        outcome,
     )
     .await
 }
@@ -671,43 +707,26 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
                             .into_iter()
                             .filter(|a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))
                             .collect();
-                        let names: Vec<String> = apps
-                            .iter()
-                            .map(|a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()))
-                            .collect();
-                        let rolled: Vec<Child<'_>> = apps
-                            .iter()
-                            .zip(&names)
-                            .map(|(a, n)| Child {
-                                kind: "Application",
-                                name: n,
-                                conditions: a.status.as_ref().map_or(&[], |s| s.common.conditions.as_slice()),
-                            })
-                            .collect();
-                        roll_up(Readiness::Ready, &rolled)
+                        roll_up_children(
+                            Readiness::Ready,
+                            "Application",
+                            &apps,
+                            |a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()),
+                            |a| a.status.as_ref().map(|s| &s.common),
+                        )
                     }
                 }
             }
         },
     };
     let outcome = Outcome { readiness, recheck };
-    status.common = common_status(
-        previous.as_ref().map(|s| &s.common),
-        vc.metadata.generation,
-        &outcome.readiness,
-    );
-    let previous_comparable = previous.clone().map(|mut p| {
-        p.common.policy = None;
-        p
-    });
     finish(
         state,
         vc,
         &Api::all(state.context.client.clone()),
+        previous.as_ref(),
         status,
-        previous_comparable,
-        &outcome,
-        was_ready(previous.as_ref().map(|s| &s.common)),
+        outcome,
     )
     .await
 }
@@ -815,23 +834,13 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
         }
     };
     let outcome = Outcome { readiness, recheck };
-    status.common = common_status(
-        previous.as_ref().map(|s| &s.common),
-        app.metadata.generation,
-        &outcome.readiness,
-    );
-    let previous_comparable = previous.clone().map(|mut p| {
-        p.common.policy = None;
-        p
-    });
     finish(
         state,
         app,
         &Api::namespaced(state.context.client.clone(), &app.namespace().unwrap_or_default()),
+        previous.as_ref(),
         status,
-        previous_comparable,
-        &outcome,
-        was_ready(previous.as_ref().map(|s| &s.common)),
+        outcome,
     )
     .await
 }
