@@ -23,7 +23,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -31,7 +30,6 @@ pub use orrery_runtime::Error;
 use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched, watched_and_cached};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tracing::warn;
 
 use crate::gateway::{self, HTTPROUTE_CRD};
 use crate::plan::application::{self, APP_LABEL};
@@ -370,20 +368,15 @@ where
     }
     let ready = matches!(outcome.readiness, Readiness::Ready);
     if was_ready(previous.map(Status::common)) != Some(ready) {
-        let (type_, reason, note) = match &outcome.readiness {
-            Readiness::Ready => (EventType::Normal, "Ready".to_owned(), "every part is ready".to_owned()),
-            Readiness::NotReady { reason, message } => (EventType::Warning, reason.clone(), message.clone()),
+        let (warning, reason, note) = match &outcome.readiness {
+            Readiness::Ready => (false, "Ready", "every part is ready".to_owned()),
+            Readiness::NotReady { reason, message } => (true, reason.as_str(), message.clone()),
         };
-        let event = Event {
-            type_,
-            reason,
-            note: Some(note.chars().take(1024).collect()),
-            action: "Execute".into(),
-            secondary: None,
-        };
-        if let Err(err) = state.context.recorder.publish(&event, &object.object_ref(&())).await {
-            warn!(object = %object.name_any(), error = %err, "could not publish an Event");
-        }
+        state
+            .context
+            .recorder
+            .publish_or_log(&object.object_ref(&()), warning, reason, note, "Execute")
+            .await;
     }
     Ok(match outcome.recheck {
         Some(after) => Action::requeue(after),

@@ -8,12 +8,11 @@ use crd_types::workflow::{FIRE_ANNOTATION, Ignitor};
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{BoxError, Context, apply_status};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::plan::{Observed, plan};
 
@@ -76,20 +75,16 @@ async fn fire_if_due(ignitor: &Ignitor, context: &Context) -> Result<Action, Err
 
     let reference = ignitor.object_ref(&());
     for planned_event in planned.events {
-        let event = Event {
-            type_: if planned_event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: planned_event.reason.to_owned(),
-            note: Some(planned_event.note),
-            action: "Schedule".into(),
-            secondary: None,
-        };
-        if let Err(err) = context.recorder.publish(&event, &reference).await {
-            warn!(ignitor = %ignitor.name_any(), error = %err, "could not publish an Event");
-        }
+        context
+            .recorder
+            .publish_or_log(
+                &reference,
+                planned_event.warning,
+                planned_event.reason,
+                planned_event.note,
+                "Schedule",
+            )
+            .await;
     }
 
     Ok(match planned.wake_at {

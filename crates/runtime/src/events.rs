@@ -59,6 +59,36 @@ impl Recorder {
         }
     }
 
+    /// Publishes a `Warning` (or `Normal`) event about `regarding` with [`publish`], and logs
+    /// rather than returns a failure: an Event is never worth failing a reconcile for.
+    ///
+    /// [`publish`]: Recorder::publish
+    pub async fn publish_or_log(
+        &self,
+        regarding: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+        action: &str,
+    ) {
+        let event = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(err) = self.publish(&event, regarding).await {
+            tracing::warn!(
+                object = ?regarding.name,
+                namespace = ?regarding.namespace,
+                reason,
+                error = %err,
+                "could not publish an Event"
+            );
+        }
+    }
+
     /// Publishes `event` about `regarding`, in its namespace (`default` for cluster-scoped
     /// objects), or counts it on the same event published within the last few minutes.
     ///
@@ -94,7 +124,7 @@ impl Recorder {
             reason: Some(event.reason.clone()),
             event_time: Some(MicroTime(now)),
             regarding: Some(regarding.clone()),
-            note: event.note.clone(),
+            note: event.note.as_deref().map(within_note_limit),
             metadata: ObjectMeta {
                 namespace: regarding.namespace.clone(),
                 name: Some(name.clone()),
@@ -126,6 +156,16 @@ impl Recorder {
         );
         Ok(())
     }
+}
+
+/// The API server refuses a note over 1 KiB: longer ones are cut, on a character boundary.
+fn within_note_limit(note: &str) -> String {
+    const LIMIT: usize = 1024;
+    let mut end = note.len().min(LIMIT);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note[..end].to_owned()
 }
 
 fn series_key(event: &Event, regarding: &ObjectReference) -> u64 {
@@ -163,6 +203,15 @@ mod tests {
             uid: Some(format!("uid-{name}")),
             ..ObjectReference::default()
         }
+    }
+
+    #[test]
+    fn long_notes_are_cut_to_the_limit_on_a_character_boundary() {
+        assert_eq!(within_note_limit("short"), "short");
+        let long = "é".repeat(600);
+        let cut = within_note_limit(&long);
+        assert!(cut.len() <= 1024 && cut.len() > 1020);
+        assert!(long.starts_with(&cut));
     }
 
     #[test]

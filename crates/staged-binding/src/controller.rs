@@ -12,13 +12,11 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched_and_cached};
-use tracing::warn;
 
 use crate::expressions::{StageExpressions, compile};
 use crate::plan::{Observed, POLICY_LABEL, binding_policy_name, plan};
@@ -205,20 +203,17 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
     }
     let reference = policy.object_ref(&());
     for planned_event in planned.events {
-        let event = Event {
-            type_: if planned_event.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: planned_event.reason,
-            note: Some(planned_event.note),
-            action: "Rollout".into(),
-            secondary: None,
-        };
-        if let Err(err) = state.context.recorder.publish(&event, &reference).await {
-            warn!(policy = %name, error = %err, "could not publish an Event");
-        }
+        state
+            .context
+            .recorder
+            .publish_or_log(
+                &reference,
+                planned_event.warning,
+                &planned_event.reason,
+                planned_event.note,
+                "Rollout",
+            )
+            .await;
     }
     Ok(match planned.wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),

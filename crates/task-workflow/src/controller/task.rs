@@ -9,11 +9,9 @@ use crd_types::workflow::{CANCEL_ANNOTATION, Task, TaskRun};
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::warn;
 
 use orrery_runtime::{apply_status, is_not_found};
 
@@ -142,14 +140,9 @@ pub(crate) async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_: if warning { EventType::Warning } else { EventType::Normal },
-        reason: reason.into(),
-        note: Some(note),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(err) = state.context.recorder.publish(&event, reference).await {
-        warn!(controller = NAME, error = %err, "could not publish an Event");
-    }
+    state
+        .context
+        .recorder
+        .publish_or_log(reference, warning, reason, note, "Reconcile")
+        .await;
 }
