@@ -6,7 +6,7 @@
 mod targets;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crd_types::common::{CONDITION_READY, Time, set_condition};
 use crd_types::hierarchy::{
@@ -190,13 +190,6 @@ where
 
 fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<State>) -> Action {
     error.requeue()
-}
-
-fn observe(state: &State, started: Instant, result: &Result<Action, Error>) {
-    state
-        .context
-        .metrics
-        .observe(NAME, started.elapsed(), result.as_ref().err().map(Error::reason));
 }
 
 /// Whether this controller runs the resource's executor. `None`: leave it (another
@@ -419,10 +412,11 @@ fn not_claimed(name: &str) -> Readiness {
 // ---------------------------------------------------------------------------------------------
 
 async fn reconcile_project(project: Arc<Project>, state: Arc<State>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = execute_project(&project, &state).await;
-    observe(&state, started, &result);
-    result
+    state
+        .context
+        .metrics
+        .measure(NAME, execute_project(&project, &state))
+        .await
 }
 
 async fn execute_project(project: &Project, state: &State) -> Result<Action, Error> {
@@ -520,10 +514,11 @@ async fn prune_templated(state: &State, project: &Project, wanted: &project::Pro
 // ---------------------------------------------------------------------------------------------
 
 async fn reconcile_cluster(cluster: Arc<Cluster>, state: Arc<State>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = execute_cluster(&cluster, &state).await;
-    observe(&state, started, &result);
-    result
+    state
+        .context
+        .metrics
+        .measure(NAME, execute_cluster(&cluster, &state))
+        .await
 }
 
 async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Error> {
@@ -637,10 +632,11 @@ async fn inspect_cluster(target: &Client, install: bool, status: &mut ClusterSta
 // ---------------------------------------------------------------------------------------------
 
 async fn reconcile_virtual_cluster(vc: Arc<VirtualCluster>, state: Arc<State>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = execute_virtual_cluster(&vc, &state).await;
-    observe(&state, started, &result);
-    result
+    state
+        .context
+        .metrics
+        .measure(NAME, execute_virtual_cluster(&vc, &state))
+        .await
 }
 
 /// The Cluster a child names, and a client for it; or why there is none.
@@ -780,10 +776,11 @@ async fn align_virtual_cluster(vc: &VirtualCluster, target: &Client, namespace: 
 // ---------------------------------------------------------------------------------------------
 
 async fn reconcile_application(app: Arc<Application>, state: Arc<State>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = execute_application(&app, &state).await;
-    observe(&state, started, &result);
-    result
+    state
+        .context
+        .metrics
+        .measure(NAME, execute_application(&app, &state))
+        .await
 }
 
 async fn execute_application(app: &Application, state: &State) -> Result<Action, Error> {

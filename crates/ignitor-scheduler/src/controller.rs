@@ -2,7 +2,7 @@
 //! controller's field manager, emit the planned Events, and sleep until the next firing.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crd_types::workflow::{FIRE_ANNOTATION, Ignitor};
 use futures::StreamExt;
@@ -41,13 +41,11 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 }
 
 async fn reconcile(ignitor: Arc<Ignitor>, state: Arc<State>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = fire_if_due(&ignitor, &state.context).await;
     state
         .context
         .metrics
-        .observe(NAME, started.elapsed(), result.as_ref().err().map(Error::reason));
-    result
+        .measure(NAME, fire_if_due(&ignitor, &state.context))
+        .await
 }
 
 async fn fire_if_due(ignitor: &Ignitor, context: &Context) -> Result<Action, Error> {

@@ -54,6 +54,23 @@ impl Default for ReconcileMetrics {
 }
 
 impl ReconcileMetrics {
+    /// Runs one reconcile of `controller` and records it: how long it took, and its failure
+    /// reason if it failed.
+    pub async fn measure<T>(
+        &self,
+        controller: &str,
+        reconcile: impl Future<Output = Result<T, crate::Error>>,
+    ) -> Result<T, crate::Error> {
+        let started = std::time::Instant::now();
+        let result = reconcile.await;
+        self.observe(
+            controller,
+            started.elapsed(),
+            result.as_ref().err().map(crate::Error::reason),
+        );
+        result
+    }
+
     /// Records one reconcile of `controller` that took `elapsed`, failing with `failure` (a
     /// stable reason) or not.
     pub fn observe(&self, controller: &str, elapsed: Duration, failure: Option<&str>) {

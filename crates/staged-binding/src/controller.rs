@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cel_conditions::SharedExpressions;
 use crd_types::kubestellar::{Binding, BindingPolicy, CombinedStatus, combined_status_labels};
@@ -125,13 +125,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 }
 
 async fn reconcile(policy: Arc<StagedBindingPolicy>, state: Arc<State>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = advance(&policy, &state).await;
-    state
-        .context
-        .metrics
-        .observe(NAME, started.elapsed(), result.as_ref().err().map(Error::reason));
-    result
+    state.context.metrics.measure(NAME, advance(&policy, &state)).await
 }
 
 fn error_policy(_: Arc<StagedBindingPolicy>, error: &Error, _: Arc<State>) -> Action {

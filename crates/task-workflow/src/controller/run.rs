@@ -2,7 +2,7 @@
 //! run finished run its actions and start the Tasks it triggers.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crd_types::workflow::{Task, TaskRun, TaskRunPhase};
 use jiff::Timestamp;
@@ -22,13 +22,11 @@ use crate::naming::pod_name;
 use crate::run_plan::{RunView, plan_run, rejected};
 
 pub(crate) async fn reconcile(run: Arc<TaskRun>, state: Arc<State>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_run(&run, &state).await;
     state
         .context
         .metrics
-        .observe("taskrun", started.elapsed(), result.as_ref().err().map(Error::reason));
-    result
+        .measure("taskrun", reconcile_run(&run, &state))
+        .await
 }
 
 pub(crate) fn error_policy(_: Arc<TaskRun>, error: &Error, _: Arc<State>) -> Action {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use crd_types::workflow::{CANCEL_ANNOTATION, Task, TaskRun};
 use jiff::Timestamp;
@@ -19,13 +18,11 @@ use super::{Error, NAME, State};
 use crate::task_plan::{TaskView, plan_task};
 
 pub(crate) async fn reconcile(task: Arc<Task>, state: Arc<State>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let result = reconcile_task(&task, &state).await;
     state
         .context
         .metrics
-        .observe("task", started.elapsed(), result.as_ref().err().map(Error::reason));
-    result
+        .measure("task", reconcile_task(&task, &state))
+        .await
 }
 
 pub(crate) fn error_policy(_: Arc<Task>, error: &Error, _: Arc<State>) -> Action {
