@@ -192,23 +192,34 @@ fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<State>) -> Action {
     error.requeue()
 }
 
-/// Whether this controller runs the resource's executor. `None`: leave it (another
-/// controller's, or reported as unclaimed); `Some(Err)`: ours, with bad parameters.
+/// What to do with a resource, given its executor.
+enum Execution {
+    /// Another controller claimed it: none of our business.
+    LeaveAlone,
+    /// Report this and do nothing else (an unclaimed executor, bad parameters).
+    Report(Readiness),
+    /// Run our executor with these parameters.
+    Run(crd_types::common::Parameters),
+}
+
+/// Whether this controller runs the resource's executor; `claimed_by` is its `status.executor`.
 fn claim(
     state: &State,
     kind: Kind,
     executor: Option<&crd_types::common::PluginRef>,
     claimed_by: Option<&str>,
-) -> Result<Result<crd_types::common::Parameters, Readiness>, Option<String>> {
+) -> Execution {
     match state.registry.claim(kind, executor) {
-        Claim::Claimed(parameters) => Ok(Ok(parameters)),
-        Claim::InvalidParameters(message) => Ok(Err(Readiness::NotReady {
+        Claim::Claimed(parameters) => Execution::Run(parameters),
+        Claim::InvalidParameters(message) => Execution::Report(Readiness::NotReady {
             reason: "InvalidParameters".into(),
             message,
-        })),
-        // Claimed by another controller: none of our business.
-        Claim::NotClaimed(_) if claimed_by.is_some_and(|c| c != NAME) => Err(None),
-        Claim::NotClaimed(name) => Err(Some(name)),
+        }),
+        Claim::NotClaimed(_) if claimed_by.is_some_and(|c| c != NAME) => Execution::LeaveAlone,
+        Claim::NotClaimed(name) => Execution::Report(Readiness::NotReady {
+            reason: "ExecutorNotClaimed".into(),
+            message: format!("no controller runs executor {name:?} for this kind"),
+        }),
     }
 }
 
@@ -220,15 +231,8 @@ where
 {
     let api: Api<K> = K::Scope::api(client.clone(), object.namespace().as_deref());
     let name = object.name_any();
-    let mut object = object.clone();
-    // Server-side apply wants apiVersion and kind in the body.
-    object.meta_mut().managed_fields = None;
-    let body = serde_json::json!({"apiVersion": K::api_version(&()), "kind": K::kind(&())});
-    let mut value = serde_json::to_value(&object).map_err(|e| Error::Conflict(e.to_string()))?;
-    if let (Some(map), Some(head)) = (value.as_object_mut(), body.as_object()) {
-        map.extend(head.clone());
-    }
-    match api.patch(&name, &PatchParams::apply(NAME), &Patch::Apply(&value)).await {
+    // Both k8s-openapi's and derived kinds serialize apiVersion and kind, as apply wants.
+    match api.patch(&name, &PatchParams::apply(NAME), &Patch::Apply(object)).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!(
             "{} {name} has fields another manager owns: {}",
@@ -402,13 +406,6 @@ fn was_ready(status: Option<&HierarchyStatus>) -> Option<bool> {
     crd_types::common::find_condition(&status?.conditions, CONDITION_READY).map(|c| c.status == "True")
 }
 
-fn not_claimed(name: &str) -> Readiness {
-    Readiness::NotReady {
-        reason: "ExecutorNotClaimed".into(),
-        message: format!("no controller runs executor {name:?} for this kind"),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 
 async fn reconcile_project(project: Arc<Project>, state: Arc<State>) -> Result<Action, Error> {
@@ -428,10 +425,9 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
         project.spec.executor.as_ref(),
         previous.as_ref().and_then(|s| s.executor.as_deref()),
     ) {
-        Err(None) => return Ok(Action::await_change()),
-        Err(Some(name)) => not_claimed(&name),
-        Ok(Err(invalid)) => invalid,
-        Ok(Ok(_)) => match project::children(project) {
+        Execution::LeaveAlone => return Ok(Action::await_change()),
+        Execution::Report(readiness) => readiness,
+        Execution::Run(_) => match project::children(project) {
             Err(message) => Readiness::NotReady {
                 reason: "InvalidTemplates".into(),
                 message,
@@ -531,10 +527,9 @@ async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Err
         cluster.spec.executor.as_ref(),
         previous.as_ref().and_then(|s| s.common.executor.as_deref()),
     ) {
-        Err(None) => return Ok(Action::await_change()),
-        Err(Some(name)) => not_claimed(&name),
-        Ok(Err(invalid)) => invalid,
-        Ok(Ok(parameters)) => {
+        Execution::LeaveAlone => return Ok(Action::await_change()),
+        Execution::Report(readiness) => readiness,
+        Execution::Run(parameters) => {
             if cluster.spec.kubeconfig_secret_ref.is_some() {
                 recheck = Some(REMOTE_RECHECK);
             }
@@ -667,10 +662,9 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
         vc.spec.executor.as_ref(),
         previous.as_ref().and_then(|s| s.common.executor.as_deref()),
     ) {
-        Err(None) => return Ok(Action::await_change()),
-        Err(Some(name)) => not_claimed(&name),
-        Ok(Err(invalid)) => invalid,
-        Ok(Ok(_)) => match target_of(state, vc.spec.cluster.as_deref()).await {
+        Execution::LeaveAlone => return Ok(Action::await_change()),
+        Execution::Report(readiness) => readiness,
+        Execution::Run(_) => match target_of(state, vc.spec.cluster.as_deref()).await {
             Err(readiness) => readiness,
             Ok((cluster, target)) => {
                 if cluster.spec.kubeconfig_secret_ref.is_some() {
@@ -793,10 +787,9 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
         app.spec.executor.as_ref(),
         previous.as_ref().and_then(|s| s.common.executor.as_deref()),
     ) {
-        Err(None) => return Ok(Action::await_change()),
-        Err(Some(name)) => not_claimed(&name),
-        Ok(Err(invalid)) => invalid,
-        Ok(Ok(_)) => {
+        Execution::LeaveAlone => return Ok(Action::await_change()),
+        Execution::Report(readiness) => readiness,
+        Execution::Run(_) => {
             let parent = app
                 .spec
                 .virtual_cluster
