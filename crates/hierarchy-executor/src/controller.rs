@@ -234,11 +234,8 @@ where
     // Both k8s-openapi's and derived kinds serialize apiVersion and kind, as apply wants.
     match api.patch(&name, &PatchParams::apply(NAME), &Patch::Apply(object)).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!(
-            "{} {name} has fields another manager owns: {}",
-            K::kind(&()),
-            status.message
-        ))),
+        // A field another manager owns (409) is not ours to take: like any refused write it is
+        // retried after a pause, not at once as a stale read would be.
         Err(source) => Err(Error::api(format!("applying {} {name}", K::kind(&())))(source)),
     }
 }
