@@ -5,26 +5,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use std::hint::black_box;
 
-const SEED: &str = "combinedStatus.results.exists(r,
-  r.name == 'deployments-aggregator' &&
-  r.rows.exists(row,
-    row.columns.exists(col,
-      col.type == 'Number' &&
-      col.float == '1'
-)))";
+/// The seed's condition (KubeStellar's workload stager example).
+const SEED: &str = include_str!("../testdata/seed-condition.cel");
 
-const COMBINED_STATUS: &str = r#"
-apiVersion: control.kubestellar.io/v1alpha1
-kind: CombinedStatus
-metadata: {name: x, namespace: y}
-results:
-- name: deployments-aggregator
-  columnNames: [count]
-  rows:
-  - columns:
-    - type: Number
-      float: "1"
-"#;
+/// A CombinedStatus whose deployments-aggregator reports 1.
+const COMBINED_STATUS: &str = include_str!("../testdata/combined-status.yaml");
 
 /// A CombinedStatus of 100 results of 10 rows each, none of which matches,
 /// so that `exists` visits every row.

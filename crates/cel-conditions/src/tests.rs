@@ -4,26 +4,11 @@
 use super::*;
 use serde_json::json;
 
-const SEED: &str = "combinedStatus.results.exists(r,
-  r.name == 'deployments-aggregator' &&
-  r.rows.exists(row,
-    row.columns.exists(col,
-      col.type == 'Number' &&
-      col.float == '1'
-)))";
+/// The seed's condition (KubeStellar's workload stager example).
+const SEED: &str = include_str!("../testdata/seed-condition.cel");
 
-const COMBINED_STATUS: &str = r#"
-apiVersion: control.kubestellar.io/v1alpha1
-kind: CombinedStatus
-metadata: {name: x, namespace: y}
-results:
-- name: deployments-aggregator
-  columnNames: [count]
-  rows:
-  - columns:
-    - type: Number
-      float: "1"
-"#;
+/// A CombinedStatus whose deployments-aggregator reports 1.
+const COMBINED_STATUS: &str = include_str!("../testdata/combined-status.yaml");
 
 fn combined_status(float: &str) -> Json {
     let mut status: Json = serde_yaml::from_str(COMBINED_STATUS).expect("valid YAML");

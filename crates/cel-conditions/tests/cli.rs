@@ -3,22 +3,11 @@
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 
-const COMBINED_STATUS: &str = r#"
-apiVersion: control.kubestellar.io/v1alpha1
-kind: CombinedStatus
-metadata: {name: x, namespace: y}
-results:
-- name: deployments-aggregator
-  columnNames: [count]
-  rows:
-  - columns:
-    - type: Number
-      float: "1"
-"#;
+/// A CombinedStatus whose deployments-aggregator reports 1.
+const COMBINED_STATUS: &str = include_str!("../testdata/combined-status.yaml");
 
-const SEED: &str = "combinedStatus.results.exists(r,
-  r.name == 'deployments-aggregator' &&
-  r.rows.exists(row, row.columns.exists(col, col.type == 'Number' && col.float == '1')))";
+/// The seed's condition (KubeStellar's workload stager example).
+const SEED: &str = include_str!("../testdata/seed-condition.cel");
 
 fn orrery_cel(args: &[&str], stdin: Option<&str>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_orrery-cel"))
