@@ -159,32 +159,10 @@ async fn a_valid_object_of_every_kind_round_trips() {
 async fn the_seed_manifests_apply_with_only_the_api_version_changed() {
     let env = TestEnv::new().await;
     // ORCA's README, verbatim but for apiVersion: empty lists are written as bare keys (null).
-    let orca = r#"
-apiVersion: workflow.orrery.dev/v1alpha1
-kind: Task
-metadata:
-  name: task1
-spec:
-  description: A description of the task
-  
-  startOnIgnition:
-    - ignitor1
-  startOnSuccess:
-  startOnFailure:
-    - task1
-  
-  successActions:
-  failureActions:
-    - YOUR-PLUGIN-NAME
-  
-  template:
-    spec:
-      containers:
-      - name: continerName1
-        image: dockerImage1
-        command: ["whatever command"]
-      restartPolicy: Never
-"#;
+    let orca = include_str!("../testdata/orca-example.yaml")
+        .split("\n---\n")
+        .next()
+        .expect("the first document: task1");
     let task: DynamicObject = serde_yaml::from_str(orca).expect("ORCA task parses");
     let tasks = api(&env.client, &env.namespace, "Task");
     tasks

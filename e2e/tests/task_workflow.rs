@@ -167,68 +167,8 @@ async fn events_for(env: &TestEnv, name: &str, reason: &str) -> Vec<Event> {
         .collect()
 }
 
-const ORCA: &str = r#"# Task1
-apiVersion: workflow.orrery.dev/v1alpha1
-kind: Task
-metadata:
-  name: task1
-spec:
-  description: A description of the task
-  
-  startOnIgnition:
-    - ignitor1
-  startOnSuccess:
-  startOnFailure:
-    - task1
-  
-  successActions:
-  failureActions:
-    - YOUR-PLUGIN-NAME
-  
-  template:
-    spec:
-      containers:
-      - name: continerName1
-        image: dockerImage1
-        command: ["whatever command"]
-      restartPolicy: Never
----
-# Task2
-apiVersion: workflow.orrery.dev/v1alpha1
-kind: Task
-metadata:
-  name: task2
-spec:
-  description: A description of the task
-  
-  startOnIgnition:
-  startOnSuccess:
-  - task1
-  startOnFailure:
-  
-  successActions:
-  failureActions:
-  
-  template:
-    spec:
-      containers:
-      - name: continerName2
-        image: dockerImage2
-        command: ["whatever command"]
-      restartPolicy: Never
----
-# Ignitor1
-apiVersion: workflow.orrery.dev/v1alpha1
-kind: Ignitor
-metadata:
-  name: ignitor1
-spec:
-  description: Initiate the workflow ABC
-  
-  # Note: an ignitor can be scheduled in 3 different ways!
-  #scheduled: "2020-02-03T19:34:05Z"
-  scheduled: "NOW"
-  #scheduled: "5 * * * *""#;
+/// ORCA's README example, verbatim but for `apiVersion`.
+const ORCA: &str = include_str!("../testdata/orca-example.yaml");
 
 #[tokio::test]
 async fn the_orca_readme_example_end_to_end() {
