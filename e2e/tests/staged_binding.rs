@@ -134,6 +134,26 @@ async fn binding_policies(client: &Client, policy: &str) -> Vec<BindingPolicy> {
     list.items
 }
 
+/// Waits until the BindingPolicies `policy` owns are exactly those of `stages`.
+async fn wait_placed(client: &Client, policy: &str, stages: &[&str]) {
+    let mut wanted: Vec<String> = stages.iter().map(|s| format!("{policy}-{s}")).collect();
+    wanted.sort();
+    poll_until(&format!("BindingPolicies {wanted:?}"), Deadline::default(), || async {
+        let mut names: Vec<String> = binding_policies(client, policy)
+            .await
+            .iter()
+            .map(|b| b.name_any())
+            .collect();
+        names.sort();
+        if names == wanted {
+            Ok(())
+        } else {
+            Err(format!("{names:?}"))
+        }
+    })
+    .await;
+}
+
 async fn report_ready(env: &TestEnv, bp: &str, value: &str) {
     report(
         &env.client,
@@ -195,19 +215,7 @@ async fn the_seed_rollout_moves_from_dev_to_prod_when_the_aggregator_reports_1()
     let complete = wait_condition(&env.client, &name, "Complete", "RolloutComplete").await;
     assert_eq!(condition(&complete, "Ready").0, "True");
     // Move (the default): only prod's BindingPolicy remains.
-    poll_until("only the prod BindingPolicy", Deadline::default(), || async {
-        let names: Vec<String> = binding_policies(&env.client, &name)
-            .await
-            .iter()
-            .map(|b| b.name_any())
-            .collect();
-        if names == vec![format!("{name}-prod")] {
-            Ok(())
-        } else {
-            Err(format!("{names:?}"))
-        }
-    })
-    .await;
+    wait_placed(&env.client, &name, &["prod"]).await;
     let events = env.client.clone();
     let list = Api::<Event>::all(events).list(&ListParams::default()).await.unwrap();
     let reasons: Vec<String> = list
@@ -284,20 +292,7 @@ async fn soak_time_keep_mode_approval_and_suspend() {
         .unwrap();
     wait_stage(&env.client, &name, "prod").await;
     // Keep: dev's BindingPolicy stays beside prod's.
-    poll_until("both BindingPolicies", Deadline::default(), || async {
-        let mut names: Vec<String> = binding_policies(&env.client, &name)
-            .await
-            .iter()
-            .map(|b| b.name_any())
-            .collect();
-        names.sort();
-        if names == vec![format!("{name}-dev"), format!("{name}-prod")] {
-            Ok(())
-        } else {
-            Err(format!("{names:?}"))
-        }
-    })
-    .await;
+    wait_placed(&env.client, &name, &["dev", "prod"]).await;
     controller.stop().await;
 }
 
@@ -345,20 +340,7 @@ async fn a_missed_deadline_pauses_or_rolls_back() {
         assert_eq!(condition(&failed, "Progressing").0, "False");
         let expected_stage = if short == "pause" { "test" } else { "dev" };
         assert_eq!(failed.active_stage.as_deref(), Some(expected_stage));
-        let wanted = format!("{name}-{expected_stage}");
-        poll_until("placement to follow", Deadline::default(), || async {
-            let names: Vec<String> = binding_policies(&env.client, &name)
-                .await
-                .iter()
-                .map(|b| b.name_any())
-                .collect();
-            if names == vec![wanted.clone()] {
-                Ok(())
-            } else {
-                Err(format!("{names:?}"))
-            }
-        })
-        .await;
+        wait_placed(&env.client, &name, &[expected_stage]).await;
     }
     controller.stop().await;
 }
