@@ -183,17 +183,6 @@ async fn advance(
     )
     .await?;
     let seen = seen.lock().unwrap();
-    if let Ok(path) = std::env::var("DUMP") {
-        let mut lines = String::new();
-        for i in 0..policies {
-            let bp = bp(i, stage + 1);
-            lines += &format!(
-                "{stage} {i} {:.1}\n",
-                seen.binding_policies[&bp].duration_since(written[&bp]).as_secs_f64() * 1000.0
-            );
-        }
-        std::fs::write(format!("{path}-{stage}"), lines).unwrap();
-    }
     Ok(written
         .iter()
         .map(|(bp, at)| seen.binding_policies[bp].duration_since(*at).as_secs_f64() * 1000.0)
