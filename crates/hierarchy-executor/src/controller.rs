@@ -14,7 +14,6 @@ use crd_types::hierarchy::{
     VirtualClusterStatus,
 };
 use futures::StreamExt;
-use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -859,9 +858,4 @@ async fn align_application(
     }
     status.versions = application::version_statuses(app, &observed);
     Ok(application::readiness(&status.versions))
-}
-
-/// The route object's API, for tests reading what the executor wrote.
-pub fn routes(client: Client, namespace: &str) -> Api<HttpRoute> {
-    Api::namespaced(client, namespace)
 }
