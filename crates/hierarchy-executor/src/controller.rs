@@ -15,8 +15,7 @@ use crd_types::hierarchy::{
 };
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
@@ -236,6 +235,21 @@ where
         // A field another manager owns (409) is not ours to take: like any refused write it is
         // retried after a pause, not at once as a stale read would be.
         Err(source) => Err(Error::api(format!("applying {} {name}", K::kind(&())))(source)),
+    }
+}
+
+/// Applies `wanted` if the spec asks for it, else deletes the object `name` in `namespace`.
+async fn apply_or_delete<K>(target: &Client, namespace: &str, wanted: Option<&K>, name: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    match wanted {
+        Some(object) => apply(target, object).await,
+        None => delete(&Api::<K>::namespaced(target.clone(), namespace), name).await,
     }
 }
 
@@ -714,43 +728,20 @@ async fn align_virtual_cluster(vc: &VirtualCluster, target: &Client, namespace: 
     let owner = vc.metadata.uid.clone().unwrap_or_default();
     let objects = virtual_cluster::objects(vc, &owner);
     apply(target, &objects.namespace).await?;
-    let in_namespace = |client: &Client| (client.clone(), namespace.to_owned());
-    let (client, ns) = in_namespace(target);
-    match &objects.quota {
-        Some(quota) => apply(&client, quota).await?,
-        None => {
-            delete(
-                &Api::<ResourceQuota>::namespaced(client.clone(), &ns),
-                virtual_cluster::QUOTA_NAME,
-            )
-            .await?
-        }
-    }
-    match &objects.limits {
-        Some(limits) => apply(&client, limits).await?,
-        None => {
-            delete(
-                &Api::<LimitRange>::namespaced(client.clone(), &ns),
-                virtual_cluster::LIMITS_NAME,
-            )
-            .await?
-        }
-    }
-    match &objects.network_policy {
-        Some(policy) => apply(&client, policy).await?,
-        None => {
-            delete(
-                &Api::<NetworkPolicy>::namespaced(client.clone(), &ns),
-                virtual_cluster::NETWORK_POLICY_NAME,
-            )
-            .await?
-        }
-    }
+    apply_or_delete(target, namespace, objects.quota.as_ref(), virtual_cluster::QUOTA_NAME).await?;
+    apply_or_delete(target, namespace, objects.limits.as_ref(), virtual_cluster::LIMITS_NAME).await?;
+    apply_or_delete(
+        target,
+        namespace,
+        objects.network_policy.as_ref(),
+        virtual_cluster::NETWORK_POLICY_NAME,
+    )
+    .await?;
     for binding in &objects.role_bindings {
-        apply(&client, binding).await?;
+        apply(target, binding).await?;
     }
     // Access entries removed from the spec: their RoleBindings go.
-    let bindings: Api<RoleBinding> = Api::namespaced(client.clone(), &ns);
+    let bindings: Api<RoleBinding> = Api::namespaced(target.clone(), namespace);
     let existing = bindings
         .list(&ListParams::default().labels(&format!("{OWNER_LABEL}={owner}")))
         .await
