@@ -26,6 +26,12 @@ impl InProcess {
         InProcess { stop, task }
     }
 
+    /// Kills it mid-work, as a crashed or evicted pod would be: no graceful shutdown.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
     /// Stops it gracefully and waits until it has; panics if it failed.
     pub async fn stop(self) {
         self.stop.stop();

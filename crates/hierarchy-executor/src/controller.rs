@@ -14,10 +14,13 @@ use crd_types::hierarchy::{
     VirtualClusterStatus,
 };
 use futures::StreamExt;
+use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -25,7 +28,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched, watched_and_cached};
+use orrery_runtime::{
+    BoxError, Context, apply_status, has_finalizer, is_not_found, set_finalizer, wait_synced, watched,
+    watched_and_cached,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -41,6 +47,17 @@ pub const NAME: &str = "hierarchy-executor";
 /// How often a resource whose readiness depends on another cluster looks again: no watch
 /// reaches there.
 const REMOTE_RECHECK: Duration = Duration::from_secs(15);
+
+/// Held by Clusters, VirtualClusters and Applications this executor runs, until what it
+/// created for them is gone: owner references reach neither another namespace (an
+/// Application's objects live in its VirtualCluster's) nor another cluster.
+pub const CLEANUP_FINALIZER: &str = "hierarchy.orrery.dev/cleanup";
+
+/// How often a deleted Cluster looks again for VirtualClusters still cleaning up through it.
+const CLEANUP_RECHECK: Duration = Duration::from_secs(2);
+
+/// The reason of a resource whose parent does not exist.
+const PARENT_NOT_FOUND: &str = "ParentNotFound";
 
 struct State {
     context: Context,
@@ -263,6 +280,65 @@ where
         Err(err) if is_not_found(&err) => Ok(()),
         Err(source) => Err(Error::api(format!("deleting {} {name}", K::kind(&())))(source)),
     }
+}
+
+/// Deletes every `K` in `namespace` labelled as created for the resource with uid `owner`.
+async fn delete_owned<K>(target: &Client, namespace: &str, owner: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::namespaced(target.clone(), namespace);
+    let selector = ListParams::default().labels(&format!("{OWNER_LABEL}={owner}"));
+    match api.delete_collection(&DeleteParams::background(), &selector).await {
+        Ok(_) => Ok(()),
+        // No such namespace, or no such kind on that cluster: nothing of ours there.
+        Err(err) if is_not_found(&err) => Ok(()),
+        Err(source) => Err(Error::api(format!("deleting the {}s of {owner}", K::kind(&())))(source)),
+    }
+}
+
+/// Puts our finalizer on `object` before anything is created for it; `true` when it had to be
+/// added (that change runs the reconcile again).
+async fn hold<K>(api: &Api<K>, object: &K) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    if has_finalizer(object, CLEANUP_FINALIZER) {
+        return Ok(false);
+    }
+    set_finalizer(api, object, CLEANUP_FINALIZER, true).await?;
+    Ok(true)
+}
+
+/// A deleted resource whose target cannot be reached. Its parent gone, nothing it created can
+/// be found any more (a VirtualCluster's namespace took its Applications' objects with it):
+/// `None`, release it. Otherwise (a Secret missing, say) say so and look again later.
+async fn cleanup_blocked<K>(state: &State, object: &K, why: Readiness) -> Option<Action>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let Readiness::NotReady { reason, message } = why else {
+        return None;
+    };
+    if reason == PARENT_NOT_FOUND {
+        tracing::info!(object = %object.meta().name.as_deref().unwrap_or_default(), "{message}: released without cleanup");
+        return None;
+    }
+    state
+        .context
+        .recorder
+        .publish_or_log(
+            &object.object_ref(&()),
+            true,
+            "CleanupBlocked",
+            format!("cannot remove what was created for it yet: {message}"),
+            "Cleanup",
+        )
+        .await;
+    Some(Action::requeue(REMOTE_RECHECK))
 }
 
 /// An `Api` for a namespaced or cluster-scoped kind.
@@ -528,6 +604,10 @@ async fn reconcile_cluster(cluster: Arc<Cluster>, state: Arc<State>) -> Result<A
 }
 
 async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Error> {
+    let api = Api::<Cluster>::all(state.context.client.clone());
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return release_cluster(cluster, state, &api).await;
+    }
     let previous = cluster.status.clone();
     let mut status = ClusterStatus::default();
     let mut recheck = None;
@@ -540,6 +620,9 @@ async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Err
         Execution::LeaveAlone => return Ok(Action::await_change()),
         Execution::Report(readiness) => readiness,
         Execution::Run(parameters) => {
+            if hold(&api, cluster).await? {
+                return Ok(Action::await_change());
+            }
             if cluster.spec.kubeconfig_secret_ref.is_some() {
                 recheck = Some(REMOTE_RECHECK);
             }
@@ -566,15 +649,22 @@ async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Err
         }
     };
     let outcome = Outcome { readiness, recheck };
-    finish(
-        state,
-        cluster,
-        &Api::all(state.context.client.clone()),
-        previous.as_ref(),
-        status,
-        outcome,
-    )
-    .await
+    finish(state, cluster, &api, previous.as_ref(), status, outcome).await
+}
+
+/// A deleted Cluster stays until no VirtualCluster needs it to clean up.
+async fn release_cluster(cluster: &Cluster, state: &State, api: &Api<Cluster>) -> Result<Action, Error> {
+    let name = cluster.name_any();
+    let cleaning = state
+        .virtual_clusters
+        .state()
+        .iter()
+        .any(|v| v.spec.cluster.as_deref() == Some(name.as_str()) && has_finalizer(v.as_ref(), CLEANUP_FINALIZER));
+    if cleaning {
+        return Ok(Action::requeue(CLEANUP_RECHECK));
+    }
+    set_finalizer(api, cluster, CLEANUP_FINALIZER, false).await?;
+    Ok(Action::await_change())
 }
 
 /// Version and Gateway API CRDs of the target cluster, installing the CRDs when asked.
@@ -648,13 +738,13 @@ async fn reconcile_virtual_cluster(vc: Arc<VirtualCluster>, state: Arc<State>) -
 async fn target_of(state: &State, cluster: Option<&str>) -> Result<(Arc<Cluster>, Client), Readiness> {
     let Some(name) = cluster else {
         return Err(Readiness::NotReady {
-            reason: "ParentNotFound".into(),
+            reason: PARENT_NOT_FOUND.into(),
             message: "spec.cluster names no Cluster".into(),
         });
     };
     let Some(cluster) = state.clusters.get(&ObjectRef::new(name)) else {
         return Err(Readiness::NotReady {
-            reason: "ParentNotFound".into(),
+            reason: PARENT_NOT_FOUND.into(),
             message: format!("Cluster {name} does not exist"),
         });
     };
@@ -663,6 +753,10 @@ async fn target_of(state: &State, cluster: Option<&str>) -> Result<(Arc<Cluster>
 }
 
 async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<Action, Error> {
+    let api = Api::<VirtualCluster>::all(state.context.client.clone());
+    if vc.metadata.deletion_timestamp.is_some() {
+        return release_virtual_cluster(vc, state, &api).await;
+    }
     let previous = vc.status.clone();
     let mut status = VirtualClusterStatus::default();
     let mut recheck = None;
@@ -677,6 +771,9 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
         Execution::Run(_) => match target_of(state, vc.spec.cluster.as_deref()).await {
             Err(readiness) => readiness,
             Ok((cluster, target)) => {
+                if hold(&api, vc).await? {
+                    return Ok(Action::await_change());
+                }
                 if cluster.spec.kubeconfig_secret_ref.is_some() {
                     recheck = Some(REMOTE_RECHECK);
                 }
@@ -691,7 +788,8 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
                         message,
                     },
                     None => {
-                        align_virtual_cluster(vc, &target, &namespace).await?;
+                        let adopted = virtual_cluster::adopted(existing.as_ref());
+                        align_virtual_cluster(vc, &target, &namespace, adopted).await?;
                         status.namespace = Some(namespace.clone());
                         let name = vc.name_any();
                         let apps: Vec<Arc<Application>> = state
@@ -713,20 +811,65 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
         },
     };
     let outcome = Outcome { readiness, recheck };
-    finish(
-        state,
-        vc,
-        &Api::all(state.context.client.clone()),
-        previous.as_ref(),
-        status,
-        outcome,
-    )
-    .await
+    finish(state, vc, &api, previous.as_ref(), status, outcome).await
 }
 
-async fn align_virtual_cluster(vc: &VirtualCluster, target: &Client, namespace: &str) -> Result<(), Error> {
+/// A deleted VirtualCluster: its namespace goes with everything in it or, when it was adopted,
+/// only the guardrails and our labels; then the finalizer.
+async fn release_virtual_cluster(
+    vc: &VirtualCluster,
+    state: &State,
+    api: &Api<VirtualCluster>,
+) -> Result<Action, Error> {
+    if !has_finalizer(vc, CLEANUP_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    match target_of(state, vc.spec.cluster.as_deref()).await {
+        Ok((_, target)) => {
+            let name = virtual_cluster::namespace_name(vc);
+            let namespaces = Api::<Namespace>::all(target.clone());
+            let existing = namespaces
+                .get_opt(&name)
+                .await
+                .map_err(Error::api(format!("reading namespace {name}")))?;
+            let ours = existing.is_some() && virtual_cluster::namespace_conflict(vc, existing.as_ref()).is_none();
+            if ours && virtual_cluster::adopted(existing.as_ref()) {
+                let owner = vc.metadata.uid.as_deref().unwrap_or_default();
+                delete_owned::<ResourceQuota>(&target, &name, owner).await?;
+                delete_owned::<LimitRange>(&target, &name, owner).await?;
+                delete_owned::<NetworkPolicy>(&target, &name, owner).await?;
+                delete_owned::<RoleBinding>(&target, &name, owner).await?;
+                // Applying no fields gives up every field we set: our labels and mark go.
+                let bare = Namespace {
+                    metadata: ObjectMeta {
+                        name: Some(name),
+                        ..ObjectMeta::default()
+                    },
+                    ..Namespace::default()
+                };
+                apply(&target, &bare).await?;
+            } else if ours {
+                delete(&namespaces, &name).await?;
+            }
+        }
+        Err(why) => {
+            if let Some(action) = cleanup_blocked(state, vc, why).await {
+                return Ok(action);
+            }
+        }
+    }
+    set_finalizer(api, vc, CLEANUP_FINALIZER, false).await?;
+    Ok(Action::await_change())
+}
+
+async fn align_virtual_cluster(
+    vc: &VirtualCluster,
+    target: &Client,
+    namespace: &str,
+    adopted: bool,
+) -> Result<(), Error> {
     let owner = vc.metadata.uid.clone().unwrap_or_default();
-    let objects = virtual_cluster::objects(vc, &owner);
+    let objects = virtual_cluster::objects(vc, &owner, adopted);
     apply(target, &objects.namespace).await?;
     apply_or_delete(target, namespace, objects.quota.as_ref(), virtual_cluster::QUOTA_NAME).await?;
     apply_or_delete(target, namespace, objects.limits.as_ref(), virtual_cluster::LIMITS_NAME).await?;
@@ -765,6 +908,10 @@ async fn reconcile_application(app: Arc<Application>, state: Arc<State>) -> Resu
 }
 
 async fn execute_application(app: &Application, state: &State) -> Result<Action, Error> {
+    let api = Api::<Application>::namespaced(state.context.client.clone(), &app.namespace().unwrap_or_default());
+    if app.metadata.deletion_timestamp.is_some() {
+        return release_application(app, state, &api).await;
+    }
     let previous = app.status.clone();
     let mut status = ApplicationStatus::default();
     let mut recheck = None;
@@ -776,43 +923,64 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
     ) {
         Execution::LeaveAlone => return Ok(Action::await_change()),
         Execution::Report(readiness) => readiness,
-        Execution::Run(_) => {
-            let parent = app
-                .spec
-                .virtual_cluster
-                .as_deref()
-                .and_then(|name| state.virtual_clusters.get(&ObjectRef::new(name)));
-            match parent {
-                None => Readiness::NotReady {
-                    reason: "ParentNotFound".into(),
-                    message: format!(
-                        "VirtualCluster {} does not exist",
-                        app.spec.virtual_cluster.as_deref().unwrap_or("(none named)")
-                    ),
-                },
-                Some(vc) => match target_of(state, vc.spec.cluster.as_deref()).await {
-                    Err(readiness) => readiness,
-                    Ok((cluster, target)) => {
-                        if cluster.spec.kubeconfig_secret_ref.is_some() {
-                            recheck = Some(REMOTE_RECHECK);
-                        }
-                        let namespace = virtual_cluster::namespace_name(&vc);
-                        align_application(app, &target, &namespace, &mut status).await?
-                    }
-                },
+        Execution::Run(_) => match application_target(state, app).await {
+            Err(readiness) => readiness,
+            Ok((cluster, target, namespace)) => {
+                if hold(&api, app).await? {
+                    return Ok(Action::await_change());
+                }
+                if cluster.spec.kubeconfig_secret_ref.is_some() {
+                    recheck = Some(REMOTE_RECHECK);
+                }
+                align_application(app, &target, &namespace, &mut status).await?
             }
-        }
+        },
     };
     let outcome = Outcome { readiness, recheck };
-    finish(
-        state,
-        app,
-        &Api::namespaced(state.context.client.clone(), &app.namespace().unwrap_or_default()),
-        previous.as_ref(),
-        status,
-        outcome,
-    )
-    .await
+    finish(state, app, &api, previous.as_ref(), status, outcome).await
+}
+
+/// The Cluster an Application runs on, a client for it, and its VirtualCluster's namespace
+/// there; or why there are none.
+async fn application_target(state: &State, app: &Application) -> Result<(Arc<Cluster>, Client, String), Readiness> {
+    let parent = app
+        .spec
+        .virtual_cluster
+        .as_deref()
+        .and_then(|name| state.virtual_clusters.get(&ObjectRef::new(name)));
+    let Some(vc) = parent else {
+        return Err(Readiness::NotReady {
+            reason: PARENT_NOT_FOUND.into(),
+            message: format!(
+                "VirtualCluster {} does not exist",
+                app.spec.virtual_cluster.as_deref().unwrap_or("(none named)")
+            ),
+        });
+    };
+    let (cluster, target) = target_of(state, vc.spec.cluster.as_deref()).await?;
+    Ok((cluster, target, virtual_cluster::namespace_name(&vc)))
+}
+
+/// A deleted Application: its objects go, then the finalizer.
+async fn release_application(app: &Application, state: &State, api: &Api<Application>) -> Result<Action, Error> {
+    if !has_finalizer(app, CLEANUP_FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    match application_target(state, app).await {
+        Ok((_, target, namespace)) => {
+            let owner = app.metadata.uid.as_deref().unwrap_or_default();
+            delete_owned::<HttpRoute>(&target, &namespace, owner).await?;
+            delete_owned::<Service>(&target, &namespace, owner).await?;
+            delete_owned::<Deployment>(&target, &namespace, owner).await?;
+        }
+        Err(why) => {
+            if let Some(action) = cleanup_blocked(state, app, why).await {
+                return Ok(action);
+            }
+        }
+    }
+    set_finalizer(api, app, CLEANUP_FINALIZER, false).await?;
+    Ok(Action::await_change())
 }
 
 async fn align_application(

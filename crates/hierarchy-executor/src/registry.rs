@@ -112,6 +112,13 @@ impl Registry {
         }
     }
 
+    /// Exactly `executors`: what a controller of its own (see `crates/example-executor`) claims.
+    pub fn of(executors: &[Executor]) -> Self {
+        Registry {
+            executors: executors.to_vec(),
+        }
+    }
+
     /// Adds an executor (a controller built on this crate claiming more names).
     pub fn with(mut self, executor: Executor) -> Self {
         self.executors.push(executor);

@@ -34,7 +34,7 @@ pub use health::{Readiness, router, wait_synced};
 pub use metrics::{Metrics, ReconcileMetrics};
 pub use shared::{watched, watched_and_cached};
 pub use telemetry::init_tracing;
-pub use write::{Error, apply_status, is_not_found};
+pub use write::{Error, apply_status, has_finalizer, is_not_found, set_finalizer};
 
 /// Errors from controllers, as the runtime sees them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

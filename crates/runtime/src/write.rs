@@ -81,3 +81,42 @@ where
         }),
     }
 }
+
+/// Whether `object` carries `finalizer`.
+pub fn has_finalizer(object: &impl Resource, finalizer: &str) -> bool {
+    object.meta().finalizers.iter().flatten().any(|f| f == finalizer)
+}
+
+/// Adds `finalizer` to `object` (no-op when present) or removes it, under the resourceVersion
+/// we read: a list written whole must not drop another controller's entry added meanwhile.
+pub async fn set_finalizer<K>(api: &Api<K>, object: &K, finalizer: &str, present: bool) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    if has_finalizer(object, finalizer) == present {
+        return Ok(());
+    }
+    let mut finalizers: Vec<&str> = object
+        .meta()
+        .finalizers
+        .iter()
+        .flatten()
+        .map(String::as_str)
+        .filter(|f| *f != finalizer)
+        .collect();
+    if present {
+        finalizers.push(finalizer);
+    }
+    let patch = json!({"metadata": {"finalizers": finalizers, "resourceVersion": object.resource_version()}});
+    let name = object.name_any();
+    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!("{} {name}", K::kind(&())))),
+        // Gone already: nothing left to hold.
+        Err(err) if is_not_found(&err) => Ok(()),
+        Err(source) => Err(Error::Api {
+            action: format!("updating the finalizers of {} {name}", K::kind(&())),
+            source,
+        }),
+    }
+}

@@ -42,6 +42,17 @@ pub fn namespace_name(vc: &VirtualCluster) -> String {
     vc.spec.namespace.clone().unwrap_or_else(|| vc.name_any())
 }
 
+/// On a namespace that existed before its VirtualCluster took it over: deleting the
+/// VirtualCluster then removes only what it added, not the namespace and what is in it.
+pub const ADOPTED_ANNOTATION: &str = "hierarchy.orrery.dev/adopted";
+
+/// Whether the existing namespace is adopted rather than created: it was there without our
+/// label before we first applied it, or was marked so then.
+pub fn adopted(existing: Option<&Namespace>) -> bool {
+    existing
+        .is_some_and(|ns| ns.annotations().contains_key(ADOPTED_ANNOTATION) || !ns.labels().contains_key(OWNER_LABEL))
+}
+
 /// Why the namespace cannot be this VirtualCluster's: another one's label is on it.
 pub fn namespace_conflict(vc: &VirtualCluster, existing: Option<&Namespace>) -> Option<String> {
     let holder = existing?.labels().get(OWNER_LABEL)?;
@@ -53,8 +64,9 @@ pub fn namespace_conflict(vc: &VirtualCluster, existing: Option<&Namespace>) -> 
     })
 }
 
-/// Every object of `vc`, labelled as owned by `owner` (its uid).
-pub fn objects(vc: &VirtualCluster, owner: &str) -> VirtualClusterObjects {
+/// Every object of `vc`, labelled as owned by `owner` (its uid); the namespace marked when it
+/// is `adopted`.
+pub fn objects(vc: &VirtualCluster, owner: &str, adopted: bool) -> VirtualClusterObjects {
     let namespace = namespace_name(vc);
     let meta = |name: &str| ObjectMeta {
         name: Some(name.to_owned()),
@@ -76,6 +88,7 @@ pub fn objects(vc: &VirtualCluster, owner: &str) -> VirtualClusterObjects {
             metadata: ObjectMeta {
                 name: Some(namespace.clone()),
                 labels: Some(namespace_labels),
+                annotations: adopted.then(|| BTreeMap::from([(ADOPTED_ANNOTATION.to_owned(), "true".to_owned())])),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -170,7 +183,11 @@ mod tests {
 
     #[test]
     fn a_bare_virtual_cluster_is_a_labelled_namespace() {
-        let objects = objects(&vc(json!({"cluster": "local", "labels": {"team": "a"}})), "uid-a");
+        let objects = objects(
+            &vc(json!({"cluster": "local", "labels": {"team": "a"}})),
+            "uid-a",
+            false,
+        );
         assert_eq!(objects.namespace.name_any(), "team-a");
         assert_eq!(objects.namespace.labels()["team"], "a");
         assert_eq!(objects.namespace.labels()[OWNER_LABEL], "uid-a");
@@ -188,8 +205,13 @@ mod tests {
                 "access": [{"kind": "Group", "name": "shop-devs", "role": "admin"}, {"kind": "User", "name": "alice@example.com", "role": "view"}],
             })),
             "uid-a",
+            false,
         );
         assert_eq!(objects.namespace.name_any(), "shop");
+        assert!(
+            objects.namespace.annotations().is_empty(),
+            "a created namespace is not marked adopted"
+        );
         let quota = serde_json::to_value(objects.quota.unwrap()).unwrap();
         assert_eq!(quota["spec"]["hard"], json!({"cpu": "4", "pods": "20"}));
         assert_eq!(quota["metadata"]["namespace"], "shop");
@@ -242,5 +264,22 @@ mod tests {
                 .unwrap()
                 .contains("another VirtualCluster")
         );
+    }
+
+    #[test]
+    fn a_namespace_found_without_our_label_is_adopted_and_stays_so() {
+        assert!(!adopted(None), "one we create is ours to delete");
+        let found = Namespace {
+            metadata: ObjectMeta {
+                name: Some("team-a".into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        assert!(adopted(Some(&found)));
+        let applied = objects(&vc(json!({"namespace": "team-a"})), "uid-a", adopted(Some(&found))).namespace;
+        assert!(adopted(Some(&applied)), "our label on it does not make it ours");
+        let created = objects(&vc(json!({"namespace": "team-a"})), "uid-a", adopted(None)).namespace;
+        assert!(!adopted(Some(&created)));
     }
 }
