@@ -265,7 +265,12 @@ async fn the_manifests_pass_server_validation_and_grant_the_lease_only_in_their_
         Err(err) => panic!("{err}"),
     }
     let dry_run = PatchParams::apply("orrery-e2e").force().dry_run();
-    for controller in ["ignitor-scheduler", "task-workflow", "staged-binding"] {
+    for controller in [
+        "ignitor-scheduler",
+        "task-workflow",
+        "staged-binding",
+        "hierarchy-executor",
+    ] {
         for file in ["rbac.yaml", "deployment.yaml"] {
             for object in manifest(controller, file) {
                 let types = object.types.clone().unwrap();
@@ -427,4 +432,113 @@ async fn staged_binding_runs_a_rollout_with_its_own_rbac_and_no_more() {
     policies.delete(&name, &DeleteParams::default()).await.unwrap();
     controller.stop().await;
     cleanup(&env, "staged-binding").await;
+}
+
+#[tokio::test]
+async fn hierarchy_executor_builds_and_removes_a_tree_with_its_own_rbac_and_no_more() {
+    use crd_types::hierarchy::{Project, VirtualCluster};
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+
+    let env = TestEnv::new().await;
+    let _kubelet = PodSimulator::start(env.client.clone(), None).await.unwrap();
+    let client = as_service_account(&env, "hierarchy-executor").await;
+    let controller = InProcess::start(
+        client.clone(),
+        &env.namespace,
+        "hierarchy-executor",
+        hierarchy_executor::run,
+    );
+    let name = format!("{}-rbac", env.namespace);
+    let team = format!("{name}-team");
+    let project: Project = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"templates": {
+        "clusters": [{"name": format!("{name}-local"), "spec": {"executor": {"name": "default", "parameters": {"installGatewayAPI": true}}}}],
+        "virtualClusters": [{"name": team, "spec": {
+            "quota": {"pods": "10"}, "limits": {"defaultRequest": {"cpu": "10m"}}, "networkIsolation": true,
+            "access": [{"kind": "Group", "name": "devs", "role": "admin"}, {"kind": "User", "name": "eve", "role": "view"}],
+        }}],
+        "applications": [{"name": "shop", "namespace": team, "spec": {
+            "versions": [{"name": "v1", "image": "shop:1"}], "route": {"gateway": "public"},
+        }}],
+    }}}))
+    .unwrap();
+    let projects = Api::<Project>::all(env.client.clone());
+    projects.create(&PostParams::default(), &project).await.unwrap();
+    poll_until(
+        "the tree Ready as the ServiceAccount",
+        Deadline(std::time::Duration::from_secs(120)),
+        || async {
+            let status = projects
+                .get(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            match crd_types::common::find_condition(&status.conditions, "Ready") {
+                Some(c) if c.status == "True" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    let secret: Secret = serde_json::from_value(json!({"metadata": {"name": "x"}})).unwrap();
+    forbidden(
+        Api::<Secret>::namespaced(client.clone(), &team)
+            .create(&PostParams::default(), &secret)
+            .await,
+        "hierarchy-executor creating a Secret",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(client.clone(), &env.namespace)
+            .list(&ListParams::default())
+            .await,
+        "hierarchy-executor listing Secrets",
+    );
+    let escalation: RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": "root"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "User", "name": "mallory"}],
+    }))
+    .unwrap();
+    forbidden(
+        Api::<RoleBinding>::namespaced(client.clone(), &team)
+            .create(&PostParams::default(), &escalation)
+            .await,
+        "hierarchy-executor granting cluster-admin",
+    );
+    forbidden(
+        Api::<Pod>::namespaced(client.clone(), &team)
+            .list(&ListParams::default())
+            .await,
+        "hierarchy-executor listing pods",
+    );
+
+    // Deleting the Project removes the tree, the namespace included, as the ServiceAccount.
+    projects.delete(&name, &DeleteParams::foreground()).await.unwrap();
+    poll_until(
+        "the tree gone",
+        Deadline(std::time::Duration::from_secs(150)),
+        || async {
+            let vc = Api::<VirtualCluster>::all(env.client.clone())
+                .get_opt(&team)
+                .await
+                .map_err(|e| e.to_string())?;
+            let namespace = Api::<Namespace>::all(env.client.clone())
+                .get_opt(&team)
+                .await
+                .map_err(|e| e.to_string())?;
+            if vc.is_none() && namespace.is_none() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "VirtualCluster {}, namespace {}",
+                    vc.is_some(),
+                    namespace.is_some()
+                ))
+            }
+        },
+    )
+    .await;
+    controller.stop().await;
+    cleanup(&env, "hierarchy-executor").await;
 }
