@@ -107,7 +107,7 @@ func serve(dir string, withKCM bool, port int) error {
 		"--secure-port=" + strconv.Itoa(port),
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
-		"--service-cluster-ip-range=10.0.0.0/24",
+		"--service-cluster-ip-range=10.0.0.0/16",
 		"--allow-privileged=true",
 		"--authorization-mode=RBAC",
 		"--disable-admission-plugins=ServiceAccount",

@@ -153,21 +153,23 @@ async fn a_project_with_templates_builds_the_whole_tree_and_rolls_readiness_up()
         )
         .await
         .unwrap();
-    let message = poll_until(
-        "the Project not Ready",
+    poll_until(
+        "the Project not Ready, naming the Application and its version",
         Deadline(std::time::Duration::from_secs(60)),
         || async {
             match project_ready(&env, &name).await {
-                Some((status, _, message)) if status == "False" => Ok(message),
+                Some((status, _, message))
+                    if status == "False"
+                        && message.contains(&format!("Application {team_namespace}/shop"))
+                        && message.contains("version v2") =>
+                {
+                    Ok(())
+                }
                 other => Err(format!("{other:?}")),
             }
         },
     )
     .await;
-    assert!(
-        message.contains(&format!("Application {team_namespace}/shop")) && message.contains("version v2"),
-        "{message}"
-    );
     let vc = Api::<VirtualCluster>::all(env.client.clone())
         .get(&format!("{name}-team"))
         .await
@@ -514,6 +516,26 @@ async fn layer_by_layer_with_parent_references_builds_the_same_tree() {
         }
     })
     .await;
+
+    // Someone else scales v1 by hand: that field is theirs now. The executor does not fight
+    // over it; the Application says why it cannot apply its own value.
+    deployments
+        .patch(
+            "shop-v1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": 3}})),
+        )
+        .await
+        .unwrap();
+    let message = wait_not_ready(&apps, "shop", "WriteFailed").await;
+    assert!(
+        message.contains("Deployment shop-v1") && message.contains("conflict"),
+        "{message}"
+    );
+    assert_eq!(
+        deployments.get("shop-v1").await.unwrap().spec.unwrap().replicas,
+        Some(3)
+    );
 
     // Deleting the Application removes its objects; the finalizer holds it until they are gone.
     apps.delete("shop", &DeleteParams::default()).await.unwrap();

@@ -56,6 +56,9 @@ pub const CLEANUP_FINALIZER: &str = "hierarchy.orrery.dev/cleanup";
 /// How often a deleted Cluster looks again for VirtualClusters still cleaning up through it.
 const CLEANUP_RECHECK: Duration = Duration::from_secs(2);
 
+/// How soon a refused write to a target cluster is tried again.
+const WRITE_RETRY: Duration = Duration::from_secs(10);
+
 /// The reason of a resource whose parent does not exist.
 const PARENT_NOT_FOUND: &str = "ParentNotFound";
 
@@ -297,6 +300,22 @@ where
         // No such namespace, or no such kind on that cluster: nothing of ours there.
         Err(err) if is_not_found(&err) => Ok(()),
         Err(source) => Err(Error::api(format!("deleting the {}s of {owner}", K::kind(&())))(source)),
+    }
+}
+
+/// A write to a target cluster the API server refused (a field another manager owns, a
+/// quota, a webhook): the resource's condition says so, and it is tried again after a pause.
+/// A conflict is only a stale read: read again at once.
+fn write_failed(err: Error, recheck: &mut Option<Duration>) -> Result<Readiness, Error> {
+    match err {
+        Error::Conflict(_) => Err(err),
+        Error::Api { .. } => {
+            *recheck = Some(WRITE_RETRY);
+            Ok(Readiness::NotReady {
+                reason: "WriteFailed".into(),
+                message: err.to_string(),
+            })
+        }
     }
 }
 
@@ -787,9 +806,11 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
                         reason: "NamespaceConflict".into(),
                         message,
                     },
-                    None => {
+                    None => 'aligned: {
                         let adopted = virtual_cluster::adopted(existing.as_ref());
-                        align_virtual_cluster(vc, &target, &namespace, adopted).await?;
+                        if let Err(err) = align_virtual_cluster(vc, &target, &namespace, adopted).await {
+                            break 'aligned write_failed(err, &mut recheck)?;
+                        }
                         status.namespace = Some(namespace.clone());
                         let name = vc.name_any();
                         let apps: Vec<Arc<Application>> = state
@@ -932,7 +953,10 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
                 if cluster.spec.kubeconfig_secret_ref.is_some() {
                     recheck = Some(REMOTE_RECHECK);
                 }
-                align_application(app, &target, &namespace, &mut status).await?
+                match align_application(app, &target, &namespace, &mut status).await {
+                    Ok(readiness) => readiness,
+                    Err(err) => write_failed(err, &mut recheck)?,
+                }
             }
         },
     };
@@ -997,12 +1021,13 @@ async fn align_application(
     for service in &objects.services {
         apply(target, service).await?;
     }
-    if let Err(err) = apply(target, &objects.route).await {
-        return Ok(Readiness::NotReady {
-            reason: "RouteNotApplied".into(),
-            message: format!("{err} (are the Gateway API CRDs installed on the Cluster?)"),
-        });
-    }
+    apply(target, &objects.route).await.map_err(|err| match err {
+        Error::Api { action, source } if is_not_found(&source) => Error::Api {
+            action: format!("{action} (are the Gateway API CRDs installed on the Cluster?)"),
+            source,
+        },
+        other => other,
+    })?;
     status.weights = objects.weights.clone();
     let deployments: Api<Deployment> = Api::namespaced(target.clone(), namespace);
     let observed = deployments

@@ -63,6 +63,12 @@ impl ReconcileMetrics {
     ) -> Result<T, crate::Error> {
         let started = std::time::Instant::now();
         let result = reconcile.await;
+        match &result {
+            // Expected under concurrent writers: read again and retried at once.
+            Err(err @ crate::Error::Conflict(_)) => tracing::debug!(controller, error = %err, "reconcile retried"),
+            Err(err) => tracing::warn!(controller, error = %err, "reconcile failed; retrying after a pause"),
+            Ok(_) => {}
+        }
         self.observe(
             controller,
             started.elapsed(),

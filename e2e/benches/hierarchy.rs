@@ -1,0 +1,160 @@
+//! hierarchy-executor building many Project trees from templates on one real control plane
+//! (kube-controller-manager runs the Deployments, the pod simulator plays the kubelet).
+//! Prints figures; asserts nothing (it is not a test).
+//!
+//! - time from creating every Project to every Project Ready (each Ready only once its
+//!   Applications' pods are);
+//! - API writes the executor sent to get there, per hierarchy resource and per object made;
+//! - RSS of the executor holding the converged trees;
+//! - API writes per minute once converged.
+//!
+//! The executor runs as its release binary (`just bench` builds it) with default settings.
+
+// A benchmark that cannot proceed should stop right there, with the error.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crd_types::common::{CONDITION_READY, find_condition};
+use crd_types::hierarchy::Project;
+use kube::Api;
+use kube::api::PostParams;
+use orrery_e2e::ControlPlane;
+use orrery_e2e::bench::{Controller, env_usize, invoked_as_benchmark};
+use orrery_e2e::pod_simulator::PodSimulator;
+use serde_json::json;
+
+fn project(i: usize, virtual_clusters: usize, applications: usize) -> Project {
+    let name = format!("p{i}");
+    let vcs: Vec<_> = (0..virtual_clusters)
+        .map(|v| json!({"name": format!("{name}-vc{v}"), "spec": {"quota": {"pods": "20"}}}))
+        .collect();
+    let apps: Vec<_> = (0..virtual_clusters)
+        .flat_map(|v| (0..applications).map(move |a| (v, a)))
+        .map(|(v, a)| {
+            json!({"name": format!("{name}-vc{v}-a{a}"), "namespace": format!("{name}-vc{v}"), "spec": {
+                "virtualCluster": format!("{name}-vc{v}"),
+                "versions": [{"name": "v1", "image": "app:1"}],
+                "route": {"gateway": "public"},
+            }})
+        })
+        .collect();
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"templates": {
+        "clusters": [{"name": format!("{name}-local"), "spec": {"executor": {"name": "default", "parameters": {"installGatewayAPI": true}}}}],
+        "virtualClusters": vcs,
+        "applications": apps,
+    }}}))
+    .unwrap()
+}
+
+/// How many Projects are Ready, and the reasons of those that are not (with their counts).
+async fn ready_projects(projects: &Api<Project>) -> (usize, BTreeMap<String, usize>) {
+    let mut reasons = BTreeMap::new();
+    let Ok(list) = projects.list(&Default::default()).await else {
+        return (0, reasons);
+    };
+    let mut ready = 0;
+    for project in &list.items {
+        match project
+            .status
+            .as_ref()
+            .and_then(|s| find_condition(&s.conditions, CONDITION_READY))
+        {
+            Some(c) if c.status == "True" => ready += 1,
+            Some(c) => *reasons.entry(c.reason.clone()).or_default() += 1,
+            None => *reasons.entry("(no status yet)".to_owned()).or_default() += 1,
+        }
+    }
+    (ready, reasons)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if !invoked_as_benchmark() {
+        println!("hierarchy benchmark: run it with `just bench`");
+        return Ok(());
+    }
+    let count = env_usize("ORRERY_BENCH_PROJECTS", 100);
+    let virtual_clusters = env_usize("ORRERY_BENCH_VIRTUAL_CLUSTERS", 5);
+    let applications = env_usize("ORRERY_BENCH_APPLICATIONS", 4);
+    let at_rest = Duration::from_secs(env_usize("ORRERY_BENCH_REST_SECONDS", 60) as u64);
+
+    let plane = tokio::task::spawn_blocking(ControlPlane::start).await??;
+    plane.install_crds_blocking()?;
+    let client = plane.client().await;
+    println!(
+        "control plane up in {:.1}s (kube-apiserver + etcd + kube-controller-manager)",
+        plane.startup.as_secs_f64()
+    );
+    let _kubelet = PodSimulator::start(client.clone(), None).await?;
+    let controller = Controller::start("hierarchy-executor", &plane, None)?;
+
+    let resources = count * (2 + virtual_clusters * (1 + applications));
+    // Per VirtualCluster a namespace and a quota; per Application a Deployment, its Service,
+    // the stable Service and the HTTPRoute.
+    let made = count * virtual_clusters * (2 + applications * 4);
+    println!(
+        "\n{count} Projects × {virtual_clusters} VirtualClusters × {applications} Applications (one version each): \
+         {resources} hierarchy resources, {made} objects to make"
+    );
+    let projects: Api<Project> = Api::all(client.clone());
+    let start = Instant::now();
+    for i in 0..count {
+        projects
+            .create(&PostParams::default(), &project(i, virtual_clusters, applications))
+            .await?;
+    }
+    let mut last_report = Instant::now();
+    loop {
+        let (ready, reasons) = ready_projects(&projects).await;
+        if ready == count {
+            break;
+        }
+        anyhow::ensure!(!reasons.contains_key("InvalidTemplates"), "the templates are wrong");
+        if last_report.elapsed() > Duration::from_secs(15) {
+            println!(
+                "  {:5.0}s: {ready}/{count} Projects Ready; not yet: {reasons:?}",
+                start.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(1800),
+            "not all Ready after 30 min"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let all_ready = start.elapsed();
+    let writes = controller.writes();
+    println!(
+        "  every Project Ready {:.1}s after the first was created",
+        all_ready.as_secs_f64()
+    );
+    println!(
+        "  API writes by the executor until then: {writes} ({:.1} per hierarchy resource, {:.1} per object made)",
+        writes / resources as f64,
+        writes / made as f64
+    );
+
+    let settled = controller
+        .settle(Duration::from_secs(5), Duration::from_secs(600))
+        .await?;
+    println!(
+        "  it stopped writing {:.1}s later; {} writes in all",
+        settled.as_secs_f64(),
+        controller.writes()
+    );
+    println!(
+        "\nmemory (VmRSS) holding the converged trees: hierarchy-executor {:.1} MiB",
+        controller.rss_mib()
+    );
+    let before = controller.writes();
+    tokio::time::sleep(at_rest).await;
+    println!(
+        "API writes while nothing happens, over {:?}: hierarchy-executor {}",
+        at_rest,
+        controller.writes() - before
+    );
+    Ok(())
+}
