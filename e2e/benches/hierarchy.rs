@@ -137,6 +137,9 @@ async fn main() -> anyhow::Result<()> {
         writes / made as f64
     );
 
+    let mut by_method: Vec<(String, f64)> = controller.requests().into_iter().filter(|(m, _)| m != "GET").collect();
+    by_method.sort_by(|a, b| a.0.cmp(&b.0));
+    println!("  by method: {by_method:?} (POST: Events and creations; PATCH: applies, status, finalizers)");
     let settled = controller
         .settle(Duration::from_secs(5), Duration::from_secs(600))
         .await?;

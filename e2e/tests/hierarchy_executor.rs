@@ -517,8 +517,8 @@ async fn layer_by_layer_with_parent_references_builds_the_same_tree() {
     })
     .await;
 
-    // Someone else scales v1 by hand: that field is theirs now. The executor does not fight
-    // over it; the Application says why it cannot apply its own value.
+    // Someone else scales v1 by hand: that field is theirs now. At the Application's next
+    // change the executor does not take it back; the Application says why it cannot apply.
     deployments
         .patch(
             "shop-v1",
@@ -527,6 +527,15 @@ async fn layer_by_layer_with_parent_references_builds_the_same_tree() {
         )
         .await
         .unwrap();
+    apps.patch(
+        "shop",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"spec": {"versions": [{"name": "v1", "image": "shop:1.1"}, {"name": "v2", "image": "shop:2"}]}}),
+        ),
+    )
+    .await
+    .unwrap();
     let message = wait_not_ready(&apps, "shop", "WriteFailed").await;
     assert!(
         message.contains("Deployment shop-v1") && message.contains("conflict"),

@@ -3,6 +3,7 @@
 //! re-runs its children), applies what its plan wants with server-side apply, and writes
 //! its status.
 
+mod applied;
 mod targets;
 
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use crate::gateway::{self, HTTPROUTE_CRD};
 use crate::plan::application::{self, APP_LABEL};
 use crate::plan::{Child, Readiness, project, roll_up, virtual_cluster};
 use crate::registry::{Claim, INSTALL_GATEWAY_API, Kind, Registry, flag};
+use applied::{Applied, fingerprint};
 use targets::Targets;
 
 /// The controller's name: its field manager, Lease and Event reporter.
@@ -69,6 +71,7 @@ struct State {
     clusters: Store<Cluster>,
     virtual_clusters: Store<VirtualCluster>,
     applications: Store<Application>,
+    applied: Applied,
 }
 
 /// What a reconcile concluded, before its status is written.
@@ -112,9 +115,12 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
         clusters: clusters.clone(),
         virtual_clusters: virtual_clusters.clone(),
         applications: applications.clone(),
+        applied: Applied::default(),
     });
-    // Project: its Clusters roll up into it.
+    // Project: its Clusters roll up into it; a VirtualCluster it made having its namespace
+    // lets that VirtualCluster's Applications be made.
     let project_controller = Controller::for_stream(project_trigger, projects.clone())
+        .owns_stream(watched(Api::<VirtualCluster>::all(client.clone()), config.clone()))
         .watches_stream(watched(Api::<Cluster>::all(client.clone()), config.clone()), {
             let projects = projects.clone();
             move |c: Cluster| parent_ref(&projects, c.spec.project.as_deref())
@@ -522,6 +528,11 @@ async fn reconcile_project(project: Arc<Project>, state: Arc<State>) -> Result<A
 }
 
 async fn execute_project(project: &Project, state: &State) -> Result<Action, Error> {
+    if project.metadata.deletion_timestamp.is_some() {
+        // The garbage collector is removing its children: making them again would fight it.
+        state.applied.forget(&project.uid().unwrap_or_default());
+        return Ok(Action::await_change());
+    }
     let previous = project.status.clone();
     let status = HierarchyStatus::default();
     let readiness = match claim(
@@ -538,17 +549,29 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
                 message,
             },
             Ok(children) => {
-                let client = &state.context.client;
-                for cluster in &children.clusters {
-                    apply(client, cluster).await?;
-                }
-                for vc in &children.virtual_clusters {
-                    apply(client, vc).await?;
-                }
-                for app in &children.applications {
-                    apply(client, app).await?;
-                }
-                prune_templated(state, project, &children).await?;
+                let uid = project.uid().unwrap_or_default();
+                let desired = fingerprint(&children);
+                let waiting = if state.applied.is_current(&uid, desired) && all_exist(state, &children) {
+                    Vec::new()
+                } else {
+                    let applied = apply_children(state, project, &children).await;
+                    match &applied {
+                        Ok(waiting) if waiting.is_empty() => state.applied.record(&uid, desired),
+                        _ => state.applied.forget(&uid),
+                    }
+                    applied?
+                };
+                let own = if waiting.is_empty() {
+                    Readiness::Ready
+                } else {
+                    Readiness::NotReady {
+                        reason: "WaitingForNamespaces".into(),
+                        message: format!(
+                            "Applications wait for their VirtualCluster's namespace: {}",
+                            waiting.join(", ")
+                        ),
+                    }
+                };
                 let name = project.name_any();
                 let clusters: Vec<Arc<Cluster>> = state
                     .clusters
@@ -557,7 +580,7 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
                     .filter(|c| c.spec.project.as_deref() == Some(name.as_str()))
                     .collect();
                 roll_up_children(
-                    Readiness::Ready,
+                    own,
                     "Cluster",
                     &clusters,
                     |c| c.name_any(),
@@ -579,6 +602,50 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
         outcome,
     )
     .await
+}
+
+/// Whether every child the templates describe is in the caches.
+fn all_exist(state: &State, children: &project::ProjectChildren) -> bool {
+    children
+        .clusters
+        .iter()
+        .all(|c| state.clusters.get(&ObjectRef::from_obj(c)).is_some())
+        && children
+            .virtual_clusters
+            .iter()
+            .all(|v| state.virtual_clusters.get(&ObjectRef::from_obj(v)).is_some())
+        && children
+            .applications
+            .iter()
+            .all(|a| state.applications.get(&ObjectRef::from_obj(a)).is_some())
+}
+
+/// Applies the templates' children and prunes those no longer described. Applications whose
+/// namespace does not exist yet (their VirtualCluster makes it) wait: their `namespace/name`s.
+async fn apply_children(
+    state: &State,
+    project: &Project,
+    children: &project::ProjectChildren,
+) -> Result<Vec<String>, Error> {
+    let client = &state.context.client;
+    for cluster in &children.clusters {
+        apply(client, cluster).await?;
+    }
+    for vc in &children.virtual_clusters {
+        apply(client, vc).await?;
+    }
+    let mut waiting = Vec::new();
+    for app in &children.applications {
+        match apply(client, app).await {
+            Ok(()) => {}
+            Err(Error::Api { source, .. }) if is_not_found(&source) => {
+                waiting.push(format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    prune_templated(state, project, children).await?;
+    Ok(waiting)
 }
 
 /// Children this Project's templates created once and no longer describe: deleted.
@@ -625,6 +692,7 @@ async fn reconcile_cluster(cluster: Arc<Cluster>, state: Arc<State>) -> Result<A
 async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Error> {
     let api = Api::<Cluster>::all(state.context.client.clone());
     if cluster.metadata.deletion_timestamp.is_some() {
+        state.applied.forget(&cluster.uid().unwrap_or_default());
         return release_cluster(cluster, state, &api).await;
     }
     let previous = cluster.status.clone();
@@ -774,6 +842,7 @@ async fn target_of(state: &State, cluster: Option<&str>) -> Result<(Arc<Cluster>
 async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<Action, Error> {
     let api = Api::<VirtualCluster>::all(state.context.client.clone());
     if vc.metadata.deletion_timestamp.is_some() {
+        state.applied.forget(&vc.uid().unwrap_or_default());
         return release_virtual_cluster(vc, state, &api).await;
     }
     let previous = vc.status.clone();
@@ -807,9 +876,16 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
                         message,
                     },
                     None => 'aligned: {
+                        let uid = vc.uid().unwrap_or_default();
                         let adopted = virtual_cluster::adopted(existing.as_ref());
-                        if let Err(err) = align_virtual_cluster(vc, &target, &namespace, adopted).await {
-                            break 'aligned write_failed(err, &mut recheck)?;
+                        let objects = virtual_cluster::objects(vc, &uid, adopted);
+                        let desired = fingerprint(&objects);
+                        if existing.is_none() || !state.applied.is_current(&uid, desired) {
+                            state.applied.forget(&uid);
+                            if let Err(err) = align_virtual_cluster(&objects, &target, &namespace, &uid).await {
+                                break 'aligned write_failed(err, &mut recheck)?;
+                            }
+                            state.applied.record(&uid, desired);
                         }
                         status.namespace = Some(namespace.clone());
                         let name = vc.name_any();
@@ -884,13 +960,11 @@ async fn release_virtual_cluster(
 }
 
 async fn align_virtual_cluster(
-    vc: &VirtualCluster,
+    objects: &virtual_cluster::VirtualClusterObjects,
     target: &Client,
     namespace: &str,
-    adopted: bool,
+    owner: &str,
 ) -> Result<(), Error> {
-    let owner = vc.metadata.uid.clone().unwrap_or_default();
-    let objects = virtual_cluster::objects(vc, &owner, adopted);
     apply(target, &objects.namespace).await?;
     apply_or_delete(target, namespace, objects.quota.as_ref(), virtual_cluster::QUOTA_NAME).await?;
     apply_or_delete(target, namespace, objects.limits.as_ref(), virtual_cluster::LIMITS_NAME).await?;
@@ -931,6 +1005,7 @@ async fn reconcile_application(app: Arc<Application>, state: Arc<State>) -> Resu
 async fn execute_application(app: &Application, state: &State) -> Result<Action, Error> {
     let api = Api::<Application>::namespaced(state.context.client.clone(), &app.namespace().unwrap_or_default());
     if app.metadata.deletion_timestamp.is_some() {
+        state.applied.forget(&app.uid().unwrap_or_default());
         return release_application(app, state, &api).await;
     }
     let previous = app.status.clone();
@@ -953,7 +1028,7 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
                 if cluster.spec.kubeconfig_secret_ref.is_some() {
                     recheck = Some(REMOTE_RECHECK);
                 }
-                match align_application(app, &target, &namespace, &mut status).await {
+                match align_application(app, &target, &namespace, &state.applied, &mut status).await {
                     Ok(readiness) => readiness,
                     Err(err) => write_failed(err, &mut recheck)?,
                 }
@@ -1011,10 +1086,38 @@ async fn align_application(
     app: &Application,
     target: &Client,
     namespace: &str,
+    applied: &Applied,
     status: &mut ApplicationStatus,
 ) -> Result<Readiness, Error> {
     let owner = app.metadata.uid.clone().unwrap_or_default();
     let objects = application::objects(app, namespace, &owner);
+    let deployments: Api<Deployment> = Api::namespaced(target.clone(), namespace);
+    let observed = deployments
+        .list(&ListParams::default().labels(&format!("{APP_LABEL}={}", app.name_any())))
+        .await
+        .map_err(Error::api("listing the Application's Deployments"))?
+        .items;
+    let desired = fingerprint(&objects);
+    let deployments_there = objects
+        .deployments
+        .iter()
+        .all(|d| observed.iter().any(|o| o.name_any() == d.name_any()));
+    if !(applied.is_current(&owner, desired) && deployments_there) {
+        applied.forget(&owner);
+        apply_application(&objects, target).await?;
+        applied.record(&owner, desired);
+    }
+    status.weights = objects.weights.clone();
+    let services: Api<Service> = Api::namespaced(target.clone(), namespace);
+    for removed in application::removed_versions(app, &observed) {
+        delete(&deployments, &removed).await?;
+        delete(&services, &removed).await?;
+    }
+    status.versions = application::version_statuses(app, &observed);
+    Ok(application::readiness(&status.versions))
+}
+
+async fn apply_application(objects: &application::ApplicationObjects, target: &Client) -> Result<(), Error> {
     for deployment in &objects.deployments {
         apply(target, deployment).await?;
     }
@@ -1027,19 +1130,5 @@ async fn align_application(
             source,
         },
         other => other,
-    })?;
-    status.weights = objects.weights.clone();
-    let deployments: Api<Deployment> = Api::namespaced(target.clone(), namespace);
-    let observed = deployments
-        .list(&ListParams::default().labels(&format!("{APP_LABEL}={}", app.name_any())))
-        .await
-        .map_err(Error::api("listing the Application's Deployments"))?
-        .items;
-    let services: Api<Service> = Api::namespaced(target.clone(), namespace);
-    for removed in application::removed_versions(app, &observed) {
-        delete(&deployments, &removed).await?;
-        delete(&services, &removed).await?;
-    }
-    status.versions = application::version_statuses(app, &observed);
-    Ok(application::readiness(&status.versions))
+    })
 }

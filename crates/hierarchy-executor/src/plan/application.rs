@@ -30,7 +30,7 @@ pub const VERSION_LABEL: &str = "hierarchy.orrery.dev/version";
 pub const DEFAULT_PORT: i32 = 8080;
 
 /// What the Application executor wants on its VirtualCluster's namespace.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct ApplicationObjects {
     /// One per version.
     pub deployments: Vec<Deployment>,

@@ -8,7 +8,7 @@ use kube::{Resource, ResourceExt};
 use super::owned_labels;
 
 /// The children a Project's templates describe.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct ProjectChildren {
     /// Clusters, their `project` set.
     pub clusters: Vec<Cluster>,

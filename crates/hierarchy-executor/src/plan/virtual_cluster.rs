@@ -23,7 +23,7 @@ pub const LIMITS_NAME: &str = "orrery-limits";
 pub const NETWORK_POLICY_NAME: &str = "orrery-default-deny";
 
 /// What the VirtualCluster executor wants on its Cluster.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
 pub struct VirtualClusterObjects {
     /// The namespace.
     pub namespace: Namespace,
