@@ -317,6 +317,18 @@ async fn unknown_executors_bad_parameters_and_missing_parents_are_reported() {
     let message = wait_not_ready(&clusters, &format!("{name}-far"), "SecretNotFound").await;
     assert!(message.contains(&format!("{name}/absent")), "{message}");
 
+    // Its Secret appears, naming an API server nobody answers at: Unreachable.
+    let kubeconfig = "apiVersion: v1\nkind: Config\nclusters: [{name: gone, cluster: {server: 'https://127.0.0.1:1'}}]\n\
+                      users: [{name: u, user: {token: t}}]\ncontexts: [{name: c, context: {cluster: gone, user: u}}]\n\
+                      current-context: c\n";
+    create::<Secret>(
+        &env.namespaced(),
+        json!({"metadata": {"name": "absent"}, "stringData": {"kubeconfig": kubeconfig}}),
+    )
+    .await;
+    let message = wait_not_ready(&clusters, &format!("{name}-far"), "Unreachable").await;
+    assert!(message.contains("does not answer"), "{message}");
+
     // Two VirtualClusters wanting one namespace: the second is refused, the first keeps it.
     let vcs: Api<VirtualCluster> = Api::all(env.client.clone());
     let shared = format!("{name}-shared");

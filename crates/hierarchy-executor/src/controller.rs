@@ -31,7 +31,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{
     BoxError, Context, apply_status, has_finalizer, is_not_found, set_finalizer, wait_synced, watched,
-    watched_and_cached,
+    watched_and_cached, watched_and_cached_slim,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -71,7 +71,23 @@ struct State {
     clusters: Store<Cluster>,
     virtual_clusters: Store<VirtualCluster>,
     applications: Store<Application>,
+    /// Children as their parents' roll-ups read them, each cache fed by the watch that triggers
+    /// the parent: a child's change is in the cache before its parent runs.
+    project_clusters: Store<Cluster>,
+    cluster_virtual_clusters: Store<VirtualCluster>,
+    virtual_cluster_applications: Store<Application>,
     applied: Applied,
+    /// Cluster uid → its target's last inspection.
+    inspections: std::sync::Mutex<std::collections::HashMap<String, Inspection>>,
+}
+
+/// A target cluster's last inspection, reused for [`REMOTE_RECHECK`]: every change of one of
+/// its VirtualClusters runs a Cluster again, and what the cluster answers changes rarely.
+struct Inspection {
+    at: std::time::Instant,
+    install: bool,
+    found: ClusterStatus,
+    readiness: Readiness,
 }
 
 /// What a reconcile concluded, before its status is written.
@@ -95,6 +111,50 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
     let (clusters, cluster_trigger) = watched_and_cached(Api::<Cluster>::all(client.clone()), config.clone());
     let (virtual_clusters, vc_trigger) = watched_and_cached(Api::<VirtualCluster>::all(client.clone()), config.clone());
     let (applications, app_trigger) = watched_and_cached(Api::<Application>::all(client.clone()), config.clone());
+    // What parents read of their children: names, parent references, finalizers, conditions.
+    let (project_clusters, project_clusters_trigger) = watched_and_cached_slim(
+        Api::<Cluster>::all(client.clone()),
+        config.clone(),
+        |c: &mut Cluster| {
+            c.metadata.annotations = None;
+            c.spec.executor = None;
+            c.spec.policies.clear();
+            c.status = c.status.take().map(|s| ClusterStatus {
+                common: slim_common(s.common),
+                ..ClusterStatus::default()
+            });
+        },
+    );
+    let (cluster_virtual_clusters, cluster_vcs_trigger) = watched_and_cached_slim(
+        Api::<VirtualCluster>::all(client.clone()),
+        config.clone(),
+        |v: &mut VirtualCluster| {
+            v.metadata.annotations = None;
+            v.spec = crd_types::hierarchy::VirtualClusterSpec {
+                cluster: v.spec.cluster.take(),
+                ..Default::default()
+            };
+            v.status = v.status.take().map(|s| VirtualClusterStatus {
+                common: slim_common(s.common),
+                ..VirtualClusterStatus::default()
+            });
+        },
+    );
+    let (virtual_cluster_applications, vc_apps_trigger) = watched_and_cached_slim(
+        Api::<Application>::all(client.clone()),
+        config.clone(),
+        |a: &mut Application| {
+            a.metadata.annotations = None;
+            a.spec = crd_types::hierarchy::ApplicationSpec {
+                virtual_cluster: a.spec.virtual_cluster.take(),
+                ..Default::default()
+            };
+            a.status = a.status.take().map(|s| ApplicationStatus {
+                common: slim_common(s.common),
+                ..ApplicationStatus::default()
+            });
+        },
+    );
     let readiness = context.readiness.clone();
     let caches = (
         projects.clone(),
@@ -115,13 +175,17 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
         clusters: clusters.clone(),
         virtual_clusters: virtual_clusters.clone(),
         applications: applications.clone(),
+        project_clusters,
+        cluster_virtual_clusters,
+        virtual_cluster_applications,
         applied: Applied::default(),
+        inspections: std::sync::Mutex::default(),
     });
     // Project: its Clusters roll up into it; a VirtualCluster it made having its namespace
     // lets that VirtualCluster's Applications be made.
     let project_controller = Controller::for_stream(project_trigger, projects.clone())
         .owns_stream(watched(Api::<VirtualCluster>::all(client.clone()), config.clone()))
-        .watches_stream(watched(Api::<Cluster>::all(client.clone()), config.clone()), {
+        .watches_stream(project_clusters_trigger, {
             let projects = projects.clone();
             move |c: Cluster| parent_ref(&projects, c.spec.project.as_deref())
         })
@@ -132,7 +196,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
 
     // Cluster: its Project triggers it; its VirtualClusters roll up into it.
     let cluster_controller = Controller::for_stream(cluster_trigger, clusters.clone())
-        .watches_stream(watched(Api::<VirtualCluster>::all(client.clone()), config.clone()), {
+        .watches_stream(cluster_vcs_trigger, {
             let clusters = clusters.clone();
             move |v: VirtualCluster| parent_ref(&clusters, v.spec.cluster.as_deref())
         })
@@ -154,7 +218,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
 
     // VirtualCluster: its Cluster triggers it; its Applications roll up into it.
     let vc_controller = Controller::for_stream(vc_trigger, virtual_clusters.clone())
-        .watches_stream(watched(Api::<Application>::all(client.clone()), config.clone()), {
+        .watches_stream(vc_apps_trigger, {
             let virtual_clusters = virtual_clusters.clone();
             move |a: Application| parent_ref(&virtual_clusters, a.spec.virtual_cluster.as_deref())
         })
@@ -201,6 +265,14 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
 
     tokio::join!(project_controller, cluster_controller, vc_controller, app_controller);
     Ok(())
+}
+
+/// The part of a child's status its parent reads.
+fn slim_common(status: HierarchyStatus) -> HierarchyStatus {
+    HierarchyStatus {
+        conditions: status.conditions,
+        ..HierarchyStatus::default()
+    }
 }
 
 /// The parent named `name`, if it is in `parents`.
@@ -530,7 +602,7 @@ async fn reconcile_project(project: Arc<Project>, state: Arc<State>) -> Result<A
 async fn execute_project(project: &Project, state: &State) -> Result<Action, Error> {
     if project.metadata.deletion_timestamp.is_some() {
         // The garbage collector is removing its children: making them again would fight it.
-        state.applied.forget(&project.uid().unwrap_or_default());
+        state.applied.forget_all(&project.uid().unwrap_or_default());
         return Ok(Action::await_change());
     }
     let previous = project.status.clone();
@@ -574,7 +646,7 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
                 };
                 let name = project.name_any();
                 let clusters: Vec<Arc<Cluster>> = state
-                    .clusters
+                    .project_clusters
                     .state()
                     .into_iter()
                     .filter(|c| c.spec.project.as_deref() == Some(name.as_str()))
@@ -627,16 +699,19 @@ async fn apply_children(
     project: &Project,
     children: &project::ProjectChildren,
 ) -> Result<Vec<String>, Error> {
-    let client = &state.context.client;
+    let uid = project.uid().unwrap_or_default();
     for cluster in &children.clusters {
-        apply(client, cluster).await?;
+        let cached = state.clusters.get(&ObjectRef::from_obj(cluster)).is_some();
+        apply_child(state, &uid, cluster, cached).await?;
     }
     for vc in &children.virtual_clusters {
-        apply(client, vc).await?;
+        let cached = state.virtual_clusters.get(&ObjectRef::from_obj(vc)).is_some();
+        apply_child(state, &uid, vc, cached).await?;
     }
     let mut waiting = Vec::new();
     for app in &children.applications {
-        match apply(client, app).await {
+        let cached = state.applications.get(&ObjectRef::from_obj(app)).is_some();
+        match apply_child(state, &uid, app, cached).await {
             Ok(()) => {}
             Err(Error::Api { source, .. }) if is_not_found(&source) => {
                 waiting.push(format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()));
@@ -646,6 +721,29 @@ async fn apply_children(
     }
     prune_templated(state, project, children).await?;
     Ok(waiting)
+}
+
+/// Applies one templated child unless it is `cached` and what was last applied for it is the
+/// same: while some Applications wait for their namespace, the rest are not applied again.
+async fn apply_child<K>(state: &State, project: &str, child: &K, cached: bool) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    K::Scope: ScopeApi<K>,
+{
+    let key = format!(
+        "{project}/{}/{}/{}",
+        K::kind(&()),
+        child.namespace().unwrap_or_default(),
+        child.name_any()
+    );
+    let desired = fingerprint(child);
+    if cached && state.applied.is_current(&key, desired) {
+        return Ok(());
+    }
+    state.applied.forget(&key);
+    apply(&state.context.client, child).await?;
+    state.applied.record(&key, desired);
+    Ok(())
 }
 
 /// Children this Project's templates created once and no longer describe: deleted.
@@ -692,7 +790,9 @@ async fn reconcile_cluster(cluster: Arc<Cluster>, state: Arc<State>) -> Result<A
 async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Error> {
     let api = Api::<Cluster>::all(state.context.client.clone());
     if cluster.metadata.deletion_timestamp.is_some() {
-        state.applied.forget(&cluster.uid().unwrap_or_default());
+        let uid = cluster.uid().unwrap_or_default();
+        state.inspections.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        state.applied.forget(&uid);
         return release_cluster(cluster, state, &api).await;
     }
     let previous = cluster.status.clone();
@@ -716,10 +816,11 @@ async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Err
             match state.targets.client_for(cluster).await {
                 Err(readiness) => readiness,
                 Ok(target) => {
-                    let own = inspect_cluster(&target, flag(&parameters, INSTALL_GATEWAY_API), &mut status).await;
+                    let install = flag(&parameters, INSTALL_GATEWAY_API);
+                    let own = inspect_recently(state, cluster, &target, install, &mut status).await;
                     let name = cluster.name_any();
                     let vcs: Vec<Arc<VirtualCluster>> = state
-                        .virtual_clusters
+                        .cluster_virtual_clusters
                         .state()
                         .into_iter()
                         .filter(|v| v.spec.cluster.as_deref() == Some(name.as_str()))
@@ -743,7 +844,7 @@ async fn execute_cluster(cluster: &Cluster, state: &State) -> Result<Action, Err
 async fn release_cluster(cluster: &Cluster, state: &State, api: &Api<Cluster>) -> Result<Action, Error> {
     let name = cluster.name_any();
     let cleaning = state
-        .virtual_clusters
+        .cluster_virtual_clusters
         .state()
         .iter()
         .any(|v| v.spec.cluster.as_deref() == Some(name.as_str()) && has_finalizer(v.as_ref(), CLEANUP_FINALIZER));
@@ -752,6 +853,40 @@ async fn release_cluster(cluster: &Cluster, state: &State, api: &Api<Cluster>) -
     }
     set_finalizer(api, cluster, CLEANUP_FINALIZER, false).await?;
     Ok(Action::await_change())
+}
+
+/// [`inspect_cluster`], or its answer if it was asked the same less than [`REMOTE_RECHECK`] ago.
+async fn inspect_recently(
+    state: &State,
+    cluster: &Cluster,
+    target: &Client,
+    install: bool,
+    status: &mut ClusterStatus,
+) -> Readiness {
+    let uid = cluster.uid().unwrap_or_default();
+    {
+        let inspections = state.inspections.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(last) = inspections.get(&uid)
+            && last.install == install
+            && last.at.elapsed() < REMOTE_RECHECK
+        {
+            *status = last.found.clone();
+            return last.readiness.clone();
+        }
+    }
+    let readiness = inspect_cluster(target, install, status).await;
+    let inspection = Inspection {
+        at: std::time::Instant::now(),
+        install,
+        found: status.clone(),
+        readiness: readiness.clone(),
+    };
+    state
+        .inspections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(uid, inspection);
+    readiness
 }
 
 /// Version and Gateway API CRDs of the target cluster, installing the CRDs when asked.
@@ -890,7 +1025,7 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
                         status.namespace = Some(namespace.clone());
                         let name = vc.name_any();
                         let apps: Vec<Arc<Application>> = state
-                            .applications
+                            .virtual_cluster_applications
                             .state()
                             .into_iter()
                             .filter(|a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))

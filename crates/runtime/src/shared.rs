@@ -30,6 +30,23 @@ where
     stripped(api, config).applied_objects()
 }
 
+/// [`watched_and_cached`], each object trimmed by `slim` before it is cached: for a cache that
+/// needs only a few fields of many objects (a parent rolling up its children's conditions).
+pub fn watched_and_cached_slim<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    slim: impl FnMut(&mut K) + Send + 'static,
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    (
+        store,
+        stripped(api, config).modify(slim).reflect(writer).applied_objects(),
+    )
+}
+
 /// A watch of `api` that also fills the returned cache: the trigger of the controller whose
 /// main kind it is (`Controller::for_stream`).
 pub fn watched_and_cached<K>(

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// Resource uid → fingerprint of the objects applied for it.
+/// Resource uid (or `<Project uid>/<kind>/<namespace>/<name>` for a Project's children) →
+/// fingerprint of the objects applied for it.
 #[derive(Debug, Default)]
 pub(super) struct Applied(Mutex<HashMap<String, u64>>);
 
@@ -37,6 +38,14 @@ impl Applied {
     pub(super) fn forget(&self, uid: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
+
+    /// Forgets `uid` and every key under it.
+    pub(super) fn forget_all(&self, uid: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| !key.starts_with(uid));
+    }
 }
 
 #[cfg(test)]
@@ -55,5 +64,11 @@ mod tests {
         assert!(!applied.is_current("b", first));
         applied.forget("a");
         assert!(!applied.is_current("a", first));
+        applied.record("a", first);
+        applied.record("a/Application/ns/x", first);
+        applied.record("b", first);
+        applied.forget_all("a");
+        assert!(!applied.is_current("a", first) && !applied.is_current("a/Application/ns/x", first));
+        assert!(applied.is_current("b", first));
     }
 }
