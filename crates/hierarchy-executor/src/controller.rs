@@ -61,6 +61,11 @@ const CLEANUP_RECHECK: Duration = Duration::from_secs(2);
 /// How soon a refused write to a target cluster is tried again.
 const WRITE_RETRY: Duration = Duration::from_secs(10);
 
+/// How often a status whose only change is its `Ready` message is written: while a tree
+/// builds, every child's progress rewrites the messages of its parents up to the Project.
+/// Changes of readiness or reason are written at once.
+const MESSAGE_ONLY_EVERY: Duration = Duration::from_secs(5);
+
 /// The reason of a resource whose parent does not exist.
 const PARENT_NOT_FOUND: &str = "ParentNotFound";
 
@@ -77,6 +82,8 @@ struct State {
     cluster_virtual_clusters: Store<VirtualCluster>,
     virtual_cluster_applications: Store<Application>,
     applied: Applied,
+    /// Resource uid → when its status was last written, for [`MESSAGE_ONLY_EVERY`].
+    status_writes: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// Cluster uid → its target's last inspection.
     inspections: std::sync::Mutex<std::collections::HashMap<String, Inspection>>,
 }
@@ -180,7 +187,13 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
         virtual_cluster_applications,
         applied: Applied::default(),
         inspections: std::sync::Mutex::default(),
+        status_writes: std::sync::Mutex::default(),
     });
+    // `--concurrency` is the binary's: its four controllers share it. Each reconcile holds an
+    // API connection, and the request limit is shared anyway.
+    let config_each = context
+        .controller_config()
+        .concurrency((context.concurrency / 4).max(1));
     // Project: its Clusters roll up into it; a VirtualCluster it made having its namespace
     // lets that VirtualCluster's Applications be made.
     let project_controller = Controller::for_stream(project_trigger, projects.clone())
@@ -189,7 +202,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
             let projects = projects.clone();
             move |c: Cluster| parent_ref(&projects, c.spec.project.as_deref())
         })
-        .with_config(context.controller_config())
+        .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile_project, error_policy, state.clone())
         .for_each(|_| async {});
@@ -211,7 +224,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
                     .map(|c| ObjectRef::from_obj(c.as_ref()))
             }
         })
-        .with_config(context.controller_config())
+        .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile_cluster, error_policy, state.clone())
         .for_each(|_| async {});
@@ -233,7 +246,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
                     .map(|v| ObjectRef::from_obj(v.as_ref()))
             }
         })
-        .with_config(context.controller_config())
+        .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile_virtual_cluster, error_policy, state.clone())
         .for_each(|_| async {});
@@ -258,7 +271,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
                     .map(|a| ObjectRef::from_obj(a.as_ref()))
             }
         })
-        .with_config(context.controller_config())
+        .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile_application, error_policy, state)
         .for_each(|_| async {});
@@ -544,7 +557,15 @@ where
         p
     });
     if comparable.as_ref() != Some(&status) {
+        let uid = object.meta().uid.clone().unwrap_or_default();
+        if let Some(previous) = &comparable
+            && only_the_message_differs(previous, &status)
+            && let Some(wait) = state.too_soon_to_write(&uid)
+        {
+            return Ok(Action::requeue(outcome.recheck.map_or(wait, |r| r.min(wait))));
+        }
         apply_status(api, NAME, object, &status).await?;
+        state.wrote_status(uid);
     }
     let ready = matches!(outcome.readiness, Readiness::Ready);
     if was_ready(previous.map(Status::common)) != Some(ready) {
@@ -562,6 +583,41 @@ where
         Some(after) => Action::requeue(after),
         None => Action::await_change(),
     })
+}
+
+/// Whether `next` differs from `previous` only in its `Ready` condition's message.
+fn only_the_message_differs<S: Status>(previous: &S, next: &S) -> bool {
+    let Some(before) = crd_types::common::find_condition(&previous.common().conditions, CONDITION_READY) else {
+        return false;
+    };
+    let mut masked = next.clone();
+    if let Some(ready) = masked
+        .common_mut()
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == CONDITION_READY)
+    {
+        ready.message.clone_from(&before.message);
+    }
+    masked == *previous
+}
+
+impl State {
+    /// How long to wait before writing `uid`'s status again, if it was written too recently.
+    fn too_soon_to_write(&self, uid: &str) -> Option<Duration> {
+        let writes = self.status_writes.lock().unwrap_or_else(|p| p.into_inner());
+        let since = writes.get(uid)?.elapsed();
+        MESSAGE_ONLY_EVERY.checked_sub(since).filter(|wait| !wait.is_zero())
+    }
+
+    fn wrote_status(&self, uid: String) {
+        let mut writes = self.status_writes.lock().unwrap_or_else(|p| p.into_inner());
+        // Only recent writes matter: older entries go, so the map stays small.
+        if writes.len() > 1024 {
+            writes.retain(|_, at| at.elapsed() < MESSAGE_ONLY_EVERY);
+        }
+        writes.insert(uid, std::time::Instant::now());
+    }
 }
 
 /// `own` rolled up with `children`'s readiness, each named by `name`.
@@ -1266,4 +1322,44 @@ async fn apply_application(objects: &application::ApplicationObjects, target: &C
         },
         other => other,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(ready: bool, reason: &str, message: &str) -> HierarchyStatus {
+        let mut conditions = Vec::new();
+        let at = Time(Timestamp::UNIX_EPOCH);
+        set_condition(&mut conditions, CONDITION_READY, ready, reason, message, Some(1), at);
+        HierarchyStatus {
+            observed_generation: Some(1),
+            conditions,
+            executor: Some(NAME.into()),
+            policy: None,
+        }
+    }
+
+    #[test]
+    fn a_new_message_alone_can_wait_but_a_new_reason_or_readiness_cannot() {
+        let before = status(
+            false,
+            "ChildrenNotReady",
+            "Application a/x: version v1 has 0/1 replicas ready",
+        );
+        let progress = status(
+            false,
+            "ChildrenNotReady",
+            "Application a/y: version v1 has 0/1 replicas ready",
+        );
+        assert!(only_the_message_differs(&before, &progress));
+        assert!(!only_the_message_differs(&before, &status(true, "Ready", "")));
+        assert!(!only_the_message_differs(
+            &before,
+            &status(false, "WriteFailed", "refused")
+        ));
+        let mut newer = progress.clone();
+        newer.observed_generation = Some(2);
+        assert!(!only_the_message_differs(&before, &newer));
+    }
 }
