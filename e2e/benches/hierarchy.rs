@@ -168,16 +168,8 @@ async fn main() -> anyhow::Result<()> {
         settled.as_secs_f64(),
         controller.writes()
     );
-    println!(
-        "\nmemory (VmRSS) holding the converged trees: hierarchy-executor {:.1} MiB",
-        controller.rss_mib()
-    );
-    let before = controller.writes();
-    tokio::time::sleep(at_rest).await;
-    println!(
-        "API writes while nothing happens, over {:?}: hierarchy-executor {}",
-        at_rest,
-        controller.writes() - before
-    );
+    controller
+        .report_at_rest("hierarchy-executor", "the converged trees", at_rest)
+        .await;
     Ok(())
 }

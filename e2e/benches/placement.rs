@@ -231,16 +231,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Every policy is complete; let the simulator's last passes settle, then count.
     tokio::time::sleep(Duration::from_secs(10)).await;
-    println!(
-        "\nmemory (VmRSS) holding every object: staged-binding {:.1} MiB",
-        controller.rss_mib()
-    );
-    let before = controller.writes();
-    tokio::time::sleep(at_rest).await;
-    println!(
-        "API writes while nothing happens, over {:?}: staged-binding {}",
-        at_rest,
-        controller.writes() - before
-    );
+    controller
+        .report_at_rest("staged-binding", "every object", at_rest)
+        .await;
     Ok(())
 }

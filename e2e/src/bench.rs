@@ -105,6 +105,18 @@ impl Controller {
 }
 
 impl Controller {
+    /// Prints its memory holding `what`, then the writes it sends over `at_rest` while nothing
+    /// happens.
+    pub async fn report_at_rest(&self, name: &str, what: &str, at_rest: Duration) {
+        println!("\nmemory (VmRSS) holding {what}: {name} {:.1} MiB", self.rss_mib());
+        let before = self.writes();
+        tokio::time::sleep(at_rest).await;
+        println!(
+            "API writes while nothing happens, over {at_rest:?}: {name} {}",
+            self.writes() - before
+        );
+    }
+
     /// Waits until the controller has written nothing for `quiet`: it has caught up with
     /// everything so far. How long that took.
     pub async fn settle(&self, quiet: Duration, limit: Duration) -> anyhow::Result<Duration> {

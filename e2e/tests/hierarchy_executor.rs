@@ -83,17 +83,7 @@ async fn a_project_with_templates_builds_the_whole_tree_and_rolls_readiness_up()
         .unwrap();
 
     // The tree, Ready all the way up (the Cluster installs the Gateway API CRDs on the way).
-    poll_until(
-        "the Project Ready",
-        Deadline(std::time::Duration::from_secs(120)),
-        || async {
-            match project_ready(&env, &name).await {
-                Some((status, _, _)) if status == "True" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    wait_ready(&Api::<Project>::all(env.client.clone()), &name).await;
     let cluster = Api::<Cluster>::all(env.client.clone())
         .get(&format!("{name}-local"))
         .await
@@ -395,7 +385,8 @@ where
 {
     poll_until(
         &format!("{} {name} Ready", K::kind(&())),
-        Deadline(std::time::Duration::from_secs(90)),
+        // A whole tree: namespaces, the Gateway API CRDs, pods.
+        Deadline(std::time::Duration::from_secs(120)),
         || async {
             match ready_condition(api, name).await? {
                 (status, _, _) if status == "True" => Ok(()),
@@ -754,17 +745,7 @@ async fn killed_mid_build_it_finishes_on_restart_with_no_duplicate_or_orphan() {
     println!("killed with {at_kill} of 8 Deployments made");
 
     let executor = start(&env);
-    poll_until(
-        "the Project Ready after the restart",
-        Deadline(std::time::Duration::from_secs(120)),
-        || async {
-            match project_ready(&env, &name).await {
-                Some((status, _, _)) if status == "True" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
+    wait_ready(&projects, &name).await;
 
     // Exactly the objects the templates describe, each owned by an Application that exists.
     for team in teams {
