@@ -873,10 +873,26 @@ async fn an_executor_another_controller_claims_is_left_to_it_and_rolls_up() {
     let deployments: Api<Deployment> = env.namespaced();
     assert!(deployments.list(&Default::default()).await.unwrap().items.is_empty());
 
-    // Their readiness rolls up like any other: the VirtualCluster names only the bad one.
-    let message = wait_not_ready(&vcs, &format!("{name}-team"), "ChildrenNotReady").await;
-    assert!(message.contains(&format!("Application {name}/bad")), "{message}");
-    assert!(!message.contains("notes"), "{message}");
+    // Their readiness rolls up like any other: once both have reported, the VirtualCluster
+    // names only the bad one.
+    poll_until(
+        "the VirtualCluster naming only the bad Application",
+        Deadline::default(),
+        || async {
+            match ready_condition(&vcs, &format!("{name}-team")).await? {
+                (status, reason, message)
+                    if status == "False"
+                        && reason == "ChildrenNotReady"
+                        && message.contains(&format!("Application {name}/bad"))
+                        && !message.contains("notes") =>
+                {
+                    Ok(())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
 
     for app in ["notes", "bad"] {
         apps.delete(app, &DeleteParams::default()).await.unwrap();
