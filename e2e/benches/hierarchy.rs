@@ -21,8 +21,7 @@ use crd_types::hierarchy::Project;
 use gateway_api::httproutes::HttpRoute;
 use kube::Api;
 use kube::api::PostParams;
-use orrery_e2e::ControlPlane;
-use orrery_e2e::bench::{Controller, env_usize, invoked_as_benchmark};
+use orrery_e2e::bench::{Controller, control_plane, env_usize, invoked_as_benchmark};
 use orrery_e2e::pod_simulator::PodSimulator;
 use serde_json::json;
 
@@ -81,13 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let applications = env_usize("ORRERY_BENCH_APPLICATIONS", 4);
     let at_rest = Duration::from_secs(env_usize("ORRERY_BENCH_REST_SECONDS", 60) as u64);
 
-    let plane = tokio::task::spawn_blocking(ControlPlane::start).await??;
-    plane.install_crds_blocking()?;
-    let client = plane.client().await;
-    println!(
-        "control plane up in {:.1}s (kube-apiserver + etcd + kube-controller-manager)",
-        plane.startup.as_secs_f64()
-    );
+    let (plane, client) = control_plane().await?;
     let _kubelet = PodSimulator::start(client.clone(), None).await?;
     let controller = Controller::start("hierarchy-executor", &plane, None)?;
 

@@ -26,8 +26,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
-use orrery_e2e::ControlPlane;
-use orrery_e2e::bench::{Controller, env_usize, invoked_as_benchmark, percentiles, wait_for};
+use orrery_e2e::bench::{Controller, control_plane, env_usize, invoked_as_benchmark, percentiles, wait_for};
 use orrery_e2e::kubestellar_simulator::{INVENTORY_LABEL, INVENTORY_NAMESPACE, KubeStellarSimulator};
 use serde_json::json;
 
@@ -199,13 +198,7 @@ async fn main() -> anyhow::Result<()> {
     let rate = env_usize("ORRERY_BENCH_RATE", 20) as f64;
     let at_rest = Duration::from_secs(env_usize("ORRERY_BENCH_REST_SECONDS", 60) as u64);
 
-    let plane = tokio::task::spawn_blocking(ControlPlane::start).await??;
-    plane.install_crds_blocking()?;
-    let client = plane.client().await;
-    println!(
-        "control plane up in {:.1}s (kube-apiserver + etcd + kube-controller-manager)",
-        plane.startup.as_secs_f64()
-    );
+    let (plane, client) = control_plane().await?;
     world(&client).await?;
     let _kubestellar = KubeStellarSimulator::start(client.clone()).await?;
     let seen = Arc::new(Mutex::new(Seen::default()));

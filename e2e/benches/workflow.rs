@@ -28,8 +28,7 @@ use kube::api::{ListParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client, ResourceExt};
-use orrery_e2e::ControlPlane;
-use orrery_e2e::bench::{Controller, env_usize, invoked_as_benchmark, percentiles, wait_for};
+use orrery_e2e::bench::{Controller, control_plane, env_usize, invoked_as_benchmark, percentiles, wait_for};
 use orrery_e2e::pod_simulator::PodSimulator;
 use serde_json::json;
 
@@ -142,17 +141,11 @@ async fn main() -> anyhow::Result<()> {
     let cron = env_usize("ORRERY_BENCH_CRON", 100);
     let at_rest = Duration::from_secs(env_usize("ORRERY_BENCH_REST_SECONDS", 60) as u64);
 
-    let plane = tokio::task::spawn_blocking(ControlPlane::start).await??;
-    plane.install_crds_blocking()?;
-    let client = plane.client().await;
+    let (plane, client) = control_plane().await?;
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": NAMESPACE}}))?;
     Api::<Namespace>::all(client.clone())
         .create(&PostParams::default(), &namespace)
         .await?;
-    println!(
-        "control plane up in {:.1}s (kube-apiserver + etcd + kube-controller-manager)",
-        plane.startup.as_secs_f64()
-    );
 
     let _kubelet = PodSimulator::start(client.clone(), Some(NAMESPACE)).await?;
     let seen = Arc::new(Mutex::new(Seen::default()));

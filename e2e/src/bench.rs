@@ -11,6 +11,19 @@ use anyhow::Context as _;
 
 use crate::ControlPlane;
 
+/// Starts a control plane with kube-controller-manager and every CRD installed, says how long
+/// it took, and returns it with an admin client.
+pub async fn control_plane() -> anyhow::Result<(ControlPlane, kube::Client)> {
+    let plane = tokio::task::spawn_blocking(ControlPlane::start).await??;
+    plane.install_crds_blocking()?;
+    let client = plane.client().await;
+    println!(
+        "control plane up in {:.1}s (kube-apiserver + etcd + kube-controller-manager)",
+        plane.startup.as_secs_f64()
+    );
+    Ok((plane, client))
+}
+
 /// A number from the environment (`ORRERY_BENCH_*`), or `default`.
 pub fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

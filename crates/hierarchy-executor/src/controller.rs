@@ -215,14 +215,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
         })
         .watches_stream(watched(Api::<Project>::all(client.clone()), config.clone()), {
             let clusters = clusters.clone();
-            move |p: Project| {
-                let name = p.name_any();
-                clusters
-                    .state()
-                    .into_iter()
-                    .filter(move |c| c.spec.project.as_deref() == Some(name.as_str()))
-                    .map(|c| ObjectRef::from_obj(c.as_ref()))
-            }
+            move |p: Project| children_of(&clusters, p.name_any(), |c| c.spec.project.as_deref())
         })
         .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
@@ -237,14 +230,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
         })
         .watches_stream(watched(Api::<Cluster>::all(client.clone()), config.clone()), {
             let virtual_clusters = virtual_clusters.clone();
-            move |c: Cluster| {
-                let name = c.name_any();
-                virtual_clusters
-                    .state()
-                    .into_iter()
-                    .filter(move |v| v.spec.cluster.as_deref() == Some(name.as_str()))
-                    .map(|v| ObjectRef::from_obj(v.as_ref()))
-            }
+            move |c: Cluster| children_of(&virtual_clusters, c.name_any(), |v| v.spec.cluster.as_deref())
         })
         .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
@@ -262,14 +248,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
         })
         .watches_stream(watched(Api::<VirtualCluster>::all(client.clone()), config.clone()), {
             let applications = applications.clone();
-            move |v: VirtualCluster| {
-                let name = v.name_any();
-                applications
-                    .state()
-                    .into_iter()
-                    .filter(move |a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))
-                    .map(|a| ObjectRef::from_obj(a.as_ref()))
-            }
+            move |v: VirtualCluster| children_of(&applications, v.name_any(), |a| a.spec.virtual_cluster.as_deref())
         })
         .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
@@ -278,6 +257,22 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
 
     tokio::join!(project_controller, cluster_controller, vc_controller, app_controller);
     Ok(())
+}
+
+/// The children in `children` whose `parent_of` is `parent`: what a parent's change re-runs.
+fn children_of<C>(
+    children: &Store<C>,
+    parent: String,
+    parent_of: fn(&C) -> Option<&str>,
+) -> impl Iterator<Item = ObjectRef<C>> + use<C>
+where
+    C: Resource<DynamicType = ()> + Clone + 'static,
+{
+    children
+        .state()
+        .into_iter()
+        .filter(move |c| parent_of(c) == Some(parent.as_str()))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
 }
 
 /// The part of a child's status its parent reads.
