@@ -458,7 +458,21 @@ async fn a_restart_in_the_middle_of_a_50_task_chain_runs_each_task_once() {
         {
             Ok(())
         } else {
-            Err("not yet".into())
+            // How far the chain got, for a failure to say where it stopped.
+            let all = runs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items;
+            let unfinished: Vec<String> = all
+                .iter()
+                .filter(|r| phase(r) != Some(TaskRunPhase::Succeeded) || !handed_off(r))
+                .map(|r| format!("{} {:?}", r.name_any(), phase(r)))
+                .collect();
+            Err(format!(
+                "{} runs; not finished or handed off: {unfinished:?}",
+                all.len()
+            ))
         }
     })
     .await;
