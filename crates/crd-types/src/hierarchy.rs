@@ -14,6 +14,16 @@ use crate::common::{Condition, PluginRef, SecretKeyRef, Time};
 /// Label on every object an executor creates, naming the hierarchy resource it belongs to.
 pub const OWNER_LABEL: &str = "hierarchy.orrery.dev/owner";
 
+/// Annotation pausing a resource's policy pipeline while present: the output in force stays.
+/// `kubectl annotate application shop hierarchy.orrery.dev/pause=true`; remove it to resume.
+pub const PAUSE_ANNOTATION: &str = "hierarchy.orrery.dev/pause";
+/// Annotation promoting a canary now; its value is any token that differs from the last one
+/// honoured (`status.policy.lastPromote`), so each promote counts once.
+pub const PROMOTE_ANNOTATION: &str = "hierarchy.orrery.dev/promote";
+/// Annotation aborting a canary (all traffic back to the stable version), counted once per
+/// token like [`PROMOTE_ANNOTATION`].
+pub const ABORT_ANNOTATION: &str = "hierarchy.orrery.dev/abort";
+
 // ---------------------------------------------------------------------------------------------
 // Shared pieces
 
@@ -44,16 +54,76 @@ pub struct PolicyPipelineStatus {
     /// The spec generation the pipeline ran on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The controller running this pipeline (e.g. `policy-runner`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<String>,
     /// True when every step ran; a stopped pipeline's partial output is never applied.
     #[serde(default)]
     pub complete: bool,
-    /// The last step's output: for an Application, `{weights: [{version, weight}], matches: [...]}`.
+    /// The last step's output: for an Application, a [`TrafficDocument`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::free_form_value")]
     pub output: Option<serde_json::Value>,
     /// One entry per policy, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<PolicyStepStatus>,
+    /// True while the pause annotation holds the pipeline.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// The promote annotation's token last honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_promote: Option<String>,
+    /// The abort annotation's token last honoured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_abort: Option<String>,
+    /// `Ready`: True when `output` is complete and current; False says which step stopped
+    /// the pipeline and why (`PolicyNotClaimed`, `InvalidParameters`, `PolicyFailed`, `Paused`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// An Application's policy document: what each policy receives and returns, and what the
+/// executor renders into the HTTPRoute.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficDocument {
+    /// The split of traffic no match claims; sums to 100.
+    #[serde(default)]
+    pub weights: Vec<VersionWeight>,
+    /// Requests sent to one version whatever the weights (experiments), checked in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    /// The version traffic returns to on a roll back, when a policy (e.g. `canary`) says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<String>,
+    /// The version being released, when a policy says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+}
+
+/// Requests matching every header given here (and the cookie, if given) go to `version`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteMatch {
+    /// The version these requests go to.
+    pub version: String,
+    /// Exact header matches.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<NameValue>,
+    /// A cookie that must be present with this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<NameValue>,
+}
+
+/// A header or cookie name and its exact value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NameValue {
+    /// The name.
+    pub name: String,
+    /// The value.
+    pub value: String,
 }
 
 /// One policy step's result and saved state.
@@ -62,7 +132,7 @@ pub struct PolicyPipelineStatus {
 pub struct PolicyStepStatus {
     /// The policy's name.
     pub name: String,
-    /// `Succeeded`, `Holding`, `Failed` or `NotClaimed`.
+    /// `Progressing`, `Succeeded`, `Holding`, `RolledBack`, `Failed` or `NotClaimed`.
     pub phase: String,
     /// What the step did, or why it stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -378,6 +448,11 @@ pub struct VirtualClusterStatus {
     doc = "An application: versions behind one HTTPRoute whose weights split traffic between them.",
     printcolumn(name = "VIRTUALCLUSTER", type_ = "string", json_path = ".spec.virtualCluster"),
     printcolumn(
+        name = "POLICY",
+        type_ = "string",
+        json_path = ".status.policy.conditions[?(@.type==\"Ready\")].reason"
+    ),
+    printcolumn(
         name = "READY",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
@@ -488,6 +563,9 @@ pub struct ApplicationStatus {
     /// The weights in the HTTPRoute now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub weights: Vec<VersionWeight>,
+    /// The header and cookie matches in the HTTPRoute now, ahead of the weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
 }
 
 /// One version's readiness.

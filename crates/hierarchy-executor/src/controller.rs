@@ -1293,7 +1293,8 @@ async fn align_application(
         apply_application(&objects, target).await?;
         applied.record(&owner, desired);
     }
-    status.weights = objects.weights.clone();
+    status.weights = objects.traffic.weights.clone();
+    status.matches = objects.traffic.matches.clone();
     let services: Api<Service> = Api::namespaced(target.clone(), namespace);
     for removed in application::removed_versions(app, &observed) {
         delete(&deployments, &removed).await?;

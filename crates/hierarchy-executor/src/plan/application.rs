@@ -8,9 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use crd_types::hierarchy::{Application, VersionStatus, VersionWeight};
+use crd_types::hierarchy::{Application, RouteMatch, TrafficDocument, VersionStatus, VersionWeight};
 use gateway_api::httproutes::{
-    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteSpec,
+    HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
+    HttpRouteRulesMatchesHeaders, HttpRouteRulesMatchesHeadersType, HttpRouteSpec,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -38,8 +39,8 @@ pub struct ApplicationObjects {
     pub services: Vec<Service>,
     /// The route splitting traffic.
     pub route: HttpRoute,
-    /// The weights the route carries.
-    pub weights: Vec<VersionWeight>,
+    /// The weights and matches the route carries.
+    pub traffic: TrafficDocument,
 }
 
 /// The name of a version's Deployment and Service.
@@ -47,15 +48,18 @@ pub fn version_object_name(app: &str, version: &str) -> String {
     format!("{app}-{version}")
 }
 
-/// The weights the route should carry now.
-pub fn weights_in_force(app: &Application) -> Vec<VersionWeight> {
+/// The traffic the route should carry now: weights and matches.
+pub fn traffic_in_force(app: &Application) -> TrafficDocument {
     let versions: Vec<&str> = app.spec.versions.iter().map(|v| v.name.as_str()).collect();
-    let valid = |weights: &[VersionWeight]| {
+    let valid_weights = |weights: &[VersionWeight]| {
         !weights.is_empty()
             && weights
                 .iter()
                 .all(|w| versions.contains(&w.version.as_str()) && w.weight >= 0)
             && weights.iter().map(|w| i64::from(w.weight)).sum::<i64>() == 100
+    };
+    let valid = |traffic: &TrafficDocument| {
+        valid_weights(&traffic.weights) && traffic.matches.iter().all(|m| versions.contains(&m.version.as_str()))
     };
     let status = app.status.as_ref();
     let from_pipeline = || {
@@ -63,18 +67,29 @@ pub fn weights_in_force(app: &Application) -> Vec<VersionWeight> {
         if !pipeline.complete || pipeline.observed_generation != app.metadata.generation {
             return None;
         }
-        let weights: Vec<VersionWeight> =
-            serde_json::from_value(pipeline.output.as_ref()?.get("weights")?.clone()).ok()?;
-        valid(&weights).then_some(weights)
+        let traffic: TrafficDocument = serde_json::from_value(pipeline.output.clone()?).ok()?;
+        valid(&traffic).then_some(traffic)
     };
     let chosen = if app.spec.policies.is_empty() {
-        valid(&app.spec.weights).then(|| app.spec.weights.clone())
+        Some(TrafficDocument {
+            weights: app.spec.weights.clone(),
+            ..TrafficDocument::default()
+        })
+        .filter(valid)
     } else {
-        from_pipeline().or_else(|| status.map(|s| s.weights.clone()).filter(|w| valid(w)))
+        from_pipeline().or_else(|| {
+            status
+                .map(|s| TrafficDocument {
+                    weights: s.weights.clone(),
+                    matches: s.matches.clone(),
+                    ..TrafficDocument::default()
+                })
+                .filter(valid)
+        })
     };
-    chosen.unwrap_or_else(|| {
+    chosen.unwrap_or_else(|| TrafficDocument {
         // Everything to the first version: the Application's baseline.
-        versions
+        weights: versions
             .first()
             .map(|v| {
                 vec![VersionWeight {
@@ -82,7 +97,8 @@ pub fn weights_in_force(app: &Application) -> Vec<VersionWeight> {
                     weight: 100,
                 }]
             })
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        ..TrafficDocument::default()
     })
 }
 
@@ -177,7 +193,27 @@ pub fn objects(app: &Application, namespace: &str, owner: &str) -> ApplicationOb
     }
     services.push(service(name.clone(), None));
 
-    let weights = weights_in_force(app);
+    let traffic = traffic_in_force(app);
+    let backend = |version: &str, weight: i32| HttpRouteRulesBackendRefs {
+        name: version_object_name(&name, version),
+        port: Some(port),
+        weight: Some(weight),
+        ..HttpRouteRulesBackendRefs::default()
+    };
+    // Matching requests first (one rule each, to their version), then the weighted split.
+    let mut rules: Vec<HttpRouteRules> = traffic
+        .matches
+        .iter()
+        .map(|m| HttpRouteRules {
+            matches: Some(vec![route_match(m)]),
+            backend_refs: Some(vec![backend(&m.version, 1)]),
+            ..HttpRouteRules::default()
+        })
+        .collect();
+    rules.push(HttpRouteRules {
+        backend_refs: Some(traffic.weights.iter().map(|w| backend(&w.version, w.weight)).collect()),
+        ..HttpRouteRules::default()
+    });
     let route_spec = app.spec.route.as_ref();
     let route = HttpRoute {
         metadata: meta(name.clone(), None),
@@ -190,20 +226,7 @@ pub fn objects(app: &Application, namespace: &str, owner: &str) -> ApplicationOb
                     ..HttpRouteParentRefs::default()
                 }]
             }),
-            rules: Some(vec![HttpRouteRules {
-                backend_refs: Some(
-                    weights
-                        .iter()
-                        .map(|w| HttpRouteRulesBackendRefs {
-                            name: version_object_name(&name, &w.version),
-                            port: Some(port),
-                            weight: Some(w.weight),
-                            ..HttpRouteRulesBackendRefs::default()
-                        })
-                        .collect(),
-                ),
-                ..HttpRouteRules::default()
-            }]),
+            rules: Some(rules),
         },
         status: None,
     };
@@ -211,8 +234,43 @@ pub fn objects(app: &Application, namespace: &str, owner: &str) -> ApplicationOb
         deployments,
         services,
         route,
-        weights,
+        traffic,
     }
+}
+
+/// An HTTPRoute match: exact headers, and a cookie as a regular expression over the `Cookie`
+/// header (Gateway API has no cookie match of its own).
+fn route_match(m: &RouteMatch) -> HttpRouteRulesMatches {
+    let exact = |name: &str, value: &str| HttpRouteRulesMatchesHeaders {
+        name: name.to_owned(),
+        r#type: Some(HttpRouteRulesMatchesHeadersType::Exact),
+        value: value.to_owned(),
+    };
+    let mut headers: Vec<HttpRouteRulesMatchesHeaders> = m.headers.iter().map(|h| exact(&h.name, &h.value)).collect();
+    if let Some(cookie) = &m.cookie {
+        headers.push(HttpRouteRulesMatchesHeaders {
+            name: "Cookie".into(),
+            r#type: Some(HttpRouteRulesMatchesHeadersType::RegularExpression),
+            value: format!(
+                "(^|.*; ?){}={}(;.*|$)",
+                regex_escape(&cookie.name),
+                regex_escape(&cookie.value)
+            ),
+        });
+    }
+    HttpRouteRulesMatches {
+        headers: Some(headers),
+        ..HttpRouteRulesMatches::default()
+    }
+}
+
+fn regex_escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain(std::iter::once(c))
+        })
+        .collect()
 }
 
 /// Each version's readiness from its observed Deployment (absent: nothing ready yet).
@@ -312,7 +370,7 @@ mod tests {
                     observed_generation: Some(generation),
                     complete,
                     output: Some(output),
-                    steps: vec![],
+                    ..PolicyPipelineStatus::default()
                 }),
                 ..HierarchyStatus::default()
             },
@@ -324,14 +382,14 @@ mod tests {
 
     #[test]
     fn without_weights_everything_goes_to_the_first_version() {
-        assert_eq!(weights_in_force(&app(two_versions())), weights(&[("v1", 100)]));
+        assert_eq!(traffic_in_force(&app(two_versions())).weights, weights(&[("v1", 100)]));
     }
 
     #[test]
     fn without_policies_the_spec_weights_are_in_force() {
         let mut spec = two_versions();
         spec["weights"] = json!([{"version": "v1", "weight": 80}, {"version": "v2", "weight": 20}]);
-        assert_eq!(weights_in_force(&app(spec)), weights(&[("v1", 80), ("v2", 20)]));
+        assert_eq!(traffic_in_force(&app(spec)).weights, weights(&[("v1", 80), ("v2", 20)]));
     }
 
     #[test]
@@ -340,7 +398,7 @@ mod tests {
         spec["policies"] = json!([{"name": "canary"}]);
         let output = json!({"weights": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]});
         assert_eq!(
-            weights_in_force(&with_pipeline(app(spec), 3, true, output)),
+            traffic_in_force(&with_pipeline(app(spec), 3, true, output)).weights,
             weights(&[("v1", 90), ("v2", 10)])
         );
     }
@@ -364,7 +422,7 @@ mod tests {
             (3, true, unknown),
         ] {
             assert_eq!(
-                weights_in_force(&with_pipeline(base.clone(), generation, complete, output.clone())),
+                traffic_in_force(&with_pipeline(base.clone(), generation, complete, output.clone())).weights,
                 weights(&[("v1", 70), ("v2", 30)]),
                 "{generation} {complete} {output}"
             );
@@ -401,6 +459,41 @@ mod tests {
             route["spec"]["rules"][0]["backendRefs"],
             json!([{"name": "shop-v1", "port": 8080, "weight": 80}, {"name": "shop-v2", "port": 8080, "weight": 20}])
         );
+    }
+
+    #[test]
+    fn matches_become_rules_ahead_of_the_weighted_split() {
+        let mut spec = two_versions();
+        spec["policies"] = json!([{"name": "experiment"}]);
+        let output = json!({
+            "weights": [{"version": "v1", "weight": 100}],
+            "matches": [
+                {"version": "v2", "headers": [{"name": "x-beta", "value": "yes"}]},
+                {"version": "v2", "cookie": {"name": "group", "value": "a.b"}},
+            ],
+        });
+        let objects = objects(&with_pipeline(app(spec), 3, true, output), "team-a", "uid-shop");
+        let rules = serde_json::to_value(&objects.route).unwrap()["spec"]["rules"].clone();
+        assert_eq!(
+            rules,
+            json!([
+                {"matches": [{"headers": [{"name": "x-beta", "type": "Exact", "value": "yes"}]}],
+                 "backendRefs": [{"name": "shop-v2", "port": 8080, "weight": 1}]},
+                {"matches": [{"headers": [{"name": "Cookie", "type": "RegularExpression", "value": "(^|.*; ?)group=a\\.b(;.*|$)"}]}],
+                 "backendRefs": [{"name": "shop-v2", "port": 8080, "weight": 1}]},
+                {"backendRefs": [{"name": "shop-v1", "port": 8080, "weight": 100}]},
+            ])
+        );
+        assert_eq!(objects.traffic.matches.len(), 2);
+    }
+
+    #[test]
+    fn a_match_naming_an_unknown_version_leaves_the_traffic_in_force() {
+        let mut spec = two_versions();
+        spec["policies"] = json!([{"name": "experiment"}]);
+        let output = json!({"weights": [{"version": "v1", "weight": 100}], "matches": [{"version": "v7"}]});
+        let traffic = traffic_in_force(&with_pipeline(app(spec), 3, true, output));
+        assert!(traffic.matches.is_empty());
     }
 
     fn deployment(name: &str, version: &str, generation: i64, observed: i64, ready: i32) -> Deployment {
