@@ -15,6 +15,7 @@ pub mod control_plane;
 pub mod in_process;
 pub mod kubestellar_simulator;
 pub mod pod_simulator;
+pub mod prometheus;
 pub mod wait;
 
 use std::sync::OnceLock;
