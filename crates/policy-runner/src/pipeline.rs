@@ -1,0 +1,605 @@
+//! Runs an Application's pipeline and plans its `status.policy`.
+//!
+//! All or nothing: when every step runs, the new output and every step's new state are
+//! written together; when a step cannot run (a policy nobody claims, bad parameters, a failed
+//! fetch, an invalid output), the pipeline stops there, the condition says which step and
+//! why, and the output and states stay as they were, so the traffic in force stays and no
+//! canary step is lost or taken twice.
+
+use std::future::Future;
+
+use crd_types::common::{CONDITION_READY, seconds, set_condition};
+use crd_types::hierarchy::{
+    ABORT_ANNOTATION, Application, PAUSE_ANNOTATION, PROMOTE_ANNOTATION, PolicyPipelineStatus, PolicyStepStatus,
+    TrafficDocument,
+};
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use crate::observed::{Observed, initial_document};
+use crate::policy::{Answer, Control, Failure, Outcome, Phase, Request, Step};
+use crate::registry::Registry;
+
+/// Performs what policies ask for: the only I/O a pipeline does.
+pub trait Outside: Sync {
+    /// Fetches `request`'s answer.
+    fn fetch(&self, request: Request) -> impl Future<Output = Answer> + Send;
+}
+
+/// An Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// Its reason.
+    pub reason: String,
+    /// Its message.
+    pub message: String,
+    /// A warning rather than a normal Event.
+    pub warning: bool,
+}
+
+/// What a run concluded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Planned {
+    /// The new `status.policy`.
+    pub status: PolicyPipelineStatus,
+    /// Run again at this time even if nothing changes.
+    pub wake_at: Option<Timestamp>,
+    /// Events for what changed.
+    pub notices: Vec<Notice>,
+}
+
+/// Runs `app`'s pipeline at `now`. `None` when the pipeline is another runner's.
+pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outside: &impl Outside) -> Option<Planned> {
+    let previous = app
+        .status
+        .as_ref()
+        .and_then(|s| s.common.policy.clone())
+        .unwrap_or_default();
+    let names: Vec<&str> = app.spec.policies.iter().map(|p| p.name.as_str()).collect();
+    let unknown = names.iter().position(|name| registry.get(name).is_none());
+    if unknown.is_some()
+        && previous
+            .runner
+            .as_deref()
+            .is_some_and(|runner| runner != registry.runner)
+    {
+        return None;
+    }
+    let now = seconds(now).0;
+    let annotations = app.annotations();
+    let token = |key: &str, last: &Option<String>| {
+        annotations
+            .get(key)
+            .filter(|value| Some(*value) != last.as_ref())
+            .cloned()
+    };
+    let promote = token(PROMOTE_ANNOTATION, &previous.last_promote);
+    let abort = token(ABORT_ANNOTATION, &previous.last_abort);
+    let control = Control {
+        promote: promote.is_some(),
+        abort: abort.is_some(),
+    };
+    let paused = annotations.get(PAUSE_ANNOTATION).is_some_and(|v| v != "false");
+
+    if let Some(index) = unknown {
+        let known: Vec<&str> = registry.names().collect();
+        let failure = Failure::new(
+            "PolicyNotClaimed",
+            format!(
+                "no runner claims policy {:?} (policy-runner knows {})",
+                names[index],
+                known.join(", ")
+            ),
+        );
+        return Some(stopped(app, previous, index, &failure, now));
+    }
+    if paused && !control.promote && !control.abort {
+        let mut status = previous.clone();
+        status.paused = true;
+        set_condition(
+            &mut status.conditions,
+            CONDITION_READY,
+            false,
+            "Paused",
+            format!("paused by the {PAUSE_ANNOTATION} annotation: the traffic in force stays"),
+            app.metadata.generation,
+            seconds(now),
+        );
+        let notices = (!previous.paused)
+            .then(|| notice("Paused", "the policy pipeline is paused", false))
+            .into_iter()
+            .collect();
+        return Some(Planned {
+            status,
+            wake_at: None,
+            notices,
+        });
+    }
+
+    let observed = Observed::of(app);
+    let mut document = initial_document(app);
+    let mut outcomes: Vec<Outcome> = Vec::with_capacity(names.len());
+    for (index, reference) in app.spec.policies.iter().enumerate() {
+        let saved = previous
+            .steps
+            .get(index)
+            .filter(|s| s.name == reference.name)
+            .and_then(|s| s.state.as_ref());
+        let result = run_step(registry, reference, &document, &observed, saved, now, control, outside).await;
+        match result {
+            Ok(outcome) => {
+                document = outcome.output.clone();
+                outcomes.push(outcome);
+            }
+            Err(failure) => return Some(stopped(app, previous, index, &failure, now)),
+        }
+    }
+
+    let mut notices = Vec::new();
+    if previous.paused {
+        notices.push(notice("Resumed", "the policy pipeline runs again", false));
+    }
+    if control.promote {
+        notices.push(notice("Promoted", "promoted from kubectl", false));
+    }
+    if control.abort {
+        notices.push(notice("Aborted", "aborted from kubectl", true));
+    }
+    let steps: Vec<PolicyStepStatus> = app
+        .spec
+        .policies
+        .iter()
+        .zip(&outcomes)
+        .enumerate()
+        .map(|(index, (reference, outcome))| {
+            let before = previous.steps.get(index).filter(|s| s.name == reference.name);
+            let phase = outcome.phase.as_str();
+            let changed = before.is_none_or(|b| b.phase != phase);
+            if changed {
+                notices.push(notice(
+                    phase,
+                    format!("step {} ({}): {}", index + 1, reference.name, outcome.message),
+                    outcome.phase == Phase::RolledBack,
+                ));
+            }
+            PolicyStepStatus {
+                name: reference.name.clone(),
+                phase: phase.to_owned(),
+                message: Some(outcome.message.clone()),
+                state: outcome.state.clone(),
+                last_transition_time: match before {
+                    Some(b) if !changed => b.last_transition_time.clone(),
+                    _ => Some(seconds(now)),
+                },
+            }
+        })
+        .collect();
+    let output = serde_json::to_value(&document).ok();
+    let previous_weights = previous
+        .output
+        .as_ref()
+        .and_then(|o| serde_json::from_value::<TrafficDocument>(o.clone()).ok())
+        .map(|d| d.weights);
+    if previous_weights.as_ref() != Some(&document.weights) {
+        notices.push(notice("TrafficShifted", describe(&document), false));
+    }
+    let summary = outcomes
+        .iter()
+        .map(|o| o.phase)
+        .find(|p| *p == Phase::RolledBack)
+        .or_else(|| outcomes.iter().map(|o| o.phase).find(|p| *p == Phase::Holding))
+        .or_else(|| outcomes.iter().map(|o| o.phase).find(|p| *p == Phase::Progressing))
+        .unwrap_or(Phase::Succeeded);
+    let mut conditions = previous.conditions.clone();
+    set_condition(
+        &mut conditions,
+        CONDITION_READY,
+        true,
+        summary.as_str(),
+        describe(&document),
+        app.metadata.generation,
+        seconds(now),
+    );
+    Some(Planned {
+        status: PolicyPipelineStatus {
+            observed_generation: app.metadata.generation,
+            runner: Some(registry.runner.to_owned()),
+            complete: true,
+            output,
+            steps,
+            paused: false,
+            last_promote: promote.or(previous.last_promote),
+            last_abort: abort.or(previous.last_abort),
+            conditions,
+        },
+        wake_at: outcomes.iter().filter_map(|o| o.wake_at).min(),
+        notices,
+    })
+}
+
+/// One step: parse, fetch what it needs, run, check its output.
+#[allow(clippy::too_many_arguments)]
+async fn run_step(
+    registry: &Registry,
+    reference: &crd_types::common::PluginRef,
+    input: &TrafficDocument,
+    observed: &Observed,
+    state: Option<&serde_json::Value>,
+    now: Timestamp,
+    control: Control,
+    outside: &impl Outside,
+) -> Result<Outcome, Failure> {
+    let parse = registry
+        .get(&reference.name)
+        .ok_or_else(|| Failure::new("PolicyNotClaimed", format!("no runner claims {:?}", reference.name)))?;
+    let policy = parse(&reference.parameters.clone().unwrap_or_default())?;
+    let step = Step {
+        input,
+        observed,
+        state,
+        now,
+        control,
+    };
+    let answer = match policy.needs(&step) {
+        Some(request) => Some(outside.fetch(request).await),
+        None => None,
+    };
+    let outcome = policy.run(&step, answer)?;
+    check(&outcome.output, observed)?;
+    Ok(outcome)
+}
+
+/// An output the executor can render: weights over known versions summing to 100.
+fn check(document: &TrafficDocument, observed: &Observed) -> Result<(), Failure> {
+    let known = |version: &str| observed.version(version).is_some();
+    let invalid = |message: String| Err(Failure::new("InvalidOutput", message));
+    if document.weights.is_empty() {
+        return invalid("the output has no weights".into());
+    }
+    if let Some(w) = document.weights.iter().find(|w| !known(&w.version)) {
+        return invalid(format!("the output weighs an unknown version {:?}", w.version));
+    }
+    if let Some(w) = document.weights.iter().find(|w| !(0..=100).contains(&w.weight)) {
+        return invalid(format!("the output gives {} a weight of {}", w.version, w.weight));
+    }
+    let sum: i64 = document.weights.iter().map(|w| i64::from(w.weight)).sum();
+    if sum != 100 {
+        return invalid(format!("the output's weights sum to {sum}, not 100"));
+    }
+    if let Some(m) = document.matches.iter().find(|m| !known(&m.version)) {
+        return invalid(format!("the output matches to an unknown version {:?}", m.version));
+    }
+    Ok(())
+}
+
+/// The status of a pipeline stopped at step `index`: what was in force stays.
+fn stopped(
+    app: &Application,
+    previous: PolicyPipelineStatus,
+    index: usize,
+    failure: &Failure,
+    now: Timestamp,
+) -> Planned {
+    let mut status = previous.clone();
+    status.complete = false;
+    status.paused = false;
+    status.steps = app
+        .spec
+        .policies
+        .iter()
+        .enumerate()
+        .map(|(i, reference)| {
+            let before = previous.steps.get(i).filter(|s| s.name == reference.name);
+            if i == index {
+                PolicyStepStatus {
+                    name: reference.name.clone(),
+                    phase: "Failed".into(),
+                    message: Some(failure.message.clone()),
+                    state: before.and_then(|b| b.state.clone()),
+                    last_transition_time: match before {
+                        Some(b) if b.phase == "Failed" => b.last_transition_time.clone(),
+                        _ => Some(seconds(now)),
+                    },
+                }
+            } else {
+                before.cloned().unwrap_or_else(|| PolicyStepStatus {
+                    name: reference.name.clone(),
+                    phase: "Pending".into(),
+                    ..PolicyStepStatus::default()
+                })
+            }
+        })
+        .collect();
+    let message = format!(
+        "step {} ({}): {}; the traffic in force stays",
+        index + 1,
+        app.spec.policies[index].name,
+        failure.message
+    );
+    let ready = previous.conditions.iter().find(|c| c.type_ == CONDITION_READY);
+    let news = ready.is_none_or(|c| c.reason != failure.reason || c.message != message);
+    set_condition(
+        &mut status.conditions,
+        CONDITION_READY,
+        false,
+        failure.reason,
+        message.clone(),
+        app.metadata.generation,
+        seconds(now),
+    );
+    Planned {
+        status,
+        wake_at: None,
+        notices: news
+            .then(|| notice(failure.reason, message, true))
+            .into_iter()
+            .collect(),
+    }
+}
+
+fn notice(reason: &str, message: impl Into<String>, warning: bool) -> Notice {
+    Notice {
+        reason: reason.to_owned(),
+        message: message.into(),
+        warning,
+    }
+}
+
+/// `v1 80%, v2 20%; header x-beta: yes → v2`.
+pub fn describe(document: &TrafficDocument) -> String {
+    let weights: Vec<String> = document
+        .weights
+        .iter()
+        .map(|w| format!("{} {}%", w.version, w.weight))
+        .collect();
+    let matches: Vec<String> = document
+        .matches
+        .iter()
+        .map(|m| {
+            let mut what: Vec<String> = m
+                .headers
+                .iter()
+                .map(|h| format!("header {}: {}", h.name, h.value))
+                .collect();
+            what.extend(m.cookie.iter().map(|c| format!("cookie {}={}", c.name, c.value)));
+            format!("{} → {}", what.join(" and "), m.version)
+        })
+        .collect();
+    if matches.is_empty() {
+        weights.join(", ")
+    } else {
+        format!("{}; {}", weights.join(", "), matches.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::split;
+    use crate::testing::at;
+    use serde_json::{Value, json};
+    use std::sync::Mutex;
+
+    /// Answers every request with the same canned answer, and counts them.
+    struct Canned {
+        answer: Answer,
+        asked: Mutex<Vec<Request>>,
+    }
+
+    impl Canned {
+        fn new(answer: Answer) -> Self {
+            Canned {
+                answer,
+                asked: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Outside for Canned {
+        fn fetch(&self, request: Request) -> impl Future<Output = Answer> + Send {
+            self.asked.lock().unwrap().push(request);
+            let answer = self.answer.clone();
+            async move { answer }
+        }
+    }
+
+    fn app(policies: Value, status: Value) -> Application {
+        serde_json::from_value(json!({
+            "metadata": {"name": "shop", "namespace": "team-a", "generation": 2},
+            "spec": {"versions": [{"name": "v1", "image": "shop:1"}, {"name": "v2", "image": "shop:2"}], "policies": policies},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn ready(weights: Value) -> Value {
+        json!({"observedGeneration": 2, "weights": weights, "versions": [
+            {"name": "v1", "replicas": 1, "readyReplicas": 1}, {"name": "v2", "replicas": 1, "readyReplicas": 1}]})
+    }
+
+    fn run(app: &Application, now: i64) -> Option<Planned> {
+        run_with(app, now, &Canned::new(Err("no outside here".into())))
+    }
+
+    fn run_with(app: &Application, now: i64, outside: &Canned) -> Option<Planned> {
+        futures::executor::block_on(plan(app, &Registry::builtin(), at(now), outside))
+    }
+
+    fn weights_of(planned: &Planned) -> Vec<crd_types::hierarchy::VersionWeight> {
+        serde_json::from_value::<TrafficDocument>(planned.status.output.clone().unwrap())
+            .unwrap()
+            .weights
+    }
+
+    #[test]
+    fn each_step_takes_the_previous_output_and_order_matters() {
+        let status = ready(json!([{"version": "v1", "weight": 100}]));
+        let capped = app(
+            json!([{"name": "canary", "parameters": {"stepWeight": 60, "maxWeight": 100}}, {"name": "weight-cap", "parameters": {"maxWeight": 30}}]),
+            status.clone(),
+        );
+        let planned = run(&capped, 0).unwrap();
+        assert!(planned.status.complete);
+        assert_eq!(weights_of(&planned), split("v1", "v2", 30));
+        assert_eq!(planned.status.observed_generation, Some(2));
+        assert_eq!(
+            planned.status.steps[1].message.as_deref(),
+            Some("v2 capped at 30% (asked 60%); 30% to v1")
+        );
+
+        let reversed = app(
+            json!([{"name": "weight-cap", "parameters": {"maxWeight": 30, "version": "v2"}}, {"name": "canary", "parameters": {"stepWeight": 60, "maxWeight": 100}}]),
+            status,
+        );
+        assert_eq!(weights_of(&run(&reversed, 0).unwrap()), split("v1", "v2", 60));
+    }
+
+    #[test]
+    fn a_second_run_on_the_same_world_plans_the_same_status() {
+        let mut app = app(
+            json!([{"name": "canary"}]),
+            ready(json!([{"version": "v1", "weight": 100}])),
+        );
+        let first = run(&app, 0).unwrap();
+        app.status.as_mut().unwrap().common.policy = Some(first.status.clone());
+        let second = run(&app, 5).unwrap();
+        assert_eq!(second.status, first.status, "nothing to write: steady state");
+        assert!(second.notices.is_empty(), "{:?}", second.notices);
+    }
+
+    #[test]
+    fn an_unknown_policy_stops_before_anything_runs_and_keeps_the_output() {
+        let previous = json!({"observedGeneration": 1, "runner": "policy-runner", "complete": true,
+            "output": {"weights": [{"version": "v1", "weight": 90}, {"version": "v2", "weight": 10}]},
+            "steps": [{"name": "canary", "phase": "Progressing", "state": {"keep": "me"}}]});
+        let mut status = ready(json!([]));
+        status["policy"] = previous;
+        let app = app(json!([{"name": "canary"}, {"name": "flagger-magic"}]), status);
+        let planned = run(&app, 0).unwrap();
+        let status = &planned.status;
+        assert!(!status.complete);
+        assert_eq!(
+            status.observed_generation,
+            Some(1),
+            "the output in force is from generation 1"
+        );
+        assert_eq!(status.steps[0].state, Some(json!({"keep": "me"})));
+        assert_eq!(status.steps[1].phase, "Failed");
+        let ready = &status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PolicyNotClaimed")
+        );
+        assert!(
+            ready
+                .message
+                .starts_with("step 2 (flagger-magic): no runner claims policy \"flagger-magic\""),
+            "{}",
+            ready.message
+        );
+        assert!(planned.notices[0].warning);
+    }
+
+    #[test]
+    fn another_runners_pipeline_is_left_alone() {
+        let mut status = ready(json!([]));
+        status["policy"] = json!({"runner": "acme-runner"});
+        assert_eq!(run(&app(json!([{"name": "acme-special"}]), status), 0), None);
+    }
+
+    #[test]
+    fn bad_parameters_name_the_step() {
+        let app = app(
+            json!([{"name": "canary", "parameters": {"stepWieght": 5}}]),
+            ready(json!([])),
+        );
+        let planned = run(&app, 0).unwrap();
+        let ready = &planned.status.conditions[0];
+        assert_eq!(ready.reason, "InvalidParameters");
+        assert!(
+            ready.message.starts_with("step 1 (canary): unknown field `stepWieght`"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
+    fn a_failed_fetch_keeps_every_state_as_it_was() {
+        let policies = json!([
+            {"name": "canary", "parameters": {"interval": "10s"}},
+            {"name": "metric-analysis", "parameters": {"address": "http://p:9090", "query": "up", "successCondition": "result > 0.0"}},
+        ]);
+        let mut app = app(policies, ready(json!([{"version": "v1", "weight": 100}])));
+        let up = Canned::new(Ok(
+            json!({"status": "success", "data": {"resultType": "scalar", "result": [0, "1"]}}),
+        ));
+        let first = run_with(&app, 0, &up).unwrap();
+        assert_eq!(weights_of(&first), split("v1", "v2", 10));
+        assert_eq!(up.asked.lock().unwrap().len(), 1);
+        app.status.as_mut().unwrap().common.policy = Some(first.status.clone());
+        app.status.as_mut().unwrap().weights = split("v1", "v2", 10);
+
+        let down = Canned::new(Err("connection refused".into()));
+        let failed = run_with(&app, 30, &down).unwrap();
+        assert!(!failed.status.complete);
+        assert_eq!(failed.status.output, first.status.output);
+        assert_eq!(
+            failed.status.steps[0].state, first.status.steps[0].state,
+            "the canary did not step"
+        );
+        assert_eq!(failed.status.conditions[0].reason, "MetricsUnavailable");
+    }
+
+    #[test]
+    fn pause_holds_and_promote_and_abort_count_once_per_token() {
+        let mut app = app(
+            json!([{"name": "canary"}]),
+            ready(json!([{"version": "v1", "weight": 100}])),
+        );
+        let first = run(&app, 0).unwrap();
+        app.status.as_mut().unwrap().common.policy = Some(first.status.clone());
+        app.metadata.annotations = Some([(PAUSE_ANNOTATION.to_owned(), "true".to_owned())].into());
+        let paused = run(&app, 100).unwrap();
+        assert!(paused.status.paused);
+        assert_eq!(paused.status.output, first.status.output);
+        assert_eq!(paused.status.conditions[0].reason, "Paused");
+        assert_eq!(paused.notices[0].reason, "Paused");
+
+        app.metadata.annotations = Some([(PROMOTE_ANNOTATION.to_owned(), "1".to_owned())].into());
+        let promoted = run(&app, 101).unwrap();
+        assert_eq!(weights_of(&promoted), split("v1", "v2", 100));
+        assert_eq!(promoted.status.last_promote.as_deref(), Some("1"));
+        assert!(promoted.notices.iter().any(|n| n.reason == "Promoted"));
+        app.status.as_mut().unwrap().common.policy = Some(promoted.status.clone());
+        let again = run(&app, 102).unwrap();
+        assert!(
+            !again.notices.iter().any(|n| n.reason == "Promoted"),
+            "the same token counts once"
+        );
+
+        app.metadata.annotations = Some([(ABORT_ANNOTATION.to_owned(), "x".to_owned())].into());
+        let aborted = run(&app, 103).unwrap();
+        assert_eq!(weights_of(&aborted), split("v1", "v2", 0));
+        assert_eq!(aborted.status.summary_reason(), "RolledBack");
+    }
+
+    #[test]
+    fn an_output_naming_an_unknown_version_is_refused() {
+        let app = app(
+            json!([{"name": "cel", "parameters": {"expression": "{'weights': [{'version': 'v9', 'weight': 100}]}"}}]),
+            ready(json!([])),
+        );
+        let planned = run(&app, 0).unwrap();
+        assert_eq!(planned.status.conditions[0].reason, "InvalidOutput");
+        assert!(planned.status.conditions[0].message.contains("\"v9\""));
+    }
+
+    trait Summary {
+        fn summary_reason(&self) -> &str;
+    }
+    impl Summary for PolicyPipelineStatus {
+        fn summary_reason(&self) -> &str {
+            &self.conditions[0].reason
+        }
+    }
+}
