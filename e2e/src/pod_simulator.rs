@@ -321,6 +321,43 @@ async fn start(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
         .map(|_| ())
 }
 
+/// Makes a running pod's containers crash-loop, as the kubelet reports it: not ready, restarted,
+/// waiting in `CrashLoopBackOff` after exiting 1. The simulator leaves such a pod as it is.
+pub async fn crash_loop(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+    let pod = pods.get(name).await?;
+    let time = now();
+    let containers: Vec<serde_json::Value> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| {
+            json!({
+                "name": c.name,
+                "image": c.image.clone().unwrap_or_default(),
+                "imageID": format!("simulated://{}", c.image.clone().unwrap_or_default()),
+                "containerID": container_id(name, &c.name),
+                "ready": false,
+                "started": false,
+                "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": time}},
+            })
+        })
+        .collect();
+    let status = json!({"status": {
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": time},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": time},
+            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": time},
+            {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": time},
+        ],
+        "containerStatuses": containers,
+    }});
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .map(|_| ())
+}
+
 /// Ends a pod's containers as the kubelet reports it: the first container exits with
 /// `exit_code` and `message` as its termination message; the pod becomes Succeeded (all
 /// exited 0) or Failed. Use it for pods annotated `sim.orrery.dev/outcome: Manual`.

@@ -20,6 +20,9 @@ use crate::observed::{Observed, initial_document};
 use crate::policy::{Answer, Control, Failure, Outcome, Phase, Request, Step};
 use crate::registry::Registry;
 
+/// How soon a step that failed outside is tried again.
+const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+
 /// Performs what policies ask for: the only I/O a pipeline does.
 pub trait Outside: Sync {
     /// Fetches `request`'s answer.
@@ -327,9 +330,12 @@ fn stopped(
         app.metadata.generation,
         seconds(now),
     );
+    // What fails outside (a server down, a webhook slow) is tried again; what the spec says
+    // wrong waits for the spec to change.
+    let transient = matches!(failure.reason, "MetricsUnavailable" | "WebhookFailed");
     Planned {
         status,
-        wake_at: None,
+        wake_at: transient.then(|| now.saturating_add(RETRY_AFTER).unwrap_or(now)),
         notices: news
             .then(|| notice(failure.reason, message, true))
             .into_iter()
