@@ -270,6 +270,7 @@ async fn the_manifests_pass_server_validation_and_grant_the_lease_only_in_their_
         "task-workflow",
         "staged-binding",
         "hierarchy-executor",
+        "policy-runner",
     ] {
         for file in ["rbac.yaml", "deployment.yaml"] {
             for object in manifest(controller, file) {
@@ -541,4 +542,96 @@ async fn hierarchy_executor_builds_and_removes_a_tree_with_its_own_rbac_and_no_m
     .await;
     controller.stop().await;
     cleanup(&env, "hierarchy-executor").await;
+}
+
+#[tokio::test]
+async fn policy_runner_runs_a_canary_with_its_own_rbac_and_no_more() {
+    use crd_types::hierarchy::Application;
+    use gateway_api::httproutes::HttpRoute;
+
+    let env = TestEnv::new().await;
+    let client = as_service_account(&env, "policy-runner").await;
+    let runner = InProcess::start(
+        client.clone(),
+        &env.namespace,
+        policy_runner::NAME,
+        policy_runner::controller::run,
+    );
+    let apps: Api<Application> = env.namespaced();
+    let app: Application = serde_json::from_value(json!({"metadata": {"name": "shop"}, "spec": {
+        "versions": [{"name": "v1", "image": "shop:1"}, {"name": "v2", "image": "shop:2"}],
+        "policies": [{"name": "canary", "parameters": {"stepWeight": 50, "maxWeight": 50, "interval": "1s"}}],
+    }}))
+    .unwrap();
+    let generation = apps
+        .create(&PostParams::default(), &app)
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+    // The executor's part, written by the test as admin: both versions ready, and the weights
+    // the route carries follow the pipeline's output.
+    let report = |weights: serde_json::Value| {
+        let status = json!({"apiVersion": "hierarchy.orrery.dev/v1alpha1", "kind": "Application",
+            "status": {"observedGeneration": generation, "weights": weights, "versions": [
+                {"name": "v1", "replicas": 1, "readyReplicas": 1}, {"name": "v2", "replicas": 1, "readyReplicas": 1}]}});
+        let apps = apps.clone();
+        async move {
+            apps.patch_status("shop", &PatchParams::apply("stand-in-executor"), &Patch::Apply(&status))
+                .await
+                .unwrap();
+        }
+    };
+    report(json!([{"version": "v1", "weight": 100}])).await;
+    for want in [50, 100] {
+        let output = poll_until(
+            &format!("the pipeline asks v2 {want}% as the ServiceAccount"),
+            Deadline::default(),
+            || async {
+                let app = apps.get("shop").await.map_err(|e| e.to_string())?;
+                let output = app
+                    .status
+                    .and_then(|s| s.common.policy)
+                    .and_then(|p| p.output)
+                    .ok_or("no output yet")?;
+                if output["weights"][1]["weight"] == want {
+                    Ok(output)
+                } else {
+                    Err(output.to_string())
+                }
+            },
+        )
+        .await;
+        assert_eq!(output["weights"][1]["version"], "v2");
+        report(output["weights"].clone()).await;
+    }
+
+    let mine: Api<Application> = Api::namespaced(client.clone(), &env.namespace);
+    forbidden(
+        mine.patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"policies": []}})),
+        )
+        .await,
+        "policy-runner changing an Application's spec",
+    );
+    forbidden(
+        mine.delete("shop", &DeleteParams::default()).await,
+        "policy-runner deleting an Application",
+    );
+    forbidden(
+        Api::<HttpRoute>::namespaced(client.clone(), &env.namespace)
+            .list(&ListParams::default())
+            .await,
+        "policy-runner listing HTTPRoutes",
+    );
+    forbidden(
+        Api::<Secret>::namespaced(client.clone(), &env.namespace)
+            .list(&ListParams::default())
+            .await,
+        "policy-runner listing Secrets",
+    );
+    runner.stop().await;
+    cleanup(&env, "policy-runner").await;
 }
