@@ -32,13 +32,14 @@ crdgen:
 
 # Benchmarks that print figures: CEL conditions; task-workflow and ignitor-scheduler beside the
 # Job and CronJob controllers; staged-binding with many policies; hierarchy-executor building
-# many Project trees (sizes via ORRERY_BENCH_* variables, see e2e/benches/).
+# many Project trees; policy-runner with many pipelines (sizes via ORRERY_BENCH_* variables, see e2e/benches/).
 bench:
     cargo bench -p cel-conditions --bench conditions -- --warm-up-time 1 --measurement-time 3
-    cargo build --release -p task-workflow -p ignitor-scheduler -p staged-binding -p hierarchy-executor
+    cargo build --release -p task-workflow -p ignitor-scheduler -p staged-binding -p hierarchy-executor -p policy-runner
     cargo bench -p orrery-e2e --bench workflow
     cargo bench -p orrery-e2e --bench placement
     cargo bench -p orrery-e2e --bench hierarchy
+    cargo bench -p orrery-e2e --bench policies
 
 # Fuzz CEL compile+evaluate (needs nightly and cargo-fuzz).
 fuzz seconds="60":

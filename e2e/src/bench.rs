@@ -93,18 +93,35 @@ impl Controller {
     /// API requests this controller sent, by HTTP method, from its /metrics.
     pub fn requests(&self) -> HashMap<String, f64> {
         let mut out = HashMap::new();
-        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return out;
-        };
-        let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
-        let mut text = String::new();
-        let _ = stream.read_to_string(&mut text);
-        for line in text.lines().filter(|l| l.starts_with("orrery_api_requests_total{")) {
+        for line in self
+            .metrics()
+            .lines()
+            .filter(|l| l.starts_with("orrery_api_requests_total{"))
+        {
             if let (Some(method), Some(value)) = (line.split('"').nth(1), line.rsplit(' ').next()) {
                 out.insert(method.to_owned(), value.parse().unwrap_or(0.0));
             }
         }
         out
+    }
+
+    /// Its /metrics text (empty when it cannot be read).
+    fn metrics(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+            let _ = stream.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+            let _ = stream.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Reconciles this controller has run, from its /metrics.
+    pub fn reconciles(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("orrery_reconcile_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// API writes (every request but GET) this controller has sent.

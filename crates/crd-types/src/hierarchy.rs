@@ -14,8 +14,9 @@ use crate::common::{Condition, PluginRef, SecretKeyRef, Time};
 /// Label on every object an executor creates, naming the hierarchy resource it belongs to.
 pub const OWNER_LABEL: &str = "hierarchy.orrery.dev/owner";
 
-/// Annotation pausing a resource's policy pipeline while present: the output in force stays.
-/// `kubectl annotate application shop hierarchy.orrery.dev/pause=true`; remove it to resume.
+/// Annotation pausing a resource's policy pipeline while present (and not `"false"`): the
+/// output in force stays. `kubectl annotate application shop hierarchy.orrery.dev/pause=true`;
+/// remove it to resume.
 pub const PAUSE_ANNOTATION: &str = "hierarchy.orrery.dev/pause";
 /// Annotation promoting a canary now; its value is any token that differs from the last one
 /// honoured (`status.policy.lastPromote`), so each promote counts once.
@@ -76,8 +77,10 @@ pub struct PolicyPipelineStatus {
     /// The abort annotation's token last honoured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_abort: Option<String>,
-    /// `Ready`: True when `output` is complete and current; False says which step stopped
-    /// the pipeline and why (`PolicyNotClaimed`, `InvalidParameters`, `PolicyFailed`, `Paused`).
+    /// `Ready`: True when `output` is complete and current (its reason sums the steps up:
+    /// `Progressing`, `Holding`, `RolledBack`, `Succeeded`); False says which step stopped the
+    /// pipeline and why (`PolicyNotClaimed`, `InvalidParameters`, `InvalidExpression`,
+    /// `InvalidOutput`, `MetricsUnavailable`, `WebhookFailed`, `PolicyFailed`), or `Paused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -132,7 +135,8 @@ pub struct NameValue {
 pub struct PolicyStepStatus {
     /// The policy's name.
     pub name: String,
-    /// `Progressing`, `Succeeded`, `Holding`, `RolledBack`, `Failed` or `NotClaimed`.
+    /// `Progressing`, `Succeeded`, `Holding` or `RolledBack`; `Failed` where the pipeline
+    /// stopped, and `Pending` for a step after it that has never run.
     pub phase: String,
     /// What the step did, or why it stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]

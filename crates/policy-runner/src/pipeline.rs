@@ -51,7 +51,8 @@ pub struct Planned {
     pub notices: Vec<Notice>,
 }
 
-/// Runs `app`'s pipeline at `now`. `None` when the pipeline is another runner's.
+/// Runs `app`'s pipeline at `now`. `None` when there is nothing to do: the pipeline is another
+/// runner's, or the executor has not reported on the current spec yet.
 pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outside: &impl Outside) -> Option<Planned> {
     let previous = app
         .status
@@ -59,15 +60,15 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
         .and_then(|s| s.common.policy.clone())
         .unwrap_or_default();
     let names: Vec<&str> = app.spec.policies.iter().map(|p| p.name.as_str()).collect();
-    let unknown = names.iter().position(|name| registry.get(name).is_none());
-    if unknown.is_some()
-        && previous
-            .runner
-            .as_deref()
-            .is_some_and(|runner| runner != registry.runner)
-    {
+    if !registry.claims(names.iter().copied(), previous.runner.as_deref()) {
         return None;
     }
+    // Readiness is reported per spec generation: until the executor has seen this one, a gate
+    // would judge the old versions. Its status update brings the pipeline back.
+    if app.status.as_ref().and_then(|s| s.common.observed_generation) != app.metadata.generation {
+        return None;
+    }
+    let unknown = names.iter().position(|name| registry.get(name).is_none());
     let now = seconds(now).0;
     let annotations = app.annotations();
     let token = |key: &str, last: &Option<String>| {
@@ -123,11 +124,7 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
     let mut document = initial_document(app);
     let mut outcomes: Vec<Outcome> = Vec::with_capacity(names.len());
     for (index, reference) in app.spec.policies.iter().enumerate() {
-        let saved = previous
-            .steps
-            .get(index)
-            .filter(|s| s.name == reference.name)
-            .and_then(|s| s.state.as_ref());
+        let saved = saved_step(&previous.steps, &app.spec.policies, index).and_then(|s| s.state.as_ref());
         let result = run_step(registry, reference, &document, &observed, saved, now, control, outside).await;
         match result {
             Ok(outcome) => {
@@ -142,11 +139,28 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
     if previous.paused {
         notices.push(notice("Resumed", "the policy pipeline runs again", false));
     }
+    let has_canary = names.contains(&"canary");
     if control.promote {
-        notices.push(notice("Promoted", "promoted from kubectl", false));
+        notices.push(if has_canary {
+            notice("Promoted", "promoted from kubectl", false)
+        } else {
+            notice(
+                "NothingToPromote",
+                "no canary in the pipeline: the promote changes nothing",
+                true,
+            )
+        });
     }
     if control.abort {
-        notices.push(notice("Aborted", "aborted from kubectl", true));
+        notices.push(if has_canary {
+            notice("Aborted", "aborted from kubectl", true)
+        } else {
+            notice(
+                "NothingToAbort",
+                "no canary in the pipeline: the abort changes nothing",
+                true,
+            )
+        });
     }
     let steps: Vec<PolicyStepStatus> = app
         .spec
@@ -155,7 +169,7 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
         .zip(&outcomes)
         .enumerate()
         .map(|(index, (reference, outcome))| {
-            let before = previous.steps.get(index).filter(|s| s.name == reference.name);
+            let before = saved_step(&previous.steps, &app.spec.policies, index);
             let phase = outcome.phase.as_str();
             let changed = before.is_none_or(|b| b.phase != phase);
             if changed {
@@ -220,6 +234,18 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
     })
 }
 
+/// Step `index`'s status from the last run: the same occurrence of the same policy name, so
+/// adding or moving other policies keeps each one's state.
+fn saved_step<'a>(
+    previous: &'a [PolicyStepStatus],
+    policies: &[crd_types::common::PluginRef],
+    index: usize,
+) -> Option<&'a PolicyStepStatus> {
+    let name = &policies[index].name;
+    let occurrence = policies[..index].iter().filter(|p| &p.name == name).count();
+    previous.iter().filter(|s| &s.name == name).nth(occurrence)
+}
+
 /// One step: parse, fetch what it needs, run, check its output.
 #[allow(clippy::too_many_arguments)]
 async fn run_step(
@@ -269,10 +295,35 @@ fn check(document: &TrafficDocument, observed: &Observed) -> Result<(), Failure>
     if sum != 100 {
         return invalid(format!("the output's weights sum to {sum}, not 100"));
     }
-    if let Some(m) = document.matches.iter().find(|m| !known(&m.version)) {
-        return invalid(format!("the output matches to an unknown version {:?}", m.version));
+    for m in &document.matches {
+        if !known(&m.version) {
+            return invalid(format!("the output matches to an unknown version {:?}", m.version));
+        }
+        if m.headers.is_empty() && m.cookie.is_none() {
+            return invalid(format!(
+                "a match to {} has no header or cookie: it would take every request",
+                m.version
+            ));
+        }
+        let names = m
+            .headers
+            .iter()
+            .map(|h| &h.name)
+            .chain(m.cookie.iter().map(|c| &c.name));
+        if let Some(bad) = names.into_iter().find(|n| !is_token(n)) {
+            return invalid(format!("{bad:?} is not a header or cookie name"));
+        }
     }
     Ok(())
+}
+
+/// An HTTP token (RFC 9110), what header and cookie names are made of.
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The status of a pipeline stopped at step `index`: what was in force stays.
@@ -292,7 +343,7 @@ fn stopped(
         .iter()
         .enumerate()
         .map(|(i, reference)| {
-            let before = previous.steps.get(i).filter(|s| s.name == reference.name);
+            let before = saved_step(&previous.steps, &app.spec.policies, i);
             if i == index {
                 PolicyStepStatus {
                     name: reference.name.clone(),
@@ -533,7 +584,7 @@ mod tests {
     fn a_failed_fetch_keeps_every_state_as_it_was() {
         let policies = json!([
             {"name": "canary", "parameters": {"interval": "10s"}},
-            {"name": "metric-analysis", "parameters": {"address": "http://p:9090", "query": "up", "successCondition": "result > 0.0"}},
+            {"name": "metric-analysis", "parameters": {"address": "http://p:9090", "query": "up", "successCondition": "result > 0.0", "interval": "10s"}},
         ]);
         let mut app = app(policies, ready(json!([{"version": "v1", "weight": 100}])));
         let up = Canned::new(Ok(
@@ -541,19 +592,73 @@ mod tests {
         ));
         let first = run_with(&app, 0, &up).unwrap();
         assert_eq!(weights_of(&first), split("v1", "v2", 10));
-        assert_eq!(up.asked.lock().unwrap().len(), 1);
         app.status.as_mut().unwrap().common.policy = Some(first.status.clone());
         app.status.as_mut().unwrap().weights = split("v1", "v2", 10);
+        // The route carries 10%: the canary's interval and the analysis' first wait begin.
+        let carried = run_with(&app, 5, &up).unwrap();
+        assert!(up.asked.lock().unwrap().is_empty(), "nothing to measure yet");
+        app.status.as_mut().unwrap().common.policy = Some(carried.status.clone());
 
+        // Both due at 15 s: the canary would step, but the analysis cannot measure.
         let down = Canned::new(Err("connection refused".into()));
-        let failed = run_with(&app, 30, &down).unwrap();
+        let failed = run_with(&app, 20, &down).unwrap();
+        assert_eq!(down.asked.lock().unwrap().len(), 1);
         assert!(!failed.status.complete);
-        assert_eq!(failed.status.output, first.status.output);
+        assert_eq!(failed.status.output, carried.status.output);
         assert_eq!(
-            failed.status.steps[0].state, first.status.steps[0].state,
+            failed.status.steps[0].state, carried.status.steps[0].state,
             "the canary did not step"
         );
+        assert_eq!(failed.status.steps[1].state, carried.status.steps[1].state);
         assert_eq!(failed.status.conditions[0].reason, "MetricsUnavailable");
+        assert!(failed.wake_at.is_some(), "a server down is tried again");
+
+        let back = run_with(&app, 30, &up).unwrap();
+        assert_eq!(weights_of(&back), split("v1", "v2", 20));
+    }
+
+    #[test]
+    fn a_steps_state_follows_its_policy_when_others_are_added_before_it() {
+        let mut app = app(
+            json!([{"name": "canary"}]),
+            ready(json!([{"version": "v1", "weight": 100}])),
+        );
+        let first = run(&app, 0).unwrap();
+        app.status.as_mut().unwrap().common.policy = Some(first.status.clone());
+        app.spec.policies.insert(0, serde_json::from_value(json!({"name": "freeze", "parameters": {"windows": [{"start": at(1000).to_string(), "end": at(2000).to_string()}]}})).unwrap());
+        let second = run(&app, 1).unwrap();
+        assert_eq!(second.status.steps[1].state, first.status.steps[0].state);
+    }
+
+    #[test]
+    fn nothing_runs_until_the_executor_has_seen_the_spec() {
+        let mut status = ready(json!([{"version": "v1", "weight": 100}]));
+        status["observedGeneration"] = json!(1);
+        assert_eq!(run(&app(json!([{"name": "canary"}]), status), 0), None);
+    }
+
+    #[test]
+    fn a_match_without_conditions_or_with_a_bad_name_is_refused() {
+        for (matches, complaint) in [
+            (json!([{"version": "v2"}]), "would take every request"),
+            (
+                json!([{"version": "v2", "headers": [{"name": "x beta", "value": "1"}]}]),
+                "not a header or cookie name",
+            ),
+        ] {
+            let expression = format!("{{'weights': [{{'version': 'v1', 'weight': 100}}], 'matches': {matches}}}");
+            let app = app(
+                json!([{"name": "cel", "parameters": {"expression": expression}}]),
+                ready(json!([])),
+            );
+            let planned = run(&app, 0).unwrap();
+            assert_eq!(planned.status.conditions[0].reason, "InvalidOutput");
+            assert!(
+                planned.status.conditions[0].message.contains(complaint),
+                "{}",
+                planned.status.conditions[0].message
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! The weights in force come from the spec when the Application has no policies, and from the
 //! policy pipeline's output (written by policy-runner into `status.policy`) when it has: only
 //! a complete output computed from the current spec generation is taken; until there is one,
-//! the weights already in force stay. The output is `{"weights": [{"version", "weight"}]}`.
+//! the weights and matches already in force stay. The output is a `TrafficDocument`: `weights`,
+//! `matches` (rendered as rules ahead of the weighted one), `stable` and `canary`.
 
 use std::collections::BTreeMap;
 

@@ -75,6 +75,9 @@ pub struct CanaryState {
     pub weight: i32,
     /// When the current weight was set.
     pub since: Timestamp,
+    /// When the route was first seen carrying the current weight: the interval runs from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub carried_since: Option<Timestamp>,
     /// Why it was promoted or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub why: Option<String>,
@@ -94,6 +97,9 @@ pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
                 format!("{name} must be 1..100, got {value}"),
             ));
         }
+    }
+    if canary.interval < Interval::seconds(1) {
+        return Err(Failure::new("InvalidParameters", "interval must be at least 1s"));
     }
     Ok(Box::new(canary))
 }
@@ -167,6 +173,7 @@ impl Policy for Canary {
                 stage: Stage::Progressing,
                 weight: 0,
                 since: step.now,
+                carried_since: None,
                 why: None,
             },
         };
@@ -219,40 +226,49 @@ impl Policy for Canary {
             );
             return Ok(Outcome::pass(document(state.weight), Phase::Progressing, message).saving(state));
         }
-        // The first step goes in as soon as the canary is ready; later ones an interval apart,
-        // and only once the route carries the current one.
-        let due = if state.weight == 0 {
-            step.now
-        } else {
-            state.since.saturating_add(self.interval.0).unwrap_or(step.now)
-        };
+        // A step counts from when the route carries it, so a slow executor or a later step
+        // holding never shortens one.
         let in_force = crate::policy::weight_of(&observed.weights, &canary);
-        if step.now >= due && in_force != state.weight {
+        if in_force != state.weight {
+            state.carried_since = None;
             let message = format!(
                 "{canary} at {}%: waiting for the route to carry it ({in_force}% now)",
                 state.weight
             );
             return Ok(Outcome::pass(document(state.weight), Phase::Progressing, message).saving(state));
         }
+        let carried = *state.carried_since.get_or_insert(step.now);
+        // The first step goes in as soon as the canary is ready; later ones an interval apart.
+        let due = if state.weight == 0 {
+            step.now
+        } else {
+            carried.saturating_add(self.interval.0).unwrap_or(step.now)
+        };
         if step.now >= due {
             if state.weight >= self.max_weight {
                 state.stage = Stage::Promoted;
                 state.weight = 100;
                 state.since = step.now;
+                state.carried_since = None;
                 state.why = Some(format!("it held {}% for {:#}", self.max_weight, self.interval.0));
                 let message = format!("{canary} promoted: 100% ({})", state.why.clone().unwrap_or_default());
                 return Ok(Outcome::pass(document(100), Phase::Succeeded, message).saving(state));
             }
             state.weight = (state.weight + self.step_weight).min(self.max_weight);
             state.since = step.now;
+            state.carried_since = None;
+            // Worded as the next run will word it while the route catches up: one write.
+            let message = format!(
+                "{canary} at {}%: waiting for the route to carry it ({in_force}% now)",
+                state.weight
+            );
+            return Ok(Outcome::pass(document(state.weight), Phase::Progressing, message).saving(state));
         }
-        let next = state.since.saturating_add(self.interval.0).ok();
         let message = format!(
-            "{canary} at {}% of {}%, next step after {}",
-            state.weight,
-            self.max_weight,
-            next.map(|t| t.to_string()).unwrap_or_default()
+            "{canary} at {}% of {}%, next step after {due}",
+            state.weight, self.max_weight
         );
+        let next = Some(due);
         Ok(Outcome::pass(document(state.weight), Phase::Progressing, message)
             .saving(state)
             .waking_at(next))
@@ -279,22 +295,31 @@ mod tests {
             split("v1", "v2", 20),
             "the first step goes in at once"
         );
-        assert_eq!(first.wake_at, Some(at(60)));
+        assert_eq!(first.wake_at, None, "the next waits for the route");
 
         // Not in force yet: no step, however long it waits.
         let waiting = run(&*policy, &world, first.state.as_ref(), at(600)).unwrap();
         assert_eq!(waiting.output.weights, split("v1", "v2", 20));
         assert!(waiting.message.contains("waiting for the route"), "{}", waiting.message);
 
+        // The interval runs from when the route carries the step.
         world.weights = split("v1", "v2", 20);
-        let early = run(&*policy, &world, first.state.as_ref(), at(30)).unwrap();
+        let carried = run(&*policy, &world, waiting.state.as_ref(), at(610)).unwrap();
+        assert_eq!(carried.wake_at, Some(at(670)));
+        assert_eq!(
+            carried.message,
+            format!("v2 at 20% of 40%, next step after {}", at(670))
+        );
+        let early = run(&*policy, &world, carried.state.as_ref(), at(669)).unwrap();
         assert_eq!(early.output.weights, split("v1", "v2", 20));
-        let second = run(&*policy, &world, first.state.as_ref(), at(60)).unwrap();
+        assert_eq!(early.state, carried.state, "nothing new to save");
+        let second = run(&*policy, &world, carried.state.as_ref(), at(670)).unwrap();
         assert_eq!(second.output.weights, split("v1", "v2", 40));
         assert_eq!(second.phase, Phase::Progressing);
 
         world.weights = split("v1", "v2", 40);
-        let promoted = run(&*policy, &world, second.state.as_ref(), at(120)).unwrap();
+        let held = run(&*policy, &world, second.state.as_ref(), at(700)).unwrap();
+        let promoted = run(&*policy, &world, held.state.as_ref(), at(760)).unwrap();
         assert_eq!(promoted.output.weights, split("v1", "v2", 100));
         assert_eq!(promoted.phase, Phase::Succeeded);
         assert_eq!(promoted.output.stable.as_deref(), Some("v1"));
@@ -337,6 +362,7 @@ mod tests {
             stage: Stage::RolledBack,
             weight: 0,
             since: at(0),
+            carried_since: None,
             why: None,
         })
         .unwrap();

@@ -1,6 +1,8 @@
-//! `metric-analysis`: while a canary has traffic, measures a Prometheus query every
-//! `interval` and judges it with CEL; too many failed measurements roll back, too many
-//! inconclusive ones hold. Without canary traffic it is idle (and forgets its counts).
+//! `metric-analysis`: while the route carries some (not all) traffic to a canary, measures a
+//! Prometheus query every `interval` (the first an interval after the traffic began) and
+//! judges it with CEL; too many failed measurements roll back (for good, while the canary has
+//! traffic), too many inconclusive ones hold until a measurement succeeds. Without canary
+//! traffic, or once the canary has it all, it is idle and forgets its counts.
 //!
 //! | parameter | meaning | default |
 //! |---|---|---|
@@ -9,8 +11,8 @@
 //! | `successCondition` | CEL over `result` (a number) | required |
 //! | `failureCondition` | CEL over `result`; when given, a measurement meeting neither is inconclusive | `!successCondition` |
 //! | `interval` | time between measurements | `30s` |
-//! | `failureLimit` | failed measurements in a row tolerated | 0 |
-//! | `inconclusiveLimit` | inconclusive measurements in a row tolerated | 0 |
+//! | `failureLimit` | failed measurements since the last success tolerated | 0 |
+//! | `inconclusiveLimit` | inconclusive measurements since the last success tolerated | 0 |
 //! | `timeout` | how long a query may take | `10s` |
 //!
 //! A query that fails (Prometheus down, a bad query) stops the pipeline with
@@ -74,8 +76,11 @@ pub enum Verdict {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AnalysisState {
+    /// When the route was first seen carrying canary traffic.
+    pub traffic_since: Timestamp,
     /// When the last measurement was taken.
-    pub measured_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_at: Option<Timestamp>,
     /// Its value (none for an empty result).
     pub value: Option<f64>,
     /// Successful measurements.
@@ -96,6 +101,9 @@ pub struct AnalysisState {
 /// not compile (the message says which and where).
 pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
     let raw: Raw = parameters(given)?;
+    if raw.interval < Interval::seconds(1) {
+        return Err(Failure::new("InvalidParameters", "interval must be at least 1s"));
+    }
     if !(raw.address.starts_with("http://") || raw.address.starts_with("https://")) {
         return Err(Failure::new(
             "InvalidParameters",
@@ -116,17 +124,22 @@ pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
 }
 
 impl MetricAnalysis {
-    /// The canary with traffic, if any: what is being analysed.
+    /// The canary being analysed: one the input gives some but not all traffic, and the route
+    /// carries some but not all traffic to (or matches requests to).
     fn canary_with_traffic<'a>(step: &'a Step<'_>) -> Option<&'a str> {
         let canary = step.input.canary.as_deref()?;
-        (weight_of(&step.input.weights, canary) > 0 || step.input.matches.iter().any(|m| m.version == canary))
-            .then_some(canary)
+        let partial = |weight: i32| (1..100).contains(&weight);
+        let asked =
+            partial(weight_of(&step.input.weights, canary)) || step.input.matches.iter().any(|m| m.version == canary);
+        let carried = partial(weight_of(&step.observed.weights, canary))
+            || step.observed.matches.iter().any(|m| m.version == canary);
+        (asked && carried && !step.control.promote).then_some(canary)
     }
 
-    fn due(&self, state: Option<&AnalysisState>, now: Timestamp) -> bool {
-        state.is_none_or(|s| {
-            s.verdict == Verdict::Running && now >= s.measured_at.saturating_add(self.raw.interval.0).unwrap_or(now)
-        })
+    /// When the next measurement is due, if one can be.
+    fn due(&self, state: &AnalysisState) -> Option<Timestamp> {
+        let from = state.measured_at.unwrap_or(state.traffic_since);
+        (state.verdict != Verdict::Failed).then(|| from.saturating_add(self.raw.interval.0).unwrap_or(from))
     }
 
     fn query(&self, step: &Step<'_>, canary: &str) -> String {
@@ -160,8 +173,9 @@ impl MetricAnalysis {
 impl Policy for MetricAnalysis {
     fn needs(&self, step: &Step<'_>) -> Option<Request> {
         let canary = Self::canary_with_traffic(step)?;
-        let state: Option<AnalysisState> = saved(step.state);
-        (self.due(state.as_ref(), step.now) && !step.control.promote).then(|| Request::Query {
+        let state: AnalysisState = saved(step.state)?;
+        let due = self.due(&state)?;
+        (step.now >= due).then(|| Request::Query {
             address: self.raw.address.clone(),
             query: self.query(step, canary),
             timeout: self.raw.timeout.std(),
@@ -170,68 +184,63 @@ impl Policy for MetricAnalysis {
 
     fn run(&self, step: &Step<'_>, answer: Option<Answer>) -> Result<Outcome, Failure> {
         let input = step.input;
-        let Some(canary) = Self::canary_with_traffic(step).filter(|_| !step.control.promote) else {
+        let Some(canary) = Self::canary_with_traffic(step) else {
             return Ok(Outcome::pass(
                 input.clone(),
                 Phase::Succeeded,
-                "idle: no canary has traffic",
+                "idle: no canary shares the traffic",
             ));
         };
-        let mut state: Option<AnalysisState> = saved(step.state);
+        let mut state = saved(step.state).unwrap_or(AnalysisState {
+            traffic_since: step.now,
+            measured_at: None,
+            value: None,
+            successes: 0,
+            failures: 0,
+            inconclusives: 0,
+            verdict: Verdict::Running,
+        });
         if let Some(answer) = answer {
-            let response = answer.map_err(|error| {
-                Failure::new("MetricsUnavailable", format!("querying {}: {error}", self.raw.address))
-            })?;
-            let value = sample(&response).map_err(|error| {
-                Failure::new("MetricsUnavailable", format!("querying {}: {error}", self.raw.address))
-            })?;
-            let mut next = state.unwrap_or(AnalysisState {
-                measured_at: step.now,
-                value: None,
-                successes: 0,
-                failures: 0,
-                inconclusives: 0,
-                verdict: Verdict::Running,
-            });
-            next.measured_at = step.now;
-            next.value = value;
+            let unavailable =
+                |error: String| Failure::new("MetricsUnavailable", format!("querying {}: {error}", self.raw.address));
+            let value = sample(&answer.map_err(unavailable)?).map_err(unavailable)?;
+            state.measured_at = Some(step.now);
+            state.value = value;
             match self.judge(value)? {
                 Some(true) => {
-                    next.successes += 1;
-                    next.failures = 0;
-                    next.inconclusives = 0;
+                    state.successes += 1;
+                    state.failures = 0;
+                    state.inconclusives = 0;
+                    state.verdict = Verdict::Running;
                 }
-                Some(false) => next.failures += 1,
-                None => next.inconclusives += 1,
+                Some(false) => state.failures += 1,
+                None => state.inconclusives += 1,
             }
-            if next.failures > self.raw.failure_limit {
-                next.verdict = Verdict::Failed;
-            } else if next.inconclusives > self.raw.inconclusive_limit {
-                next.verdict = Verdict::Inconclusive;
+            if state.failures > self.raw.failure_limit {
+                state.verdict = Verdict::Failed;
+            } else if state.inconclusives > self.raw.inconclusive_limit {
+                state.verdict = Verdict::Inconclusive;
             }
-            state = Some(next);
         }
-        let Some(state) = state else {
-            // Not measured yet and not due: nothing to say against the canary.
-            return Ok(Outcome::pass(
-                input.clone(),
-                Phase::Progressing,
-                format!("analysing {canary}"),
-            ));
+        let due = self.due(&state);
+        let shown = match (state.measured_at, state.value) {
+            (None, _) => format!(
+                "first measurement at {}",
+                due.map(|d| d.to_string()).unwrap_or_default()
+            ),
+            (Some(_), Some(value)) => format!("measured {value}"),
+            (Some(_), None) => "measured no data".to_owned(),
         };
-        let shown = state.value.map_or_else(|| "no data".to_owned(), |v| v.to_string());
         let counts = format!(
-            "{} successful, {} failed and {} inconclusive in a row",
+            "{} successful; {} failed and {} inconclusive since the last success",
             state.successes, state.failures, state.inconclusives
         );
-        let next = state.measured_at.saturating_add(self.raw.interval.0).ok();
         Ok(match state.verdict {
             Verdict::Running => Outcome::pass(
                 input.clone(),
                 Phase::Progressing,
-                format!("{canary}: measured {shown}; {counts}"),
-            )
-            .waking_at(next),
+                format!("{canary}: {shown}; {counts}"),
+            ),
             Verdict::Failed => {
                 let first = step
                     .observed
@@ -242,16 +251,17 @@ impl Policy for MetricAnalysis {
                 Outcome::pass(
                     rolled_back(input, first),
                     Phase::RolledBack,
-                    format!("{canary} failed its analysis: measured {shown}; {counts}"),
+                    format!("{canary} failed its analysis: {shown}; {counts}"),
                 )
             }
             Verdict::Inconclusive => Outcome::pass(
                 held(input, step.observed),
                 Phase::Holding,
-                format!("{canary}: analysis inconclusive, holding: measured {shown}; {counts}"),
+                format!("{canary}: analysis inconclusive, holding: {shown}; {counts}"),
             ),
         }
-        .saving(state))
+        .saving(state)
+        .waking_at(due))
     }
 }
 
@@ -316,53 +326,77 @@ mod tests {
         }
     }
 
+    /// Runs with the route carrying `carried`% to v2; what it asked for, and the outcome.
     fn step_run(
         policy: &dyn Policy,
-        input: &TrafficDocument,
+        asked: i32,
+        carried: i32,
         state: Option<&Value>,
         now: i64,
         reply: Option<Answer>,
-    ) -> Result<Outcome, Failure> {
-        let world = observed(&[("v1", 1, 1), ("v2", 1, 1)], &[]);
-        answer(policy, input, &world, state, at(now), Control::default(), reply)
-    }
-
-    #[test]
-    fn asks_for_its_query_with_the_names_filled_in_when_due() {
-        let policy = analysis(json!({}));
-        let world = observed(&[("v1", 1, 1), ("v2", 1, 1)], &[]);
-        let input = canary_input(10);
+    ) -> (Option<Request>, Result<Outcome, Failure>) {
+        let world = observed(&[("v1", 1, 1), ("v2", 1, 1)], &[("v1", 100 - carried), ("v2", carried)]);
+        let input = canary_input(asked);
         let step = Step {
             input: &input,
             observed: &world,
-            state: None,
-            now: at(0),
+            state,
+            now: at(now),
             control: Control::default(),
         };
+        let request = policy.needs(&step);
+        (
+            request,
+            answer(policy, &input, &world, state, at(now), Control::default(), reply),
+        )
+    }
+
+    #[test]
+    fn measures_an_interval_after_the_route_carries_canary_traffic_with_the_names_filled_in() {
+        let policy = analysis(json!({}));
+        let (asked, not_yet) = step_run(&*policy, 10, 0, None, 0, None);
         assert_eq!(
-            policy.needs(&step),
+            (asked, not_yet.unwrap().state),
+            (None, None),
+            "the route carries no canary traffic yet"
+        );
+        let (asked, started) = step_run(&*policy, 10, 10, None, 0, None);
+        assert_eq!(asked, None, "the first measurement waits an interval");
+        let started = started.unwrap();
+        assert_eq!(started.wake_at, Some(at(30)));
+        assert!(started.message.contains("first measurement at"), "{}", started.message);
+        let (asked, _) = step_run(&*policy, 10, 10, started.state.as_ref(), 30, None);
+        assert_eq!(
+            asked,
             Some(Request::Query {
                 address: "http://prometheus:9090".into(),
                 query: "errors{app=\"shop\",version=\"v2\"}".into(),
                 timeout: std::time::Duration::from_secs(10),
             })
         );
-        let idle = canary_input(0);
-        let step = Step { input: &idle, ..step };
-        assert_eq!(policy.needs(&step), None, "no canary traffic, nothing to measure");
     }
 
     #[test]
     fn good_values_pass_and_bad_ones_roll_back_past_the_limit() {
         let policy = analysis(json!({"failureLimit": 1}));
-        let input = canary_input(10);
-        let good = step_run(&*policy, &input, None, 0, Some(vector("0.01"))).unwrap();
+        let (_, start) = step_run(&*policy, 10, 10, None, 0, None);
+        let (_, good) = step_run(
+            &*policy,
+            10,
+            10,
+            start.unwrap().state.as_ref(),
+            30,
+            Some(vector("0.01")),
+        );
+        let good = good.unwrap();
         assert_eq!(good.phase, Phase::Progressing);
-        assert_eq!(good.output, input);
-        assert_eq!(good.wake_at, Some(at(30)));
-        let bad = step_run(&*policy, &input, good.state.as_ref(), 30, Some(vector("0.5"))).unwrap();
+        assert_eq!(good.output, canary_input(10));
+        assert_eq!(good.wake_at, Some(at(60)));
+        let (_, bad) = step_run(&*policy, 10, 10, good.state.as_ref(), 60, Some(vector("0.5")));
+        let bad = bad.unwrap();
         assert_eq!(bad.phase, Phase::Progressing, "one failure is tolerated");
-        let worse = step_run(&*policy, &input, bad.state.as_ref(), 60, Some(vector("0.5"))).unwrap();
+        let (_, worse) = step_run(&*policy, 10, 10, bad.state.as_ref(), 90, Some(vector("0.5")));
+        let worse = worse.unwrap();
         assert_eq!(worse.phase, Phase::RolledBack);
         assert_eq!(worse.output.weights, all_to("v1"));
         assert!(
@@ -370,51 +404,70 @@ mod tests {
             "{}",
             worse.message
         );
-        // Sticky while the canary has traffic; forgotten once it has none.
-        let later = step_run(&*policy, &input, worse.state.as_ref(), 90, None).unwrap();
-        assert_eq!(later.phase, Phase::RolledBack);
-        let idle = step_run(&*policy, &canary_input(0), worse.state.as_ref(), 120, None).unwrap();
+        // Final while the canary has traffic: no more queries; forgotten once it has none.
+        let (asked, later) = step_run(&*policy, 10, 10, worse.state.as_ref(), 500, None);
+        assert_eq!((asked, later.unwrap().phase), (None, Phase::RolledBack));
+        let (_, idle) = step_run(&*policy, 0, 10, worse.state.as_ref(), 600, None);
+        let idle = idle.unwrap();
         assert_eq!((idle.phase, idle.state), (Phase::Succeeded, None));
     }
 
     #[test]
-    fn neither_condition_is_inconclusive_and_holds() {
+    fn a_promoted_canary_is_not_analysed() {
+        let policy = analysis(json!({}));
+        let (asked, outcome) = step_run(&*policy, 100, 100, None, 0, None);
+        assert_eq!(asked, None);
+        assert_eq!(outcome.unwrap().state, None, "nothing saved: nothing written at rest");
+    }
+
+    #[test]
+    fn inconclusive_holds_until_a_measurement_succeeds() {
         let policy = analysis(json!({"failureCondition": "result > 0.2"}));
-        let input = canary_input(10);
-        let outcome = step_run(&*policy, &input, None, 0, Some(vector("0.1"))).unwrap();
-        assert_eq!(outcome.phase, Phase::Holding);
+        let (_, start) = step_run(&*policy, 10, 10, None, 0, None);
+        let (_, unsure) = step_run(&*policy, 10, 10, start.unwrap().state.as_ref(), 30, Some(vector("0.1")));
+        let unsure = unsure.unwrap();
+        assert_eq!(unsure.phase, Phase::Holding);
         let empty = Ok(json!({"status": "success", "data": {"resultType": "vector", "result": []}}));
-        let outcome = step_run(&*policy, &input, None, 0, Some(empty)).unwrap();
-        assert_eq!(outcome.phase, Phase::Holding);
-        assert!(outcome.message.contains("no data"));
+        let (asked, still) = step_run(&*policy, 10, 10, unsure.state.as_ref(), 60, Some(empty));
+        assert!(asked.is_some(), "an inconclusive analysis measures again");
+        let still = still.unwrap();
+        assert_eq!(still.phase, Phase::Holding);
+        assert!(still.message.contains("no data"), "{}", still.message);
+        let (_, good) = step_run(&*policy, 10, 10, still.state.as_ref(), 90, Some(vector("0.01")));
+        assert_eq!(good.unwrap().phase, Phase::Progressing);
     }
 
     #[test]
     fn prometheus_down_stops_the_pipeline_with_a_reason() {
         let policy = analysis(json!({}));
-        let failure = step_run(
+        let (_, start) = step_run(&*policy, 10, 10, None, 0, None);
+        let state = start.unwrap().state;
+        let (_, down) = step_run(
             &*policy,
-            &canary_input(10),
-            None,
-            0,
+            10,
+            10,
+            state.as_ref(),
+            30,
             Some(Err("connection refused".into())),
-        )
-        .unwrap_err();
+        );
+        let failure = down.unwrap_err();
         assert_eq!(failure.reason, "MetricsUnavailable");
         assert_eq!(failure.message, "querying http://prometheus:9090: connection refused");
         let error = Ok(json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 3"}));
-        let failure = step_run(&*policy, &canary_input(10), None, 0, Some(error)).unwrap_err();
-        assert!(failure.message.contains("bad_data: parse error"), "{}", failure.message);
+        let (_, refused) = step_run(&*policy, 10, 10, state.as_ref(), 30, Some(error));
+        assert!(refused.unwrap_err().message.contains("bad_data: parse error"));
     }
 
     #[test]
-    fn a_condition_that_does_not_compile_is_refused_with_its_name() {
+    fn bad_parameters_are_refused_with_their_name() {
         let p = params(json!({"address": "http://p:9090", "query": "up", "successCondition": "result <"}));
         let failure = parse(&p).unwrap_err();
         assert_eq!(failure.reason, "InvalidExpression");
         assert!(failure.message.starts_with("successCondition: "), "{}", failure.message);
         let p = params(json!({"address": "p:9090", "query": "up", "successCondition": "true"}));
         assert!(parse(&p).unwrap_err().message.contains("http(s) URL"));
+        let p = params(json!({"address": "http://p:9090", "query": "up", "successCondition": "true", "interval": 0}));
+        assert!(parse(&p).unwrap_err().message.contains("at least 1s"));
     }
 
     #[test]
