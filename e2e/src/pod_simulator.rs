@@ -358,6 +358,47 @@ pub async fn crash_loop(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> 
         .map(|_| ())
 }
 
+/// Restarts a running pod's containers once, as the kubelet reports a container that exited
+/// and came back: not ready with the restart counted, then running and ready again.
+pub async fn restart(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+    let pod = pods.get(name).await?;
+    let time = now();
+    let statuses = |ready: bool| -> Vec<serde_json::Value> {
+        pod.status
+            .iter()
+            .flat_map(|s| s.container_statuses.iter().flatten())
+            .map(|c| {
+                let state = if ready {
+                    json!({"running": {"startedAt": time}})
+                } else {
+                    json!({"waiting": {"reason": "ContainerCreating"}})
+                };
+                json!({
+                    "name": c.name, "image": c.image, "imageID": c.image_id,
+                    "containerID": c.container_id, "ready": ready, "started": ready,
+                    "restartCount": c.restart_count + 1, "state": state,
+                    "lastState": {"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": time}},
+                })
+            })
+            .collect()
+    };
+    for ready in [false, true] {
+        let condition = if ready { "True" } else { "False" };
+        let status = json!({"status": {
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": time},
+                {"type": "Initialized", "status": "True", "lastTransitionTime": time},
+                {"type": "ContainersReady", "status": condition, "lastTransitionTime": time},
+                {"type": "Ready", "status": condition, "lastTransitionTime": time},
+            ],
+            "containerStatuses": statuses(ready),
+        }});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Ends a pod's containers as the kubelet reports it: the first container exits with
 /// `exit_code` and `message` as its termination message; the pod becomes Succeeded (all
 /// exited 0) or Failed. Use it for pods annotated `sim.orrery.dev/outcome: Manual`.

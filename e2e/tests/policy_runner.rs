@@ -19,7 +19,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
 use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use orrery_e2e::pod_simulator::{PodSimulator, crash_loop};
+use orrery_e2e::pod_simulator::{PodSimulator, crash_loop, restart};
 use orrery_e2e::prometheus::{Exporter, Prometheus};
 use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
 use orrery_runtime::Context;
@@ -355,6 +355,66 @@ async fn a_health_gate_rolls_back_when_the_canarys_pods_crash() {
         pipeline.steps[0].message
     );
     assert!(world.event_reasons("shop").await.contains(&"RolledBack".to_owned()));
+}
+
+#[tokio::test]
+async fn a_health_gate_rolls_back_past_a_restart_limit() {
+    let world = World::new().await;
+    world
+        .application(
+            "shop",
+            json!([
+                {"name": "canary", "parameters": {"stepWeight": 20, "maxWeight": 80, "interval": "1h"}},
+                {"name": "health-gate", "parameters": {"minReadyPercent": 0, "maxRestarts": 1}},
+            ]),
+        )
+        .await;
+    world.canary_weights_until("shop", 20, Duration::from_secs(120)).await;
+    let pods: Api<Pod> = world.env.namespaced();
+    let canary_pod = pods
+        .list(&ListParams::default().labels("hierarchy.orrery.dev/version=v2"))
+        .await
+        .unwrap()
+        .items[0]
+        .metadata
+        .name
+        .clone()
+        .unwrap();
+    // One restart is within the limit: the executor reports it, the gate lets it be.
+    restart(&pods, &canary_pod).await.unwrap();
+    poll_until("one restart reported", Deadline(Duration::from_secs(60)), || async {
+        let app = world.apps().get("shop").await.map_err(|e| e.to_string())?;
+        let restarts: Vec<i32> = app
+            .status
+            .unwrap_or_default()
+            .versions
+            .iter()
+            .map(|v| v.restarts)
+            .collect();
+        if restarts == [0, 1] {
+            Ok(())
+        } else {
+            Err(format!("{restarts:?}"))
+        }
+    })
+    .await;
+    assert_eq!(world.canary_weight("shop").await, Some(20));
+    restart(&pods, &canary_pod).await.unwrap();
+    world.canary_weights_until("shop", 0, Duration::from_secs(60)).await;
+    poll_until(
+        "the canary rolled back for the restarts",
+        Deadline(Duration::from_secs(30)),
+        || async {
+            let pipeline = world.pipeline("shop").await.ok_or("no status")?;
+            let message = pipeline.steps[0].message.clone().unwrap_or_default();
+            if message.ends_with("step 2 (health-gate) rolled back: v2 restarted 2 times (at most 1)") {
+                Ok(())
+            } else {
+                Err(message)
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -509,9 +509,9 @@ async fn hierarchy_executor_builds_and_removes_a_tree_with_its_own_rbac_and_no_m
     );
     forbidden(
         Api::<Pod>::namespaced(client.clone(), &team)
-            .list(&ListParams::default())
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await,
-        "hierarchy-executor listing pods",
+        "hierarchy-executor deleting pods",
     );
 
     // Deleting the Project removes the tree, the namespace included, as the ServiceAccount.

@@ -17,7 +17,7 @@ use crd_types::hierarchy::{
 use futures::StreamExt;
 use gateway_api::httproutes::HttpRoute;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, Pod, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -1191,7 +1191,7 @@ async fn reconcile_application(app: Arc<Application>, state: Arc<State>) -> Resu
 async fn execute_application(app: &Application, state: &State) -> Result<Action, Error> {
     let api = Api::<Application>::namespaced(state.context.client.clone(), &app.namespace().unwrap_or_default());
     if app.metadata.deletion_timestamp.is_some() {
-        state.applied.forget(&app.uid().unwrap_or_default());
+        state.applied.forget_all(&app.uid().unwrap_or_default());
         return release_application(app, state, &api).await;
     }
     let previous = app.status.clone();
@@ -1283,15 +1283,23 @@ async fn align_application(
         .await
         .map_err(Error::api("listing the Application's Deployments"))?
         .items;
-    let desired = fingerprint(&objects);
+    // Workloads and the route apart: a pipeline moving traffic re-applies only the route.
+    let workloads = fingerprint(&(&objects.deployments, &objects.services));
     let deployments_there = objects
         .deployments
         .iter()
         .all(|d| observed.iter().any(|o| o.name_any() == d.name_any()));
-    if !(applied.is_current(&owner, desired) && deployments_there) {
+    if !(applied.is_current(&owner, workloads) && deployments_there) {
         applied.forget(&owner);
-        apply_application(&objects, target).await?;
-        applied.record(&owner, desired);
+        apply_workloads(&objects, target).await?;
+        applied.record(&owner, workloads);
+    }
+    let route_key = format!("{owner}/route");
+    let route = fingerprint(&objects.route);
+    if !applied.is_current(&route_key, route) {
+        applied.forget(&route_key);
+        apply_route(&objects.route, target).await?;
+        applied.record(&route_key, route);
     }
     status.weights = objects.traffic.weights.clone();
     status.matches = objects.traffic.matches.clone();
@@ -1300,18 +1308,33 @@ async fn align_application(
         delete(&deployments, &removed).await?;
         delete(&services, &removed).await?;
     }
-    status.versions = application::version_statuses(app, &observed);
+    // Restarts as of this reconcile: a crashing container turns its pod unready, which changes
+    // the Deployment, which brings the Application back here. Read from the API server's cache.
+    let pods = Api::<Pod>::namespaced(target.clone(), namespace)
+        .list(
+            &ListParams::default()
+                .labels(&format!("{APP_LABEL}={}", app.name_any()))
+                .match_any(),
+        )
+        .await
+        .map_err(Error::api("listing the Application's pods"))?
+        .items;
+    status.versions = application::version_statuses(app, &observed, &pods);
     Ok(application::readiness(&status.versions))
 }
 
-async fn apply_application(objects: &application::ApplicationObjects, target: &Client) -> Result<(), Error> {
+async fn apply_workloads(objects: &application::ApplicationObjects, target: &Client) -> Result<(), Error> {
     for deployment in &objects.deployments {
         apply(target, deployment).await?;
     }
     for service in &objects.services {
         apply(target, service).await?;
     }
-    apply(target, &objects.route).await.map_err(|err| match err {
+    Ok(())
+}
+
+async fn apply_route(route: &HttpRoute, target: &Client) -> Result<(), Error> {
+    apply(target, route).await.map_err(|err| match err {
         Error::Api { action, source } if is_not_found(&source) => Error::Api {
             action: format!("{action} (are the Gateway API CRDs installed on the Cluster?)"),
             source,

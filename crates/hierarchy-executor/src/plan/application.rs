@@ -16,7 +16,7 @@ use gateway_api::httproutes::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
+    Container, ContainerPort, EnvVar, Pod, PodSpec, PodTemplateSpec, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -274,8 +274,9 @@ fn regex_escape(text: &str) -> String {
         .collect()
 }
 
-/// Each version's readiness from its observed Deployment (absent: nothing ready yet).
-pub fn version_statuses(app: &Application, observed: &[Deployment]) -> Vec<VersionStatus> {
+/// Each version's readiness from its observed Deployment (absent: nothing ready yet), and
+/// its containers' restarts from its pods.
+pub fn version_statuses(app: &Application, observed: &[Deployment], pods: &[Pod]) -> Vec<VersionStatus> {
     let name = app.name_any();
     app.spec
         .versions
@@ -293,7 +294,13 @@ pub fn version_statuses(app: &Application, observed: &[Deployment]) -> Vec<Versi
                     .filter(|_| current)
                     .and_then(|d| d.status.as_ref()?.ready_replicas)
                     .unwrap_or(0),
-                restarts: 0,
+                restarts: pods
+                    .iter()
+                    .filter(|p| p.labels().get(VERSION_LABEL) == Some(&version.name))
+                    .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+                    .flatten()
+                    .map(|c| c.restart_count)
+                    .sum(),
             }
         })
         .collect()
@@ -511,13 +518,28 @@ mod tests {
     }
 
     #[test]
+    fn restarts_are_summed_over_each_versions_pods() {
+        let app = app(two_versions());
+        let pod = |version: &str, restarts: i32| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": format!("p-{version}-{restarts}"), "labels": {APP_LABEL: "shop", VERSION_LABEL: version}},
+                "status": {"containerStatuses": [{"name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": restarts}]},
+            }))
+            .unwrap()
+        };
+        let statuses = version_statuses(&app, &[], &[pod("v2", 2), pod("v2", 1), pod("v1", 0)]);
+        let restarts: Vec<i32> = statuses.iter().map(|v| v.restarts).collect();
+        assert_eq!(restarts, [0, 3]);
+    }
+
+    #[test]
     fn ready_when_every_version_is_and_the_message_names_those_that_are_not() {
         let app = app(two_versions());
         let observed = [
             deployment("shop-v1", "v1", 1, 1, 1),
             deployment("shop-v2", "v2", 2, 2, 1),
         ];
-        let Readiness::NotReady { message, .. } = readiness(&version_statuses(&app, &observed)) else {
+        let Readiness::NotReady { message, .. } = readiness(&version_statuses(&app, &observed, &[])) else {
             panic!("ready with one of two v2 replicas");
         };
         assert_eq!(message, "version v2 has 1/2 replicas ready");
@@ -525,14 +547,14 @@ mod tests {
             deployment("shop-v1", "v1", 1, 1, 1),
             deployment("shop-v2", "v2", 2, 2, 2),
         ];
-        assert_eq!(readiness(&version_statuses(&app, &observed)), Readiness::Ready);
+        assert_eq!(readiness(&version_statuses(&app, &observed, &[])), Readiness::Ready);
         // A Deployment whose controller has not seen its latest spec is not ready yet.
         let observed = [
             deployment("shop-v1", "v1", 2, 1, 1),
             deployment("shop-v2", "v2", 2, 2, 2),
         ];
         assert!(matches!(
-            readiness(&version_statuses(&app, &observed)),
+            readiness(&version_statuses(&app, &observed, &[])),
             Readiness::NotReady { .. }
         ));
     }
