@@ -6,7 +6,8 @@
 //! - reconciles per second while every pipeline starts at once;
 //! - latency from an observed change (a canary Deployment's ready count dropping to 0) to the
 //!   new weights in the HTTPRoute (the executor sees it, the health gate rolls back, the
-//!   executor renders it), p50/p99;
+//!   executor renders it), p50/p99, over `ORRERY_BENCH_CHANGES` changes at
+//!   `ORRERY_BENCH_CHANGES_PER_SECOND`;
 //! - RSS of policy-runner holding the Applications; its API writes once nothing changes.
 //!
 //! No kube-controller-manager runs: the benchmark writes the Deployments' status itself
@@ -165,7 +166,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let count = env_usize("ORRERY_BENCH_APPLICATIONS", 1000);
-    let pace = env_usize("ORRERY_BENCH_CHANGES_PER_SECOND", 20);
+    let changes = env_usize("ORRERY_BENCH_CHANGES", 200).min(count);
+    let pace = env_usize("ORRERY_BENCH_CHANGES_PER_SECOND", 5);
     let at_rest = Duration::from_secs(env_usize("ORRERY_BENCH_REST_SECONDS", 60) as u64);
 
     println!(
@@ -238,7 +240,8 @@ async fn main() -> anyhow::Result<()> {
     let mut changed_at = HashMap::new();
     let storm = Instant::now();
     let reconciles_before = runner.reconciles();
-    for i in 0..count {
+    let executor_before = (executor.requests(), executor.throttled());
+    for i in 0..changes {
         let name = format!("app{i}-v2");
         unready.lock().unwrap().insert(name.clone());
         let deployment = deployments.get(&name).await?;
@@ -247,8 +250,9 @@ async fn main() -> anyhow::Result<()> {
         let due = storm + Duration::from_secs_f64((i + 1) as f64 / pace as f64);
         tokio::time::sleep_until(due.into()).await;
     }
-    wait_for("every route rolled back", Duration::from_secs(600), || {
-        weights.lock().unwrap().values().all(|(w, _)| *w == 0)
+    wait_for("every changed route rolled back", Duration::from_secs(600), || {
+        let weights = weights.lock().unwrap();
+        changed_at.keys().all(|app| weights[app].0 == 0)
     })
     .await?;
     let storm_time = storm.elapsed();
@@ -260,13 +264,26 @@ async fn main() -> anyhow::Result<()> {
             .collect()
     };
     println!(
-        "  Deployment unready → HTTPRoute rolled back ({pace} changes/s): {}",
+        "  Deployment unready → HTTPRoute rolled back ({changes} changes at {pace}/s): {}",
         percentiles(latencies)
     );
     println!(
         "  policy-runner: {:.0} reconciles/s over the {:.1}s of changes",
         (runner.reconciles() - reconciles_before) / storm_time.as_secs_f64(),
         storm_time.as_secs_f64()
+    );
+    let mut sent: Vec<(String, f64)> = executor
+        .requests()
+        .into_iter()
+        .map(|(method, n)| {
+            let before = executor_before.0.get(&method).copied().unwrap_or(0.0);
+            (method, n - before)
+        })
+        .collect();
+    sent.sort_by(|a, b| a.0.cmp(&b.0));
+    println!(
+        "  hierarchy-executor meanwhile: requests {sent:?}, {} delayed by its client-side rate limit",
+        executor.throttled() - executor_before.1
     );
 
     runner.settle(Duration::from_secs(5), Duration::from_secs(300)).await?;

@@ -115,6 +115,15 @@ impl Controller {
         text
     }
 
+    /// API requests its client-side rate limit has delayed, from its /metrics.
+    pub fn throttled(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("orrery_api_requests_throttled_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Reconciles this controller has run, from its /metrics.
     pub fn reconciles(&self) -> f64 {
         self.metrics()

@@ -197,7 +197,16 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
     // Project: its Clusters roll up into it; a VirtualCluster it made having its namespace
     // lets that VirtualCluster's Applications be made.
     let project_controller = Controller::for_stream(project_trigger, projects.clone())
-        .owns_stream(watched(Api::<VirtualCluster>::all(client.clone()), config.clone()))
+        .owns_stream(when_changed(
+            watched(Api::<VirtualCluster>::all(client.clone()), config.clone()),
+            |v: &VirtualCluster| {
+                let status = v.status.as_ref();
+                (
+                    status.and_then(|s| s.namespace.clone()),
+                    status.and_then(|s| ready_of(&s.common)),
+                )
+            },
+        ))
         .watches_stream(project_clusters_trigger, {
             let projects = projects.clone();
             move |c: Cluster| parent_ref(&projects, c.spec.project.as_deref())
@@ -213,10 +222,16 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
             let clusters = clusters.clone();
             move |v: VirtualCluster| parent_ref(&clusters, v.spec.cluster.as_deref())
         })
-        .watches_stream(watched(Api::<Project>::all(client.clone()), config.clone()), {
-            let clusters = clusters.clone();
-            move |p: Project| children_of(&clusters, p.name_any(), |c| c.spec.project.as_deref())
-        })
+        .watches_stream(
+            when_changed(
+                watched(Api::<Project>::all(client.clone()), config.clone()),
+                |p: &Project| p.metadata.generation,
+            ),
+            {
+                let clusters = clusters.clone();
+                move |p: Project| children_of(&clusters, p.name_any(), |c| c.spec.project.as_deref())
+            },
+        )
         .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile_cluster, error_policy, state.clone())
@@ -228,10 +243,21 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
             let virtual_clusters = virtual_clusters.clone();
             move |a: Application| parent_ref(&virtual_clusters, a.spec.virtual_cluster.as_deref())
         })
-        .watches_stream(watched(Api::<Cluster>::all(client.clone()), config.clone()), {
-            let virtual_clusters = virtual_clusters.clone();
-            move |c: Cluster| children_of(&virtual_clusters, c.name_any(), |v| v.spec.cluster.as_deref())
-        })
+        .watches_stream(
+            when_changed(
+                watched(Api::<Cluster>::all(client.clone()), config.clone()),
+                |c: &Cluster| {
+                    (
+                        c.metadata.generation,
+                        c.status.as_ref().and_then(|s| ready_of(&s.common)),
+                    )
+                },
+            ),
+            {
+                let virtual_clusters = virtual_clusters.clone();
+                move |c: Cluster| children_of(&virtual_clusters, c.name_any(), |v| v.spec.cluster.as_deref())
+            },
+        )
         .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile_virtual_cluster, error_policy, state.clone())
@@ -246,10 +272,23 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
         .watches_stream(deployments, |d: Deployment| {
             Some(ObjectRef::new(d.labels().get(APP_LABEL)?).within(&d.namespace()?))
         })
-        .watches_stream(watched(Api::<VirtualCluster>::all(client.clone()), config.clone()), {
-            let applications = applications.clone();
-            move |v: VirtualCluster| children_of(&applications, v.name_any(), |a| a.spec.virtual_cluster.as_deref())
-        })
+        .watches_stream(
+            when_changed(
+                watched(Api::<VirtualCluster>::all(client.clone()), config.clone()),
+                |v: &VirtualCluster| {
+                    let status = v.status.as_ref();
+                    (
+                        v.metadata.generation,
+                        status.and_then(|s| s.namespace.clone()),
+                        status.and_then(|s| ready_of(&s.common)),
+                    )
+                },
+            ),
+            {
+                let applications = applications.clone();
+                move |v: VirtualCluster| children_of(&applications, v.name_any(), |a| a.spec.virtual_cluster.as_deref())
+            },
+        )
         .with_config(config_each.clone())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile_application, error_policy, state)
@@ -257,6 +296,34 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
 
     tokio::join!(project_controller, cluster_controller, vc_controller, app_controller);
     Ok(())
+}
+
+/// `parents`, passing a parent on only when `read` (what its children read of it) changed,
+/// or it is being deleted: not when only its roll-up message did, or a VirtualCluster's
+/// thousand Applications would all run again each time one of them changed.
+fn when_changed<K, T>(
+    parents: impl futures::Stream<Item = Result<K, watcher::Error>> + Send,
+    read: impl Fn(&K) -> T + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource + Send + 'static,
+    T: std::hash::Hash,
+{
+    use kube::runtime::WatchStreamExt;
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    parents.predicate_filter(
+        move |parent: &K| {
+            let mut hasher = DefaultHasher::new();
+            (read(parent), parent.meta().deletion_timestamp.is_some()).hash(&mut hasher);
+            Some(hasher.finish())
+        },
+        Default::default(),
+    )
+}
+
+/// The `Ready` condition's status and reason (not its message).
+fn ready_of(status: &HierarchyStatus) -> Option<(String, String)> {
+    crd_types::common::find_condition(&status.conditions, CONDITION_READY).map(|c| (c.status.clone(), c.reason.clone()))
 }
 
 /// The children in `children` whose `parent_of` is `parent`: what a parent's change re-runs.
