@@ -137,10 +137,16 @@ impl Drop for ControlPlane {
 
 /// The control-plane binary: `$ORRERY_CONTROL_PLANE`, or built (once, cached) by `build.sh`.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("ORRERY_CONTROL_PLANE") {
+    cached_tool("ORRERY_CONTROL_PLANE", "control-plane/build.sh")
+}
+
+/// A tool's binary: the path in `variable` if set, else the one `script` (under `e2e/`, building
+/// or fetching it once into the cache) prints.
+pub(crate) fn cached_tool(variable: &str, script: &str) -> anyhow::Result<PathBuf> {
+    if let Ok(path) = std::env::var(variable) {
         return Ok(PathBuf::from(path));
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("control-plane/build.sh");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let output = Command::new("bash")
         .arg(&script)
         .stderr(Stdio::inherit())
@@ -149,7 +155,12 @@ pub fn binary() -> anyhow::Result<PathBuf> {
     if !output.status.success() {
         bail!("{} failed ({})", script.display(), output.status);
     }
-    Ok(PathBuf::from(String::from_utf8(output.stdout)?.trim()))
+    let path = String::from_utf8(output.stdout).context("the script printed a non-UTF-8 path")?;
+    let path = PathBuf::from(path.trim());
+    if !path.is_file() {
+        bail!("{} printed {}, which is not a file", script.display(), path.display());
+    }
+    Ok(path)
 }
 
 fn load_kubeconfig(path: &Path) -> anyhow::Result<Config> {

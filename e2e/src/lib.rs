@@ -41,6 +41,18 @@ pub fn shared_control_plane() -> &'static ControlPlane {
     })
 }
 
+/// Creates `object` (JSON of a `K`) through `api`, panicking with the API server's answer:
+/// for tests and benchmarks that cannot go on without it.
+pub async fn create<K>(api: &Api<K>, object: serde_json::Value) -> K
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let object: K = serde_json::from_value(object).unwrap_or_else(|err| panic!("not a {}: {err}", K::kind(&())));
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|err| panic!("cannot create the {}: {err}", K::kind(&())))
+}
+
 /// One test's world: a client of the shared control plane and a fresh namespace that is
 /// deleted when the test ends, pass or fail.
 pub struct TestEnv {

@@ -326,6 +326,43 @@ async fn start(pods: &Api<Pod>, pod: &Pod) -> Result<(), kube::Error> {
 pub async fn crash_loop(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
     let pod = pods.get(name).await?;
     let time = now();
+    let waiting = json!({"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}});
+    let exited = json!({"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": time}});
+    report_running(pods, &pod, &time, false, 3, &waiting, &exited).await
+}
+
+/// Restarts a running pod's containers once, as the kubelet reports a container that exited
+/// and came back: not ready with the restart counted, then running and ready again.
+pub async fn restart(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
+    let pod = pods.get(name).await?;
+    let time = now();
+    let restarts = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .map(|c| c.restart_count)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    let killed = json!({"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": time}});
+    let creating = json!({"waiting": {"reason": "ContainerCreating"}});
+    report_running(pods, &pod, &time, false, restarts, &creating, &killed).await?;
+    let running = json!({"running": {"startedAt": time}});
+    report_running(pods, &pod, &time, true, restarts, &running, &killed).await
+}
+
+/// Writes a running pod's readiness and every container's status with `restarts`, `state` and
+/// `last_state`, as the kubelet reports them.
+async fn report_running(
+    pods: &Api<Pod>,
+    pod: &Pod,
+    time: &str,
+    ready: bool,
+    restarts: i32,
+    state: &serde_json::Value,
+    last_state: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    let name = pod.name_any();
     let containers: Vec<serde_json::Value> = pod
         .spec
         .iter()
@@ -335,68 +372,37 @@ pub async fn crash_loop(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> 
                 "name": c.name,
                 "image": c.image.clone().unwrap_or_default(),
                 "imageID": format!("simulated://{}", c.image.clone().unwrap_or_default()),
-                "containerID": container_id(name, &c.name),
-                "ready": false,
-                "started": false,
-                "restartCount": 3,
-                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off restarting failed container"}},
-                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "finishedAt": time}},
+                "containerID": container_id(&name, &c.name),
+                "ready": ready,
+                "started": ready,
+                "restartCount": restarts,
+                "state": state,
+                "lastState": last_state,
             })
         })
         .collect();
+    let readiness = if ready {
+        json!({"status": "True", "lastTransitionTime": time})
+    } else {
+        json!({"status": "False", "reason": "ContainersNotReady", "lastTransitionTime": time})
+    };
+    let condition = |type_: &str| {
+        let mut condition = readiness.clone();
+        condition["type"] = json!(type_);
+        condition
+    };
     let status = json!({"status": {
         "conditions": [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": time},
             {"type": "Initialized", "status": "True", "lastTransitionTime": time},
-            {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": time},
-            {"type": "Ready", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": time},
+            condition("ContainersReady"),
+            condition("Ready"),
         ],
         "containerStatuses": containers,
     }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+    pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
         .await
         .map(|_| ())
-}
-
-/// Restarts a running pod's containers once, as the kubelet reports a container that exited
-/// and came back: not ready with the restart counted, then running and ready again.
-pub async fn restart(pods: &Api<Pod>, name: &str) -> Result<(), kube::Error> {
-    let pod = pods.get(name).await?;
-    let time = now();
-    let statuses = |ready: bool| -> Vec<serde_json::Value> {
-        pod.status
-            .iter()
-            .flat_map(|s| s.container_statuses.iter().flatten())
-            .map(|c| {
-                let state = if ready {
-                    json!({"running": {"startedAt": time}})
-                } else {
-                    json!({"waiting": {"reason": "ContainerCreating"}})
-                };
-                json!({
-                    "name": c.name, "image": c.image, "imageID": c.image_id,
-                    "containerID": c.container_id, "ready": ready, "started": ready,
-                    "restartCount": c.restart_count + 1, "state": state,
-                    "lastState": {"terminated": {"exitCode": 137, "reason": "Error", "finishedAt": time}},
-                })
-            })
-            .collect()
-    };
-    for ready in [false, true] {
-        let condition = if ready { "True" } else { "False" };
-        let status = json!({"status": {
-            "conditions": [
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": time},
-                {"type": "Initialized", "status": "True", "lastTransitionTime": time},
-                {"type": "ContainersReady", "status": condition, "lastTransitionTime": time},
-                {"type": "Ready", "status": condition, "lastTransitionTime": time},
-            ],
-            "containerStatuses": statuses(ready),
-        }});
-        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
-            .await?;
-    }
-    Ok(())
 }
 
 /// Ends a pod's containers as the kubelet reports it: the first container exits with

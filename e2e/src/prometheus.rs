@@ -29,24 +29,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The Prometheus binary: `$ORRERY_PROMETHEUS`, or fetched (once, cached) by `prometheus/fetch.sh`.
 pub fn binary() -> anyhow::Result<PathBuf> {
-    if let Ok(path) = std::env::var("ORRERY_PROMETHEUS") {
-        return Ok(PathBuf::from(path));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("prometheus/fetch.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !output.status.success() {
-        bail!("{} failed ({})", script.display(), output.status);
-    }
-    let path = String::from_utf8(output.stdout).context("fetch.sh printed a non-UTF-8 path")?;
-    let path = PathBuf::from(path.trim());
-    if !path.is_file() {
-        bail!("{} printed {}, which is not a file", script.display(), path.display());
-    }
-    Ok(path)
+    crate::control_plane::cached_tool("ORRERY_PROMETHEUS", "prometheus/fetch.sh")
 }
 
 /// Series of one metric name: sorted label pairs to value.

@@ -17,7 +17,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use orrery_e2e::pod_simulator::{OUTCOME, PodSimulator};
-use orrery_e2e::{ControlPlane, Deadline, InProcess, TestEnv, poll_until};
+use orrery_e2e::{ControlPlane, Deadline, InProcess, TestEnv, create, poll_until};
 use serde_json::json;
 
 /// The executor watches cluster-scoped kinds across the whole control plane, so two running at
@@ -434,14 +434,6 @@ where
         },
     )
     .await;
-}
-
-async fn create<K>(api: &Api<K>, object: serde_json::Value) -> K
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    let object: K = serde_json::from_value(object).unwrap();
-    api.create(&PostParams::default(), &object).await.unwrap()
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use orrery_e2e::pod_simulator::{PodSimulator, crash_loop, restart};
 use orrery_e2e::prometheus::{Exporter, Prometheus};
-use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
+use orrery_e2e::{Deadline, InProcess, TestEnv, create, poll_until};
 use orrery_runtime::Context;
 use serde_json::{Value, json};
 
@@ -204,14 +204,6 @@ fn start_runner(env: &TestEnv) -> InProcess {
         policy_runner::NAME,
         policy_runner::controller::run,
     )
-}
-
-async fn create<K>(api: &Api<K>, object: Value) -> K
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    let object: K = serde_json::from_value(object).unwrap();
-    api.create(&PostParams::default(), &object).await.unwrap()
 }
 
 /// The weights seen with repeats removed must be exactly `steps`: none skipped, none taken twice.

@@ -10,7 +10,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crd_types::hierarchy::{Application, PolicyPipelineStatus};
+use crd_types::hierarchy::Application;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
@@ -159,9 +159,4 @@ fn wait_until(at: Timestamp) -> Duration {
     Duration::try_from(at.duration_since(Timestamp::now()))
         .unwrap_or(Duration::ZERO)
         .max(Duration::from_secs(1))
-}
-
-/// The pipeline status `app` carries, for tests and tools.
-pub fn pipeline_status(app: &Application) -> Option<&PolicyPipelineStatus> {
-    app.status.as_ref()?.common.policy.as_ref()
 }

@@ -175,8 +175,12 @@ pub trait Policy: Debug + Send + Sync {
 ///
 /// A [`Failure`] with reason `InvalidParameters`.
 pub fn parameters<T: DeserializeOwned>(parameters: &Parameters) -> Result<T, Failure> {
-    let object = Value::Object(parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
-    serde_json::from_value(object).map_err(|error| Failure::new("InvalidParameters", error.to_string()))
+    serde_json::from_value(as_json(parameters)).map_err(|error| Failure::new("InvalidParameters", error.to_string()))
+}
+
+/// Parameters as one JSON object (what `cel` and `webhook` policies hand on as `parameters`).
+pub fn as_json(parameters: &Parameters) -> Value {
+    Value::Object(parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
 }
 
 /// A step's saved state of type `T`, or `None` when absent or from an older shape.

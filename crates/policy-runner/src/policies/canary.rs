@@ -163,6 +163,7 @@ impl Policy for Canary {
             "{stable}/{canary}@{}",
             canary_version.map(|v| v.revision.as_str()).unwrap_or_default()
         );
+        let new_release = previous.as_ref().is_none_or(|s| s.revision != revision);
         let mut state = match previous {
             Some(state) if state.revision == revision => state,
             // A new release: from 0%, and what the last one's gates said no longer counts.
@@ -177,7 +178,6 @@ impl Policy for Canary {
                 why: None,
             },
         };
-        let new_release = saved::<CanaryState>(step.state).is_none_or(|s| s.revision != state.revision);
 
         if state.stage == Stage::Progressing {
             if step.control.abort {

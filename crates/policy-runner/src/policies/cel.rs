@@ -18,7 +18,7 @@ use crd_types::hierarchy::TrafficDocument;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::policy::{Answer, Failure, Outcome, Phase, Policy, Step, parameters};
+use crate::policy::{Answer, Failure, Outcome, Phase, Policy, Step, as_json, parameters};
 
 const VARIABLES: &[&str] = &["input", "observed", "state", "parameters"];
 
@@ -53,7 +53,7 @@ pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
     Ok(Box::new(Cel {
         expression: compile("expression", &raw.expression)?,
         state: raw.state.as_deref().map(|s| compile("state", s)).transpose()?,
-        parameters: Value::Object(given.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        parameters: as_json(given),
     }))
 }
 

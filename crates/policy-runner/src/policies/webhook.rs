@@ -14,7 +14,7 @@ use crd_types::hierarchy::TrafficDocument;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::policy::{Answer, Failure, Interval, Outcome, Phase, Policy, Request, Step, parameters};
+use crate::policy::{Answer, Failure, Interval, Outcome, Phase, Policy, Request, Step, as_json, parameters};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,7 +64,7 @@ pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
     }
     Ok(Box::new(Webhook {
         raw,
-        parameters: Value::Object(given.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        parameters: as_json(given),
     }))
 }
 
