@@ -18,6 +18,7 @@ build:
 # Everything CI runs: lints, CRD drift, unit tests, and end-to-end tests on the real control plane.
 test: lint
     bash e2e/control-plane/build.sh > /dev/null
+    bash e2e/helm/fetch.sh > /dev/null
     cargo test --workspace --all-targets --no-fail-fast
 
 # Formatting, clippy with warnings as errors, and generated CRDs up to date.
@@ -29,6 +30,10 @@ lint:
 # Regenerate manifests/crds/ from the Rust types.
 crdgen:
     cargo run -q -p crd-types --bin crdgen
+
+# Render each controller's kustomize base (manifests/<controller>/) from the Helm chart.
+manifests:
+    cargo run -q -p orrery-e2e --bin orrery-manifests
 
 # Benchmarks that print figures: CEL conditions; task-workflow and ignitor-scheduler beside the
 # Job and CronJob controllers; staged-binding with many policies; hierarchy-executor building

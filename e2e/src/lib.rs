@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod control_plane;
+pub mod helm;
 pub mod in_process;
 pub mod kubestellar_simulator;
 pub mod pod_simulator;
@@ -20,8 +21,11 @@ pub mod wait;
 
 use std::sync::OnceLock;
 
+use anyhow::Context as _;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::{Scope, pinned_kind};
 use kube::{Api, Client, Config};
 use rand::Rng;
 
@@ -51,6 +55,30 @@ where
     api.create(&PostParams::default(), &object)
         .await
         .unwrap_or_else(|err| panic!("cannot create the {}: {err}", K::kind(&())))
+}
+
+/// Server-side applies `object` (any kind the API server serves, found by discovery) as field
+/// manager `orrery-e2e`; with `dry_run`, the server validates and admits it without storing it.
+pub async fn apply(client: &Client, object: &DynamicObject, dry_run: bool) -> anyhow::Result<DynamicObject> {
+    let types = object
+        .types
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("an object without apiVersion and kind"))?;
+    let (group, version) = types.api_version.split_once('/').unwrap_or(("", &types.api_version));
+    let (resource, caps) = pinned_kind(client, &GroupVersionKind::gvk(group, version, &types.kind)).await?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Namespaced => {
+            let namespace = object.metadata.namespace.as_deref().unwrap_or("default");
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        }
+        Scope::Cluster => Api::all_with(client.clone(), &resource),
+    };
+    let mut params = PatchParams::apply("orrery-e2e").force();
+    params.dry_run = dry_run;
+    let name = object.metadata.name.clone().unwrap_or_default();
+    api.patch(&name, &params, &Patch::Apply(object))
+        .await
+        .with_context(|| format!("applying {} {name}", types.kind))
 }
 
 /// One test's world: a client of the shared control plane and a fresh namespace that is

@@ -1,41 +1,32 @@
-//! The controllers' RBAC (manifests/<controller>/rbac.yaml) on the real control plane, both
-//! ways: each controller runs its scenario as its ServiceAccount with exactly those rules
-//! (enough), and writes it has no business doing are forbidden (not too much). The manifests
-//! also pass the API server's validation (server-side dry run).
+//! The controllers' RBAC as the Helm chart renders it (and the kustomize bases hold), on the
+//! real control plane, both ways: each controller runs its scenario as its ServiceAccount with
+//! exactly those rules (enough), and writes it has no business doing are forbidden (not too
+//! much). The rendered objects also pass the API server's validation (server-side dry run).
 
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-use std::path::Path;
 
 use crd_types::workflow::{Ignitor, Task, TaskRun, TaskRunPhase};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::core::GroupVersionKind;
-use kube::discovery::pinned_kind;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
+use orrery_e2e::helm;
 use orrery_e2e::pod_simulator::PodSimulator;
-use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
+use orrery_e2e::{Deadline, InProcess, TestEnv, apply, poll_until};
 use serde_json::json;
 
-fn manifest(controller: &str, file: &str) -> Vec<DynamicObject> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests")
-        .join(controller)
-        .join(file);
-    let text = std::fs::read_to_string(&path).unwrap();
-    text.split("\n---\n")
-        .filter(|d| d.lines().any(|l| l.starts_with("kind:")))
-        .map(|d| serde_yaml::from_str(d).unwrap())
-        .collect()
+/// The controller's objects as the chart renders them with only it enabled (what its
+/// kustomize base holds too).
+fn chart(controller: &str) -> Vec<DynamicObject> {
+    helm::objects(&helm::controller_only(controller).unwrap()).unwrap()
 }
 
-/// Binds the manifest's ClusterRole rules to ServiceAccount `controller` in the test
+/// Binds the chart's ClusterRole rules to ServiceAccount `controller` in the test
 /// namespace, and returns a client acting as that ServiceAccount.
 async fn as_service_account(env: &TestEnv, controller: &str) -> Client {
-    let role = manifest(controller, "rbac.yaml")
+    let role = chart(controller)
         .into_iter()
         .find(|o| o.types.as_ref().is_some_and(|t| t.kind == "ClusterRole"))
         .unwrap();
@@ -255,7 +246,7 @@ async fn each_controller_runs_with_its_own_rbac_and_no_more() {
 }
 
 #[tokio::test]
-async fn the_manifests_pass_server_validation_and_grant_the_lease_only_in_their_namespace() {
+async fn the_charts_objects_pass_server_validation_and_grant_the_lease_only_in_their_namespace() {
     let env = TestEnv::new().await;
     let namespaces: Api<Namespace> = Api::all(env.client.clone());
     let system: Namespace = serde_json::from_value(json!({"metadata": {"name": "orrery-system"}})).unwrap();
@@ -264,49 +255,17 @@ async fn the_manifests_pass_server_validation_and_grant_the_lease_only_in_their_
         Err(kube::Error::Api(s)) if s.code == 409 => {}
         Err(err) => panic!("{err}"),
     }
-    let dry_run = PatchParams::apply("orrery-e2e").force().dry_run();
-    for controller in [
-        "ignitor-scheduler",
-        "task-workflow",
-        "staged-binding",
-        "hierarchy-executor",
-        "policy-runner",
-    ] {
-        for file in ["rbac.yaml", "deployment.yaml"] {
-            for object in manifest(controller, file) {
-                let types = object.types.clone().unwrap();
-                let (group, version) = types.api_version.split_once('/').unwrap_or(("", &types.api_version));
-                let (resource, caps) = pinned_kind(&env.client, &GroupVersionKind::gvk(group, version, &types.kind))
-                    .await
-                    .unwrap();
-                let api: Api<DynamicObject> = match caps.scope {
-                    kube::discovery::Scope::Namespaced => {
-                        Api::namespaced_with(env.client.clone(), &object.namespace().unwrap(), &resource)
-                    }
-                    kube::discovery::Scope::Cluster => Api::all_with(env.client.clone(), &resource),
-                };
-                api.patch(&object.name_any(), &dry_run, &Patch::Apply(&object))
-                    .await
-                    .unwrap_or_else(|err| panic!("{controller}/{file} {} {}: {err}", types.kind, object.name_any()));
-            }
+    for (controller, _) in helm::CONTROLLERS {
+        for object in chart(controller) {
+            apply(&env.client, &object, true)
+                .await
+                .unwrap_or_else(|err| panic!("{controller}: {err:#}"));
         }
         // The Lease rules, applied for real so the authorizer can be asked about them.
-        for object in manifest(controller, "rbac.yaml") {
+        for object in chart(controller) {
             let kind = object.types.clone().unwrap().kind;
             if kind == "Role" || kind == "RoleBinding" {
-                let gvk = GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", &kind);
-                let api: Api<DynamicObject> = Api::namespaced_with(
-                    env.client.clone(),
-                    "orrery-system",
-                    &kube::api::ApiResource::from_gvk(&gvk),
-                );
-                api.patch(
-                    &object.name_any(),
-                    &PatchParams::apply("orrery-e2e").force(),
-                    &Patch::Apply(&object),
-                )
-                .await
-                .unwrap();
+                apply(&env.client, &object, false).await.unwrap();
             }
         }
         let user = format!("system:serviceaccount:orrery-system:{controller}");
