@@ -6,6 +6,20 @@ set shell := ["bash", "-euo", "pipefail", "-c"]
 default:
     @just --list
 
+# The demo, on a machine with no cluster: a local control plane, every controller as a local
+# process, examples/ applied, progress shown live until Ctrl-C (pods are simulated).
+demo:
+    cargo build -q -p ignitor-scheduler -p task-workflow -p staged-binding -p hierarchy-executor -p policy-runner -p kubectl-orrery
+    cargo build -q -p orrery-e2e --bin orrery-demo
+    bash e2e/control-plane/build.sh > /dev/null
+    target/debug/orrery-demo
+
+# With KUBECONFIG pointing at a real cluster: install the chart there (every controller, its
+# CRDs and RBAC) into namespace orrery-system. Extra arguments go to helm, e.g.
+# `just deploy --set stagedBinding.enabled=false`.
+deploy *args:
+    "$(bash e2e/helm/fetch.sh)" upgrade --install orrery charts/orrery --namespace orrery-system --create-namespace {{args}}
+
 # Start a local control plane (kube-apiserver, etcd, kube-controller-manager) with every CRD
 # installed and the pod simulator playing the kubelet; prints the KUBECONFIG to use.
 control-plane:

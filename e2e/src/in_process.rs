@@ -26,6 +26,18 @@ impl InProcess {
         InProcess { stop, task }
     }
 
+    /// Starts `run` as controller `name`, watching every namespace, as it runs when deployed:
+    /// for tests that own their control plane.
+    pub fn start_cluster_wide<F, Fut>(client: Client, name: &str, run: F) -> Self
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        let (context, stop) = Context::standalone(client, name);
+        let task = tokio::spawn(run(context));
+        InProcess { stop, task }
+    }
+
     /// Kills it mid-work, as a crashed or evicted pod would be: no graceful shutdown.
     pub async fn kill(self) {
         self.task.abort();

@@ -12,6 +12,7 @@
 
 pub mod bench;
 pub mod control_plane;
+pub mod demo;
 pub mod helm;
 pub mod in_process;
 pub mod kubestellar_simulator;

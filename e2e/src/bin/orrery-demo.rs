@@ -1,0 +1,137 @@
+//! `just demo`: Orrery on a machine with no cluster. Starts a local control plane, installs
+//! the CRDs, runs every controller as its own local process, applies `examples/` (the ORCA
+//! workflow, a staged rollout dev → prod, a Project tree with a canary Application) and shows
+//! their progress live until Ctrl-C, then stops everything and removes its state.
+//!
+//! No kubelet runs here: the pod simulator plays its part, and the KubeStellar simulator plays
+//! KubeStellar's (its clusters report a placed workload ready a few seconds after placement).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use orrery_e2e::ControlPlane;
+use orrery_e2e::demo::{apply_examples, progress, report_placed_workloads_ready};
+use orrery_e2e::helm::CONTROLLERS;
+use orrery_e2e::kubestellar_simulator::KubeStellarSimulator;
+use orrery_e2e::pod_simulator::PodSimulator;
+use tokio::process::{Child, Command};
+
+#[derive(Parser, Debug)]
+#[command(about = "Run Orrery's examples on a local control plane, every controller a local process")]
+struct Cli {
+    /// Seconds between refreshes of the live view.
+    #[arg(long, default_value_t = 2)]
+    refresh: u64,
+    /// Stop by itself after this many seconds (Ctrl-C stops it in any case).
+    #[arg(long)]
+    seconds: Option<u64>,
+    /// Seconds after placement at which the simulated clusters report a workload ready.
+    #[arg(long, default_value_t = 5)]
+    report_after: u64,
+}
+
+struct Controller {
+    name: &'static str,
+    log: PathBuf,
+    process: Child,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("the demo binary has no directory")?
+        .to_path_buf();
+    eprintln!("starting the control plane (the first run builds it; later runs reuse the build)...");
+    let plane = tokio::task::spawn_blocking(ControlPlane::start).await??;
+    let crds = plane.install_crds_blocking()?;
+    let client = plane.client().await;
+    let kubeconfig = plane.kubeconfig_path();
+    eprintln!(
+        "control plane up in {:.1}s; {} CRDs installed",
+        plane.startup.as_secs_f64(),
+        crds.len()
+    );
+
+    let _kubelet = PodSimulator::start(client.clone(), None).await?;
+    let _kubestellar = KubeStellarSimulator::start(client.clone()).await?;
+    let mut controllers = Vec::new();
+    for (i, (name, _)) in CONTROLLERS.iter().enumerate() {
+        controllers.push(spawn(&bin_dir, name, &kubeconfig, plane.dir(), 18_081 + i as u16)?);
+    }
+    let applied = apply_examples(&client).await?;
+    eprintln!("applied {} objects from examples/", applied.len());
+
+    let started = std::time::Instant::now();
+    let mut ticker = tokio::time::interval(Duration::from_secs(cli.refresh.max(1)));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = ticker.tick() => {}
+        }
+        if let Err(err) = report_placed_workloads_ready(&client, Duration::from_secs(cli.report_after)).await {
+            eprintln!("the simulated clusters could not report: {err:#}");
+        }
+        for controller in &mut controllers {
+            if let Some(status) = controller.process.try_wait()? {
+                anyhow::bail!(
+                    "{} exited ({status}); its log: {}",
+                    controller.name,
+                    std::fs::read_to_string(&controller.log).unwrap_or_default()
+                );
+            }
+        }
+        let view = progress(&client)
+            .await
+            .unwrap_or_else(|err| format!("(cannot read progress: {err:#})\n"));
+        // Clear the screen and draw from the top, like `watch`.
+        print!("\x1b[2J\x1b[H");
+        println!(
+            "Orrery demo, {}s in: every controller runs as a local process; pods are played by the pod\n\
+             simulator (no kubelet) and KubeStellar by its simulator. In another terminal:\n\
+             \n  export KUBECONFIG={} PATH={}:$PATH\n  kubectl get tasks,taskruns,sbp,applications -A\n  kubectl orrery tree shop\n  kubectl orrery runs task2 -n default\n\
+             \nControllers' logs are in {}. Ctrl-C stops everything and cleans up.\n",
+            started.elapsed().as_secs(),
+            kubeconfig.display(),
+            bin_dir.display(),
+            plane.dir().display(),
+        );
+        print!("{view}");
+        if cli.seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+            break;
+        }
+    }
+    eprintln!("stopping the controllers and the control plane...");
+    for mut controller in controllers {
+        let _ = controller.process.kill().await;
+    }
+    drop(plane);
+    Ok(())
+}
+
+/// Starts controller `name` from `bin_dir` against the control plane, logging into `dir`.
+fn spawn(bin_dir: &Path, name: &'static str, kubeconfig: &Path, dir: &Path, port: u16) -> anyhow::Result<Controller> {
+    let binary = bin_dir.join(name);
+    anyhow::ensure!(
+        binary.is_file(),
+        "{} is missing: build the controllers first (`just demo` does)",
+        binary.display()
+    );
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log)?;
+    let process = Command::new(&binary)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--leader-elect=false", &format!("--http-addr=127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    Ok(Controller { name, log, process })
+}
