@@ -260,3 +260,42 @@ fn the_kustomize_bases_are_the_charts_rendering() {
         );
     }
 }
+
+/// Crates with a controller binary that the chart does not deploy, and why.
+const NOT_DEPLOYED: [(&str, &str); 1] = [("example-executor", "an example to copy, not a product")];
+
+#[test]
+fn every_controller_crate_is_in_the_chart() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates");
+    let mut controllers = Vec::new();
+    for entry in std::fs::read_dir(&crates).unwrap() {
+        let dir = entry.unwrap().path();
+        let main = std::fs::read_to_string(dir.join("src/main.rs")).unwrap_or_default();
+        // A controller binary hands its loop to the shared runtime.
+        if main.contains("orrery_runtime::run(") {
+            controllers.push(dir.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    controllers.sort();
+    assert!(controllers.len() >= CONTROLLERS.len(), "{controllers:?}");
+    for controller in &controllers {
+        let in_chart = CONTROLLERS.iter().any(|(name, _)| name == controller);
+        let excused = NOT_DEPLOYED.iter().any(|(name, _)| name == controller);
+        assert!(
+            in_chart || excused,
+            "crates/{controller} runs a controller but the chart does not deploy it: see README, Adding a controller crate"
+        );
+    }
+    let helpers = std::fs::read_to_string(helm::chart_dir().join("templates/_helpers.tpl")).unwrap();
+    let rules = std::fs::read_to_string(helm::chart_dir().join("templates/_rules.tpl")).unwrap();
+    for (name, key) in CONTROLLERS {
+        assert!(
+            helpers.contains(&format!("{{name: {name}, key: {key},")),
+            "{name} in _helpers.tpl"
+        );
+        assert!(
+            rules.contains(&format!("define \"orrery.rules.{name}\"")),
+            "{name} in _rules.tpl"
+        );
+    }
+}
