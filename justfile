@@ -20,6 +20,11 @@ demo:
 deploy *args:
     "$(bash e2e/helm/fetch.sh)" upgrade --install orrery charts/orrery --namespace orrery-system --create-namespace {{args}}
 
+# One image per controller (static binary on scratch, non-root), built without a container
+# daemon into target/images/oci (needs musl-tools and buildah); names limit it to those.
+images *controllers:
+    bash images/build.sh {{controllers}}
+
 # Start a local control plane (kube-apiserver, etcd, kube-controller-manager) with every CRD
 # installed and the pod simulator playing the kubelet; prints the KUBECONFIG to use.
 control-plane:
