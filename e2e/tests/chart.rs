@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{DynamicObject, PostParams};
 use kube::{Api, ResourceExt};
 use orrery_e2e::helm::{self, CONTROLLERS};
-use orrery_e2e::{TestEnv, apply};
+use orrery_e2e::{Deadline, TestEnv, apply, poll_until};
 use serde_json::json;
 
 fn kinds(objects: &[DynamicObject]) -> Vec<String> {
@@ -298,4 +298,108 @@ fn every_controller_crate_is_in_the_chart() {
             "{name} in _rules.tpl"
         );
     }
+}
+
+#[tokio::test]
+async fn helm_installs_and_uninstalls_the_chart_on_the_real_control_plane() {
+    let env = TestEnv::new().await;
+    let _kubelet = orrery_e2e::pod_simulator::PodSimulator::start(env.client.clone(), None)
+        .await
+        .unwrap();
+    // A release of its own: namespace and ClusterRole names cannot meet another test's. The
+    // CRDs are already installed by the test harness (under another owner), so the release
+    // leaves them alone here; the render test checks what it would install.
+    let release = format!("{}-rel", env.namespace);
+    let namespace = format!("{}-orrery", env.namespace);
+    let kubeconfig = env.plane().kubeconfig_path();
+    let helm_run = |args: Vec<String>| {
+        let output = std::process::Command::new(helm::binary().unwrap())
+            .args(&args)
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "helm {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let chart = helm::chart_dir().display().to_string();
+    helm_run(
+        [
+            "install",
+            &release,
+            &chart,
+            "--namespace",
+            &namespace,
+            "--create-namespace",
+            "--set",
+            "crds.install=false",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    // Every Deployment becomes available (the pod simulator runs the pods).
+    let deployments = Api::<Deployment>::namespaced(env.client.clone(), &namespace);
+    let mut expected: Vec<String> = CONTROLLERS.iter().map(|(n, _)| (*n).to_owned()).collect();
+    expected.sort();
+    poll_until("every Deployment available", Deadline::default(), || async {
+        let list = deployments.list(&Default::default()).await.map_err(|e| e.to_string())?;
+        let available: Vec<String> = list
+            .items
+            .iter()
+            .filter(|d| d.status.as_ref().and_then(|s| s.available_replicas) == Some(2))
+            .map(|d| d.name_any())
+            .collect();
+        if available.len() == expected.len() {
+            Ok(())
+        } else {
+            let statuses: Vec<_> = list.items.iter().map(|d| (d.name_any(), d.status.clone())).collect();
+            Err(format!("{statuses:?}"))
+        }
+    })
+    .await;
+    let mut names: Vec<String> = deployments
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|d| d.name_any())
+        .collect();
+    names.sort();
+    assert_eq!(names, expected);
+    let roles = Api::<k8s_openapi::api::rbac::v1::ClusterRole>::all(env.client.clone());
+    assert!(
+        roles
+            .get_opt(&format!("{release}-task-workflow"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    helm_run(
+        ["uninstall", &release, "--namespace", &namespace, "--wait"]
+            .map(String::from)
+            .to_vec(),
+    );
+    assert!(
+        roles
+            .get_opt(&format!("{release}-task-workflow"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let left = Api::<Deployment>::namespaced(env.client.clone(), &namespace)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(left.items.is_empty(), "uninstall removes the Deployments");
+    Api::<Namespace>::all(env.client.clone())
+        .delete(&namespace, &Default::default())
+        .await
+        .unwrap();
 }

@@ -335,8 +335,8 @@ async fn a_health_gate_rolls_back_when_the_canarys_pods_crash() {
         crash_loop(&pods, pod.metadata.name.as_deref().unwrap()).await.unwrap();
     }
     world.canary_weights_until("shop", 0, Duration::from_secs(60)).await;
-    // The gate's rollback sends v2 nothing; once the canary has stopped too, v2 leaves the
-    // document, so a poll may see either.
+    // The gate's rollback puts everything on v1 (v2 leaves the document); once the canary has
+    // stopped too, its own output gives v2 0% and the gate passes it on. A poll may see either.
     let message = world.wait_pipeline("shop", "RolledBack").await;
     assert!(message == "v1 100%, v2 0%" || message == "v1 100%", "{message}");
     // The canary stops for good; the gate then has no canary traffic to judge.
@@ -354,7 +354,7 @@ async fn a_health_gate_rolls_back_when_the_canarys_pods_crash() {
     let ready = find_condition(&pipeline.conditions, CONDITION_READY).unwrap();
     assert_eq!(
         (ready.reason.as_str(), ready.message.as_str()),
-        ("RolledBack", "v1 100%")
+        ("RolledBack", "v1 100%, v2 0%")
     );
     assert!(
         pipeline.steps[0]
