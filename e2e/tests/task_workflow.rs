@@ -245,7 +245,7 @@ async fn the_orca_readme_example_end_to_end() {
     // lifts the loop guard. A manual fire of ignitor1 runs the workflow again.
     let tasks = env.namespaced::<Task>();
     for (name, container) in [("task1", "continername1"), ("task2", "continername2")] {
-        let mut template = tasks.get(name).await.unwrap().spec.template;
+        let mut template = tasks.get(name).await.unwrap().spec.template.to_value();
         template["spec"]["containers"][0]["name"] = json!(container);
         let patch = json!({"spec": {"template": template}});
         tasks

@@ -25,6 +25,55 @@ pub const TASK_LABEL: &str = "workflow.orrery.dev/task";
 /// Label on pods naming their TaskRun.
 pub const TASKRUN_LABEL: &str = "workflow.orrery.dev/taskrun";
 
+/// A Task's pod template, kept as its compact JSON text. Controllers cache Tasks by the
+/// thousand, and a parsed JSON tree costs several times its text (a map allocation per
+/// object), so the template is parsed only when a pod is made from it. Keys are in sorted
+/// order, so equal templates have equal text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodTemplate(Box<str>);
+
+impl PodTemplate {
+    /// The template as JSON (an object).
+    pub fn to_value(&self) -> serde_json::Value {
+        // Always valid JSON: it was written from a parsed map.
+        serde_json::from_str(&self.0).unwrap_or_default()
+    }
+
+    /// The template parsed as `T` (e.g. a `PodTemplateSpec`).
+    pub fn parse<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(&self.0)
+    }
+
+    /// The compact JSON text.
+    pub fn as_json(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for PodTemplate {
+    fn default() -> Self {
+        PodTemplate("{}".into())
+    }
+}
+
+impl From<serde_json::Map<String, serde_json::Value>> for PodTemplate {
+    fn from(map: serde_json::Map<String, serde_json::Value>) -> Self {
+        PodTemplate(serde_json::Value::Object(map).to_string().into_boxed_str())
+    }
+}
+
+impl Serialize for PodTemplate {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_value().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for PodTemplate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde_json::Map::deserialize(deserializer).map(PodTemplate::from)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Ignitor
 
@@ -201,7 +250,7 @@ pub struct TaskSpec {
     /// is forced to `Never`. The API server validates it when the pod is created; a pod it
     /// rejects becomes a Failed TaskRun carrying the server's message.
     #[schemars(schema_with = "crate::schema::pod_template")]
-    pub template: serde_json::Map<String, serde_json::Value>,
+    pub template: PodTemplate,
 
     /// Ignitors whose firing starts this task.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]

@@ -28,7 +28,10 @@ pub struct InvalidTemplate(String);
 
 /// Builds the pod for `run`'s `attempt` from `task`'s template.
 pub fn build_pod(task: &Task, run: &TaskRun, attempt: i32) -> Result<Pod, InvalidTemplate> {
-    let template: PodTemplateSpec = serde_json::from_value(serde_json::Value::Object(task.spec.template.clone()))
+    let template: PodTemplateSpec = task
+        .spec
+        .template
+        .parse()
         .map_err(|err| InvalidTemplate(err.to_string()))?;
     let mut spec = template.spec.ok_or_else(|| InvalidTemplate("spec is missing".into()))?;
     let mut metadata = template.metadata.unwrap_or_default();
