@@ -212,3 +212,24 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
     let status = stop(&mut second);
     assert!(status.success(), "SIGTERM is a clean exit, got {status}");
 }
+
+#[tokio::test]
+async fn watches_stream_their_initial_objects_where_the_api_server_offers_it() {
+    use kube::runtime::watcher::{InitialListStrategy, ListSemantic};
+    let env = TestEnv::new().await;
+    // The control plane is Kubernetes 1.36, whose WatchList feature is on by default.
+    let config = orrery_runtime::watcher_config(&env.namespaced::<ConfigMap>()).await;
+    assert_eq!(config.initial_list_strategy, InitialListStrategy::StreamingList);
+    // An API server that refuses the probe (no such resource here) gets a cached list instead.
+    let missing: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(
+        env.client.clone(),
+        &kube::api::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
+            "nothing.orrery.dev",
+            "v1",
+            "Nothing",
+        )),
+    );
+    let fallback = orrery_runtime::watcher_config(&missing).await;
+    assert_eq!(fallback.initial_list_strategy, InitialListStrategy::ListWatch);
+    assert_eq!(fallback.list_semantic, ListSemantic::Any);
+}

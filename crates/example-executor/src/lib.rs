@@ -23,9 +23,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, Error, apply_status, watched_and_cached};
+use orrery_runtime::{BoxError, Context, Error, apply_status, watched_and_cached, watcher_config};
 
 /// The controller's name: its field manager, and what it writes in `status.executor`.
 pub const NAME: &str = "example-executor";
@@ -43,8 +42,8 @@ pub const EXAMPLE: Executor = Executor {
 
 /// Runs until the context's shutdown signal.
 pub async fn run(context: Context) -> Result<(), BoxError> {
-    let (applications, trigger) =
-        watched_and_cached(context.api::<Application>(), watcher::Config::default().any_semantic());
+    let config = watcher_config(&context.api::<Application>()).await;
+    let (applications, trigger) = watched_and_cached(context.api::<Application>(), config);
     let state = Arc::new((context.clone(), Registry::of(&[EXAMPLE])));
     Controller::for_stream(trigger, applications)
         .with_config(context.controller_config())

@@ -31,7 +31,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{
     BoxError, Context, apply_status, has_finalizer, is_not_found, set_finalizer, wait_synced, watched,
-    watched_and_cached, watched_and_cached_slim,
+    watched_and_cached, watched_and_cached_slim, watcher_config,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -111,8 +111,8 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 
 /// Runs the controllers claiming the executors of `registry`.
 pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxError> {
-    let config = watcher::Config::default().any_semantic();
     let client = context.client.clone();
+    let config = watcher_config(&Api::<Project>::all(client.clone())).await;
     // Each controller has its own watches: a cache it reads is fed by a stream it is triggered by.
     let (projects, project_trigger) = watched_and_cached(Api::<Project>::all(client.clone()), config.clone());
     let (clusters, cluster_trigger) = watched_and_cached(Api::<Cluster>::all(client.clone()), config.clone());
@@ -264,10 +264,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
         .for_each(|_| async {});
 
     // Application: its VirtualCluster triggers it, and so do its Deployments on this cluster.
-    let deployments = watched(
-        Api::<Deployment>::all(client.clone()),
-        watcher::Config::default().any_semantic().labels(APP_LABEL),
-    );
+    let deployments = watched(Api::<Deployment>::all(client.clone()), config.clone().labels(APP_LABEL));
     let app_controller = Controller::for_stream(app_trigger, applications.clone())
         .watches_stream(deployments, |d: Deployment| {
             Some(ObjectRef::new(d.labels().get(APP_LABEL)?).within(&d.namespace()?))

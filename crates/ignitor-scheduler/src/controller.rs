@@ -8,10 +8,9 @@ use crd_types::workflow::{FIRE_ANNOTATION, Ignitor};
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, apply_status};
+use orrery_runtime::{BoxError, Context, apply_status, watcher_config};
 use tracing::info;
 
 use crate::plan::{Observed, plan};
@@ -26,7 +25,8 @@ struct State {
 /// Runs the controller until the context's shutdown signal.
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let api: Api<Ignitor> = context.api();
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let config = watcher_config(&api).await;
+    let controller = Controller::new(api, config);
     let store = controller.store();
     let readiness = context.readiness.clone();
     tokio::spawn(async move { readiness.set_synced_when_ready(&[store]).await });

@@ -15,9 +15,8 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, Error, apply_status, watched_and_cached};
+use orrery_runtime::{BoxError, Context, Error, apply_status, watched_and_cached, watcher_config};
 use serde_json::json;
 
 use crate::outside::Http;
@@ -46,8 +45,8 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 
 /// Runs the policies of `registry`.
 pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxError> {
-    let (applications, trigger) =
-        watched_and_cached(context.api::<Application>(), watcher::Config::default().any_semantic());
+    let config = watcher_config(&context.api::<Application>()).await;
+    let (applications, trigger) = watched_and_cached(context.api::<Application>(), config);
     let state = Arc::new(State {
         context: context.clone(),
         registry,

@@ -59,3 +59,45 @@ where
     let (store, writer) = reflector::store();
     (store, stripped(api, config).reflect(writer).applied_objects())
 }
+
+/// The watcher configuration for `api`'s kind: streaming lists where the API server offers
+/// them, else a list served from its watch cache.
+///
+/// A streaming list sends a watch's initial objects one by one, where a list sends them in one
+/// response that is held whole while it is decoded: with 10,000 Tasks that is about 12 MiB of
+/// a controller's resident memory. The WatchList feature that serves them is on by default in
+/// Kubernetes 1.32 and from 1.34, off in 1.33 and before, and can be switched off, so this
+/// asks the server once (a watch selecting nothing) instead of guessing from its version.
+pub async fn watcher_config<K>(api: &Api<K>) -> watcher::Config
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    if streams_initial_events(api).await {
+        watcher::Config::default().streaming_lists()
+    } else {
+        watcher::Config::default().any_semantic()
+    }
+}
+
+async fn streams_initial_events<K>(api: &Api<K>) -> bool
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    use futures::StreamExt;
+    use kube::api::{WatchEvent, WatchParams};
+
+    let probe = WatchParams::streaming_lists()
+        .labels("orrery.dev/streaming-lists-probe=none")
+        .timeout(5);
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        let stream = api.watch(&probe, "0").await.ok()?;
+        let mut stream = std::pin::pin!(stream);
+        stream.next().await
+    })
+    .await;
+    // The end of the (empty) initial events is a bookmark; a server without the feature
+    // refuses the request or answers with an error event.
+    let supported = matches!(answered, Ok(Some(Ok(WatchEvent::Bookmark(_)))));
+    tracing::debug!(supported, "streaming lists");
+    supported
+}

@@ -13,10 +13,9 @@ use jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched_and_cached};
+use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched_and_cached, watcher_config};
 
 use crate::expressions::{StageExpressions, compile};
 use crate::plan::{Observed, POLICY_LABEL, binding_policy_name, plan};
@@ -69,8 +68,8 @@ fn policy_placing(policies: &Store<StagedBindingPolicy>, name: &str) -> Option<O
 /// Runs the controller until the context's shutdown signal. Every cache a reconcile reads is
 /// filled by the stream that triggers it, so a trigger never runs ahead of its cache.
 pub async fn run(context: Context) -> Result<(), BoxError> {
-    let config = watcher::Config::default().any_semantic();
     let client = context.client.clone();
+    let config = watcher_config(&Api::<StagedBindingPolicy>::all(client.clone())).await;
     let (policies, policy_trigger) =
         watched_and_cached(Api::<StagedBindingPolicy>::all(client.clone()), config.clone());
     let (binding_policies, bp_trigger) = watched_and_cached(

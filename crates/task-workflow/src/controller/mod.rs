@@ -13,9 +13,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
 pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, wait_synced, watched, watched_and_cached};
+use orrery_runtime::{BoxError, Context, wait_synced, watched, watched_and_cached, watcher_config};
 
 use crate::actions::Registry;
 use crate::handoff::JoinCondition;
@@ -101,7 +100,7 @@ impl State {
 /// only learns of a change through another's cache (a Task appearing), the waiting reconcile
 /// also looks again on a timer.
 pub async fn run(context: Context) -> Result<(), BoxError> {
-    let config = watcher::Config::default().any_semantic();
+    let config = watcher_config(&context.api::<Task>()).await;
     let (tasks, task_trigger) = watched_and_cached(context.api::<Task>(), config.clone());
     let (task_runs, task_run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
     let (ignitors, ignitor_trigger) = watched_and_cached(context.api::<Ignitor>(), config.clone());
