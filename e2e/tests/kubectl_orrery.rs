@@ -22,6 +22,11 @@ async fn run(env: &TestEnv, command: Command) -> anyhow::Result<String> {
     execute(env.client.clone(), &env.namespace, &command).await
 }
 
+/// Runs an Application command (`Command::Pause` and the like) on `app`.
+async fn on_app(env: &TestEnv, command: fn(String) -> Command, app: &str) -> anyhow::Result<String> {
+    run(env, command(app.to_owned())).await
+}
+
 /// Sets a `Ready` condition in `object`'s status, as its executor would.
 async fn set_ready<K>(api: &Api<K>, name: &str, status: &str, reason: &str, message: &str)
 where
@@ -311,85 +316,45 @@ async fn canary_controls_write_their_annotations_once_each() {
     .await;
     let annotations = || async { apps.get("shop").await.unwrap().annotations().clone() };
 
-    let said = run(
-        &env,
-        Command::Pause {
-            application: "shop".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let said = on_app(&env, |application| Command::Pause { application }, "shop")
+        .await
+        .unwrap();
     assert!(said.starts_with("application/shop paused"), "{said}");
     assert_eq!(annotations().await[PAUSE_ANNOTATION], "true");
-    let said = run(
-        &env,
-        Command::Pause {
-            application: "shop".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let said = on_app(&env, |application| Command::Pause { application }, "shop")
+        .await
+        .unwrap();
     assert_eq!(said, "application/shop is already paused: nothing to do\n");
-    let said = run(
-        &env,
-        Command::Resume {
-            application: "shop".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let said = on_app(&env, |application| Command::Resume { application }, "shop")
+        .await
+        .unwrap();
     assert!(said.starts_with("application/shop resumed"), "{said}");
     assert!(!annotations().await.contains_key(PAUSE_ANNOTATION));
 
-    let said = run(
-        &env,
-        Command::Promote {
-            application: "shop".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let said = on_app(&env, |application| Command::Promote { application }, "shop")
+        .await
+        .unwrap();
     assert!(said.contains("promote requested"), "{said}");
     let first = annotations().await[PROMOTE_ANNOTATION].clone();
-    run(
-        &env,
-        Command::Promote {
-            application: "shop".into(),
-        },
-    )
-    .await
-    .unwrap();
+    on_app(&env, |application| Command::Promote { application }, "shop")
+        .await
+        .unwrap();
     let second = annotations().await[PROMOTE_ANNOTATION].clone();
     assert_ne!(first, second, "each promote is a new token, honoured once");
-    let said = run(
-        &env,
-        Command::Abort {
-            application: "shop".into(),
-        },
-    )
-    .await
-    .unwrap();
+    let said = on_app(&env, |application| Command::Abort { application }, "shop")
+        .await
+        .unwrap();
     assert!(said.contains("abort requested"), "{said}");
     assert!(annotations().await.contains_key(ABORT_ANNOTATION));
 
-    let err = run(
-        &env,
-        Command::Promote {
-            application: "plain".into(),
-        },
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = on_app(&env, |application| Command::Promote { application }, "plain")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("application/plain has no policies"), "{err}");
-    let err = run(
-        &env,
-        Command::Abort {
-            application: "nope".into(),
-        },
-    )
-    .await
-    .unwrap_err()
-    .to_string();
+    let err = on_app(&env, |application| Command::Abort { application }, "nope")
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("no application named \"nope\""), "{err}");
 }
