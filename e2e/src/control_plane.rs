@@ -177,10 +177,10 @@ pub fn crd_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds")
 }
 
-/// Reads every CRD under `manifests/crds/` (recursively).
-pub fn read_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
+/// The `.yaml` files under `dir` (recursively, in path order), kustomizations left out.
+pub fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
-    let mut dirs = vec![crd_dir()];
+    let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
             let path = entry?.path();
@@ -194,7 +194,12 @@ pub fn read_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
         }
     }
     files.sort();
-    files
+    Ok(files)
+}
+
+/// Reads every CRD under `manifests/crds/` (recursively).
+pub fn read_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
+    yaml_files(&crd_dir())?
         .iter()
         .map(|path| {
             let text = std::fs::read_to_string(path)?;

@@ -23,23 +23,10 @@ pub fn examples_dir() -> PathBuf {
 /// Every object in `examples/` (recursively, files in name order), Namespaces first so what
 /// lives in them can follow.
 pub fn example_objects() -> anyhow::Result<Vec<DynamicObject>> {
-    let mut files = Vec::new();
-    let mut dirs = vec![examples_dir()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let path = entry?.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
     let mut objects = Vec::new();
-    for file in files {
+    for file in crate::control_plane::yaml_files(&examples_dir())? {
         let text = std::fs::read_to_string(&file)?;
-        objects.extend(crate::helm::objects(&text).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?);
+        objects.extend(crate::yaml_objects(&text).map_err(|err| anyhow::anyhow!("{}: {err}", file.display()))?);
     }
     objects.sort_by_key(|o| o.types.as_ref().is_none_or(|t| t.kind != "Namespace"));
     Ok(objects)

@@ -33,14 +33,14 @@ pub fn chart_dir() -> PathBuf {
 
 /// `helm template orrery charts/orrery --namespace orrery-system --set ...`: the YAML a user
 /// would install with those values.
-pub fn template(values: &[&str]) -> anyhow::Result<String> {
+pub fn template<S: AsRef<str>>(values: &[S]) -> anyhow::Result<String> {
     let mut command = Command::new(binary()?);
     command
         .args(["template", "orrery"])
         .arg(chart_dir())
         .args(["--namespace", NAMESPACE]);
     for value in values {
-        command.args(["--set", value]);
+        command.args(["--set", value.as_ref()]);
     }
     let output = command.output().context("running helm")?;
     if !output.status.success() {
@@ -50,32 +50,23 @@ pub fn template(values: &[&str]) -> anyhow::Result<String> {
 }
 
 /// [`template`] parsed into objects.
-pub fn render(values: &[&str]) -> anyhow::Result<Vec<DynamicObject>> {
-    objects(&template(values)?)
+pub fn render<S: AsRef<str>>(values: &[S]) -> anyhow::Result<Vec<DynamicObject>> {
+    crate::yaml_objects(&template(values)?)
 }
 
 /// Only `controller` enabled, without CRDs: what its kustomize base holds.
 pub fn controller_only(controller: &str) -> anyhow::Result<String> {
-    let mut values: Vec<String> = CONTROLLERS
-        .iter()
-        .map(|(name, key)| format!("{key}.enabled={}", *name == controller))
-        .collect();
+    let mut values = only(controller);
     values.push("crds.install=false".into());
-    let values: Vec<&str> = values.iter().map(String::as_str).collect();
     template(&values)
 }
 
-/// The objects in a multi-document YAML stream (empty documents skipped).
-pub fn objects(yaml: &str) -> anyhow::Result<Vec<DynamicObject>> {
-    let mut objects = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(yaml) {
-        let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document)?;
-        if value.is_null() {
-            continue;
-        }
-        objects.push(serde_yaml::from_value(value)?);
-    }
-    Ok(objects)
+/// The values enabling `controller` and no other (`"none"` enables none).
+pub fn only(controller: &str) -> Vec<String> {
+    CONTROLLERS
+        .iter()
+        .map(|(name, key)| format!("{key}.enabled={}", *name == controller))
+        .collect()
 }
 
 /// The text of `manifests/<controller>/<controller>.yaml`: [`controller_only`] under a header.

@@ -58,6 +58,19 @@ where
         .unwrap_or_else(|err| panic!("cannot create the {}: {err}", K::kind(&())))
 }
 
+/// The objects in a multi-document YAML stream (empty documents skipped).
+pub fn yaml_objects(yaml: &str) -> anyhow::Result<Vec<DynamicObject>> {
+    let mut objects = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(yaml) {
+        let value = <serde_yaml::Value as serde::Deserialize>::deserialize(document)?;
+        if value.is_null() {
+            continue;
+        }
+        objects.push(serde_yaml::from_value(value)?);
+    }
+    Ok(objects)
+}
+
 /// Server-side applies `object` (any kind the API server serves, found by discovery) as field
 /// manager `orrery-e2e`; with `dry_run`, the server validates and admits it without storing it.
 pub async fn apply(client: &Client, object: &DynamicObject, dry_run: bool) -> anyhow::Result<DynamicObject> {

@@ -121,12 +121,9 @@ fn each_controller_brings_only_its_crds_and_least_privilege_rbac() {
         .map(|k| format!("{k}.hierarchy.orrery.dev"))
         .collect();
     let placement: BTreeSet<String> = ["stagedbindingpolicies.placement.orrery.dev".to_owned()].into();
-    for (controller, key) in CONTROLLERS {
-        let mut values: Vec<String> = CONTROLLERS
-            .iter()
-            .map(|(_, k)| format!("{k}.enabled={}", *k == key))
-            .collect();
-        let objects = helm::render(&values.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    for (controller, _) in CONTROLLERS {
+        let mut values = helm::only(controller);
+        let objects = helm::render(&values).unwrap();
         let expected = match controller {
             "ignitor-scheduler" | "task-workflow" => &workflow,
             "staged-binding" => &placement,
@@ -177,11 +174,10 @@ fn each_controller_brings_only_its_crds_and_least_privilege_rbac() {
             }
         }
         values.push("crds.install=false".into());
-        let without = helm::render(&values.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        let without = helm::render(&values).unwrap();
         assert!(crd_names(&without).is_empty(), "{controller}: crds.install=false");
     }
-    let nothing: Vec<String> = CONTROLLERS.iter().map(|(_, k)| format!("{k}.enabled=false")).collect();
-    let objects = helm::render(&nothing.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+    let objects = helm::render(&helm::only("none")).unwrap();
     assert!(objects.is_empty(), "{:?}", kinds(&objects));
 }
 
@@ -214,7 +210,7 @@ async fn the_controllers_pods_pass_pod_security_restricted() {
         matches!(&refused, Err(kube::Error::Api(s)) if s.code == 403 && s.message.contains("restricted")),
         "{refused:?}"
     );
-    for object in helm::render(&[]).unwrap() {
+    for object in helm::render::<&str>(&[]).unwrap() {
         if object.types.as_ref().unwrap().kind != "Deployment" {
             continue;
         }

@@ -20,7 +20,7 @@ use serde_json::json;
 /// The controller's objects as the chart renders them with only it enabled (what its
 /// kustomize base holds too).
 fn chart(controller: &str) -> Vec<DynamicObject> {
-    helm::objects(&helm::controller_only(controller).unwrap()).unwrap()
+    orrery_e2e::yaml_objects(&helm::controller_only(controller).unwrap()).unwrap()
 }
 
 /// Binds the chart's ClusterRole rules to ServiceAccount `controller` in the test

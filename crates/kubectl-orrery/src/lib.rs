@@ -9,8 +9,10 @@
 pub mod render;
 
 use clap::Subcommand;
+use crd_types::common::{CONDITION_READY, find_condition};
 use crd_types::hierarchy::{
-    ABORT_ANNOTATION, Application, Cluster, PAUSE_ANNOTATION, PROMOTE_ANNOTATION, Project, VirtualCluster,
+    ABORT_ANNOTATION, Application, Cluster, HierarchyStatus, PAUSE_ANNOTATION, PROMOTE_ANNOTATION, Project,
+    VirtualCluster,
 };
 use crd_types::placement::{APPROVE_ANNOTATION, StagedBindingPolicy};
 use crd_types::workflow::{FIRE_ANNOTATION, Ignitor, TASK_LABEL, Task, TaskRun};
@@ -52,7 +54,7 @@ pub async fn execute(client: Client, namespace: &str, command: &Command) -> anyh
         Command::Runs { task } => runs(client, namespace, task, now).await,
         Command::Fire { ignitor } => fire(client, namespace, ignitor, now).await,
         Command::Approve { policy, stage } => approve(client, policy, stage.as_deref()).await,
-        Command::Promote { application } => control(client, namespace, application, PROMOTE, now).await,
+        Command::Promote { application } => control(client, namespace, application, PROMOTE_CANARY, now).await,
         Command::Abort { application } => control(client, namespace, application, ABORT_CANARY, now).await,
         Command::Pause { application } => pause(client, namespace, application, true).await,
         Command::Resume { application } => pause(client, namespace, application, false).await,
@@ -67,52 +69,54 @@ async fn tree(client: Client, project: &str, now: Timestamp) -> anyhow::Result<S
         .await?;
     let applications = Api::<Application>::all(client).list(&ListParams::default()).await?;
 
-    let app_nodes = |vc: &str| -> Vec<Node> {
-        let mut apps: Vec<&Application> = applications
-            .items
-            .iter()
-            .filter(|a| a.spec.virtual_cluster.as_deref() == Some(vc))
-            .collect();
-        apps.sort_by_key(|a| (a.namespace(), a.name_any()));
-        apps.into_iter()
-            .map(|a| {
-                let conditions = a.status.as_ref().map(|s| s.common.conditions.as_slice());
-                node(a, conditions, vec![])
-            })
-            .collect()
+    let app_nodes = |vc: &str| {
+        children(
+            &applications.items,
+            vc,
+            |a| a.spec.virtual_cluster.as_deref(),
+            |a| (a.status.as_ref().map(|s| &s.common), vec![]),
+        )
     };
-    let vc_nodes = |cluster: &str| -> Vec<Node> {
-        let mut vcs: Vec<&VirtualCluster> = virtual_clusters
-            .items
-            .iter()
-            .filter(|v| v.spec.cluster.as_deref() == Some(cluster))
-            .collect();
-        vcs.sort_by_key(|v| v.name_any());
-        vcs.into_iter()
-            .map(|v| {
-                let conditions = v.status.as_ref().map(|s| s.common.conditions.as_slice());
-                node(v, conditions, app_nodes(&v.name_any()))
-            })
-            .collect()
+    let vc_nodes = |cluster: &str| {
+        children(
+            &virtual_clusters.items,
+            cluster,
+            |v| v.spec.cluster.as_deref(),
+            |v| (v.status.as_ref().map(|s| &s.common), app_nodes(&v.name_any())),
+        )
     };
-    let mut cluster_list: Vec<&Cluster> = clusters
-        .items
-        .iter()
-        .filter(|c| c.spec.project.as_deref() == Some(project))
-        .collect();
-    cluster_list.sort_by_key(|c| c.name_any());
-    let children = cluster_list
-        .into_iter()
-        .map(|c| {
-            let conditions = c.status.as_ref().map(|s| s.common.conditions.as_slice());
-            node(c, conditions, vc_nodes(&c.name_any()))
-        })
-        .collect();
-    let conditions = root.status.as_ref().map(|s| s.conditions.as_slice());
-    Ok(render::tree(&node(&root, conditions, children), now))
+    let cluster_nodes = children(
+        &clusters.items,
+        project,
+        |c| c.spec.project.as_deref(),
+        |c| (c.status.as_ref().map(|s| &s.common), vc_nodes(&c.name_any())),
+    );
+    Ok(render::tree(&node(&root, root.status.as_ref(), cluster_nodes), now))
 }
 
-fn node<K>(object: &K, conditions: Option<&[crd_types::common::Condition]>, children: Vec<Node>) -> Node
+/// The nodes of `items` whose parent is `parent`, by namespace and name; `expand` gives each
+/// one's status and child nodes.
+fn children<K>(
+    items: &[K],
+    parent: &str,
+    parent_of: impl Fn(&K) -> Option<&str>,
+    expand: impl Fn(&K) -> (Option<&HierarchyStatus>, Vec<Node>),
+) -> Vec<Node>
+where
+    K: Resource<DynamicType = ()>,
+{
+    let mut chosen: Vec<&K> = items.iter().filter(|i| parent_of(i) == Some(parent)).collect();
+    chosen.sort_by_key(|i| (i.meta().namespace.clone(), i.meta().name.clone()));
+    chosen
+        .into_iter()
+        .map(|i| {
+            let (status, grandchildren) = expand(i);
+            node(i, status, grandchildren)
+        })
+        .collect()
+}
+
+fn node<K>(object: &K, status: Option<&HierarchyStatus>, children: Vec<Node>) -> Node
 where
     K: Resource<DynamicType = ()>,
 {
@@ -120,8 +124,8 @@ where
         kind: K::kind(&()).into_owned(),
         namespace: object.meta().namespace.clone(),
         name: object.meta().name.clone().unwrap_or_default(),
-        ready: conditions
-            .and_then(|c| c.iter().find(|c| c.type_ == crd_types::common::CONDITION_READY))
+        ready: status
+            .and_then(|s| find_condition(&s.conditions, CONDITION_READY))
             .cloned(),
         created: object.meta().creation_timestamp.as_ref().map(|t| t.0),
         children,
@@ -199,7 +203,7 @@ struct Control {
     effect: &'static str,
 }
 
-const PROMOTE: Control = Control {
+const PROMOTE_CANARY: Control = Control {
     verb: "promote",
     annotation: PROMOTE_ANNOTATION,
     effect: "the canary becomes the stable version at 100%",
