@@ -46,6 +46,33 @@ pub fn shared_control_plane() -> &'static ControlPlane {
     })
 }
 
+/// Starts `serve` on the shared control plane once per test process (once per `started`), on a
+/// thread and runtime of its own: controllers that every test of a file shares must outlive
+/// the test that happened to start them (a test's runtime ends with it).
+pub async fn serve_every_test<F, Fut>(started: &'static OnceLock<()>, serve: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = move || {
+        started.get_or_init(|| {
+            let (ready, up) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Runtime::new().expect("a runtime for shared controllers");
+                runtime.block_on(async move {
+                    let client = shared_control_plane().client().await;
+                    let _ = ready.send(());
+                    serve(client).await;
+                });
+            });
+            up.recv().expect("the shared controllers' thread started");
+        });
+    };
+    tokio::task::spawn_blocking(start)
+        .await
+        .expect("starting the shared controllers panicked");
+}
+
 /// Creates `object` (JSON of a `K`) through `api`, panicking with the API server's answer:
 /// for tests and benchmarks that cannot go on without it.
 pub async fn create<K>(api: &Api<K>, object: serde_json::Value) -> K

@@ -21,29 +21,20 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use orrery_e2e::pod_simulator::{PodSimulator, crash_loop, restart};
 use orrery_e2e::prometheus::{Exporter, Prometheus};
-use orrery_e2e::{Deadline, InProcess, TestEnv, create, poll_until};
+use orrery_e2e::{Deadline, InProcess, TestEnv, create, poll_until, serve_every_test};
 use orrery_runtime::Context;
 use serde_json::{Value, json};
 
 /// hierarchy-executor and the pod simulator act on every namespace: one of each serves all the
-/// tests of this file, on a runtime of its own that outlives any one test. Each test runs its
-/// own policy-runner, watching only its namespace.
-fn shared_executor_and_kubelet() {
+/// tests of this file. Each test runs its own policy-runner, watching only its namespace.
+async fn shared_executor_and_kubelet() {
     static STARTED: OnceLock<()> = OnceLock::new();
-    STARTED.get_or_init(|| {
-        let (ready, started) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Runtime::new().unwrap();
-            runtime.block_on(async move {
-                let client = orrery_e2e::shared_control_plane().client().await;
-                let _kubelet = PodSimulator::start(client.clone(), None).await.unwrap();
-                let (context, _stop) = Context::standalone(client, hierarchy_executor::controller::NAME);
-                ready.send(()).unwrap();
-                hierarchy_executor::run(context).await.unwrap();
-            });
-        });
-        started.recv().unwrap();
-    });
+    serve_every_test(&STARTED, |client| async move {
+        let _kubelet = PodSimulator::start(client.clone(), None).await.unwrap();
+        let (context, _stop) = Context::standalone(client, hierarchy_executor::controller::NAME);
+        hierarchy_executor::run(context).await.unwrap();
+    })
+    .await;
 }
 
 struct World {
@@ -55,7 +46,7 @@ impl World {
     /// A test namespace taken over by a VirtualCluster on a local Cluster, and a policy-runner.
     async fn new() -> World {
         let env = TestEnv::new().await;
-        tokio::task::spawn_blocking(shared_executor_and_kubelet).await.unwrap();
+        shared_executor_and_kubelet().await;
         let name = env.namespace.clone();
         create(
             &Api::<Cluster>::all(env.client.clone()),

@@ -117,14 +117,14 @@ is rendered with the rules, so the manifests say why too.
 {{- end }}
 
 {{- define "orrery.rules.policy-runner" -}}
-# policy-runner runs the policy pipelines of Applications: it reads them and writes only their
-# status (the `policy` field, under its own field manager); Events. Prometheus queries and
-# webhook calls go to the addresses the policies name, outside the API server.
+# policy-runner runs the policy pipelines of every hierarchy kind: it reads them and writes
+# only their status (the `policy` field, under its own field manager); Events. Prometheus
+# queries and webhook calls go to the addresses the policies name, outside the API server.
 - apiGroups: ["hierarchy.orrery.dev"]
-  resources: ["applications"]
+  resources: ["projects", "clusters", "virtualclusters", "applications"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["hierarchy.orrery.dev"]
-  resources: ["applications/status"]
+  resources: ["projects/status", "clusters/status", "virtualclusters/status", "applications/status"]
   verbs: ["patch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]

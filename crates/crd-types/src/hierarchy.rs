@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use crate::common::{Condition, PluginRef, SecretKeyRef, Time};
 
@@ -61,7 +63,8 @@ pub struct PolicyPipelineStatus {
     /// True when every step ran; a stopped pipeline's partial output is never applied.
     #[serde(default)]
     pub complete: bool,
-    /// The last step's output: for an Application, a [`TrafficDocument`].
+    /// The last step's output: for an Application, a [`TrafficDocument`]; for a Project,
+    /// Cluster or VirtualCluster, its spec document (see [`spec_document`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::free_form_value")]
     pub output: Option<serde_json::Value>,
@@ -79,8 +82,9 @@ pub struct PolicyPipelineStatus {
     pub last_abort: Option<String>,
     /// `Ready`: True when `output` is complete and current (its reason sums the steps up:
     /// `Progressing`, `Holding`, `RolledBack`, `Succeeded`); False says which step stopped the
-    /// pipeline and why (`PolicyNotClaimed`, `InvalidParameters`, `InvalidExpression`,
-    /// `InvalidOutput`, `MetricsUnavailable`, `WebhookFailed`, `PolicyFailed`), or `Paused`.
+    /// pipeline and why (`PolicyNotClaimed`, `PolicyNotApplicable`, `InvalidParameters`,
+    /// `InvalidExpression`, `InvalidOutput`, `MetricsUnavailable`, `WebhookFailed`,
+    /// `PolicyFailed`), or `Paused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -150,6 +154,59 @@ pub struct PolicyStepStatus {
     pub last_transition_time: Option<Time>,
 }
 
+/// Spec fields of a Project, Cluster or VirtualCluster that stay out of its policy document:
+/// where it sits (its parent, a VirtualCluster's namespace), and who runs it.
+pub const OUTSIDE_THE_DOCUMENT: [&str; 5] = ["project", "cluster", "namespace", "executor", "policies"];
+
+/// The policy document of a Project, Cluster or VirtualCluster: the rest of its spec, the part
+/// its executor applies (a Project's templates, a Cluster's kubeconfig reference, a
+/// VirtualCluster's labels, quota, limits, isolation and access). Each policy receives one and
+/// returns the next; the executor applies the pipeline's last output.
+pub fn spec_document<S: Serialize>(spec: &S) -> Map<String, Value> {
+    let mut fields = match serde_json::to_value(spec) {
+        Ok(Value::Object(fields)) => fields,
+        _ => Map::new(),
+    };
+    fields.retain(|name, _| !OUTSIDE_THE_DOCUMENT.contains(&name.as_str()));
+    fields
+}
+
+/// `spec` with `document` in place of its document fields: what the executor applies.
+///
+/// # Errors
+///
+/// A field the document may not hold (named, with those it may), or a value of the wrong shape.
+pub fn with_document<S>(spec: &S, document: &Map<String, Value>) -> Result<S, String>
+where
+    S: Serialize + DeserializeOwned + JsonSchema,
+{
+    let schema = schemars::schema_for!(S);
+    let known: Vec<&String> = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|properties| {
+            properties
+                .keys()
+                .filter(|name| !OUTSIDE_THE_DOCUMENT.contains(&name.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(unknown) = document.keys().find(|name| !known.contains(name)) {
+        let known: Vec<&str> = known.iter().map(|name| name.as_str()).collect();
+        return Err(format!(
+            "{unknown:?} is not a field of the document (it has {})",
+            known.join(", ")
+        ));
+    }
+    let mut fields = match serde_json::to_value(spec) {
+        Ok(Value::Object(fields)) => fields,
+        _ => Map::new(),
+    };
+    fields.retain(|name, _| OUTSIDE_THE_DOCUMENT.contains(&name.as_str()));
+    fields.extend(document.iter().map(|(name, value)| (name.clone(), value.clone())));
+    serde_json::from_value(Value::Object(fields)).map_err(|error| format!("the document does not fit: {error}"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Project
 
@@ -184,7 +241,9 @@ pub struct ProjectSpec {
     /// The executor running this resource; the kind's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<PluginRef>,
-    /// Policies run in order, each taking the previous one's output.
+    /// Policies run in order, each taking the previous one's output: the spec but for its parent,
+    /// namespace, executor and policies. `freeze`, `cel` and `webhook` run here; the executor
+    /// applies the last output, and nothing before the pipeline has completed once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub policies: Vec<PluginRef>,
@@ -289,7 +348,9 @@ pub struct ClusterSpec {
     /// executor takes `installGatewayAPI: true` to install missing Gateway API CRDs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<PluginRef>,
-    /// Policies run in order, each taking the previous one's output.
+    /// Policies run in order, each taking the previous one's output: the spec but for its parent,
+    /// namespace, executor and policies. `freeze`, `cel` and `webhook` run here; the executor
+    /// applies the last output, and nothing before the pipeline has completed once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub policies: Vec<PluginRef>,
@@ -371,7 +432,9 @@ pub struct VirtualClusterSpec {
     /// The executor running this resource; the kind's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<PluginRef>,
-    /// Policies run in order, each taking the previous one's output.
+    /// Policies run in order, each taking the previous one's output: the spec but for its parent,
+    /// namespace, executor and policies. `freeze`, `cel` and `webhook` run here; the executor
+    /// applies the last output, and nothing before the pipeline has completed once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub policies: Vec<PluginRef>,
@@ -587,4 +650,50 @@ pub struct VersionStatus {
     /// Container restarts across the version's pods.
     #[serde(default)]
     pub restarts: i32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn virtual_cluster() -> VirtualClusterSpec {
+        serde_json::from_value(json!({
+            "cluster": "local", "quota": {"pods": "10"}, "networkIsolation": true,
+            "policies": [{"name": "freeze"}],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_document_is_the_spec_but_its_place_and_its_runners() {
+        let document = spec_document(&virtual_cluster());
+        assert_eq!(
+            Value::Object(document),
+            json!({"quota": {"pods": "10"}, "networkIsolation": true})
+        );
+    }
+
+    #[test]
+    fn a_document_replaces_the_applied_fields_and_keeps_the_rest() {
+        let document = json!({"quota": {"pods": "20"}, "labels": {"team": "a"}});
+        let applied = with_document(&virtual_cluster(), document.as_object().unwrap()).unwrap();
+        assert_eq!(applied.cluster.as_deref(), Some("local"));
+        assert_eq!(applied.policies.len(), 1);
+        assert_eq!(applied.quota["pods"], "20");
+        assert_eq!(applied.labels["team"], "a");
+        assert_eq!(
+            applied.network_isolation, None,
+            "what the document leaves out is not applied"
+        );
+    }
+
+    #[test]
+    fn a_document_cannot_move_the_resource_or_hold_unknown_or_misshapen_fields() {
+        let set = |document: Value| with_document(&virtual_cluster(), document.as_object().unwrap()).unwrap_err();
+        assert!(set(json!({"cluster": "other"})).contains("\"cluster\" is not a field"));
+        let unknown = set(json!({"quotas": {}}));
+        assert!(unknown.contains("\"quotas\"") && unknown.contains("quota"), "{unknown}");
+        assert!(set(json!({"quota": 3})).contains("does not fit"));
+    }
 }

@@ -38,7 +38,7 @@ use serde::de::DeserializeOwned;
 
 use crate::gateway::{self, HTTPROUTE_CRD};
 use crate::plan::application::{self, APP_LABEL};
-use crate::plan::{Child, Readiness, project, roll_up, virtual_cluster};
+use crate::plan::{Child, Readiness, as_applied, project, roll_up, virtual_cluster};
 use crate::registry::{Claim, INSTALL_GATEWAY_API, Kind, Registry, flag};
 use applied::{Applied, fingerprint};
 use targets::Targets;
@@ -730,12 +730,13 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
     ) {
         Execution::LeaveAlone => return Ok(Action::await_change()),
         Execution::Report(readiness) => readiness,
-        Execution::Run(_) => match project::children(project) {
-            Err(message) => Readiness::NotReady {
+        Execution::Run(_) => match as_applied(project).map(|applied| project::children(&applied)) {
+            Err(waiting) => waiting,
+            Ok(Err(message)) => Readiness::NotReady {
                 reason: "InvalidTemplates".into(),
                 message,
             },
-            Ok(children) => {
+            Ok(Ok(children)) => {
                 let uid = project.uid().unwrap_or_default();
                 let desired = fingerprint(&children);
                 let waiting = if state.applied.is_current(&uid, desired) && all_exist(state, &children) {
@@ -1106,9 +1107,9 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
     ) {
         Execution::LeaveAlone => return Ok(Action::await_change()),
         Execution::Report(readiness) => readiness,
-        Execution::Run(_) => match target_of(state, vc.spec.cluster.as_deref()).await {
-            Err(readiness) => readiness,
-            Ok((cluster, target)) => {
+        Execution::Run(_) => match (as_applied(vc), target_of(state, vc.spec.cluster.as_deref()).await) {
+            (Err(readiness), _) | (_, Err(readiness)) => readiness,
+            (Ok(applied), Ok((cluster, target))) => {
                 if hold(&api, vc).await? {
                     return Ok(Action::await_change());
                 }
@@ -1128,7 +1129,7 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
                     None => 'aligned: {
                         let uid = vc.uid().unwrap_or_default();
                         let adopted = virtual_cluster::adopted(existing.as_ref());
-                        let objects = virtual_cluster::objects(vc, &uid, adopted);
+                        let objects = virtual_cluster::objects(&applied, &uid, adopted);
                         let desired = fingerprint(&objects);
                         if existing.is_none() || !state.applied.is_current(&uid, desired) {
                             state.applied.forget(&uid);

@@ -1,5 +1,6 @@
-//! The thin I/O around [`pipeline::plan`]: watch Applications, run their pipelines, write
-//! `status.policy` when it changed, publish Events, and come back when a step asked to.
+//! The thin I/O around [`pipeline::plan`]: one controller per hierarchy kind (Project,
+//! Cluster, VirtualCluster, Application), each watching its kind, running pipelines, writing
+//! `status.policy` when it changed, publishing Events, and coming back when a step asked to.
 //!
 //! A pipeline runs again only when what it reads changed (the spec, annotations, the
 //! executor's report) or a step's wake time came: never because of its own status write, so a
@@ -10,26 +11,29 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crd_types::hierarchy::Application;
+use crd_types::hierarchy::{Application, Cluster, Project, VirtualCluster};
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Resource, ResourceExt};
+use kube::runtime::watcher;
+use kube::{Api, ResourceExt};
 use orrery_runtime::{BoxError, Context, Error, apply_status, watched_and_cached, watcher_config};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::outside::Http;
 use crate::pipeline;
 use crate::registry::Registry;
+use crate::subject::Subject;
 
-struct State {
+struct State<K: Subject> {
     context: Context,
     registry: Registry,
     http: Http,
-    applications: Store<Application>,
-    /// Per Application, what its pipeline last ran on and when it wanted to run again.
-    last_runs: Mutex<HashMap<ObjectRef<Application>, LastRun>>,
+    cache: Store<K>,
+    /// Per resource, what its pipeline last ran on and when it wanted to run again.
+    last_runs: Mutex<HashMap<ObjectRef<K>, LastRun>>,
 }
 
 #[derive(Clone, Copy)]
@@ -43,53 +47,75 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     run_with(context, Registry::builtin()).await
 }
 
-/// Runs the policies of `registry`.
+/// Runs the policies of `registry`. Watching one namespace (`--watch-namespace`), it runs the
+/// pipelines of the Applications there; the cluster-scoped kinds are in no namespace.
 pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxError> {
     let config = watcher_config(&context.api::<Application>()).await;
-    let (applications, trigger) = watched_and_cached(context.api::<Application>(), config);
+    let applications = run_kind(&context, &registry, context.api::<Application>(), config.clone());
+    if context.namespace.is_some() {
+        applications.await;
+        return Ok(());
+    }
+    let client = context.client.clone();
+    tokio::join!(
+        applications,
+        run_kind(&context, &registry, Api::<Project>::all(client.clone()), config.clone()),
+        run_kind(&context, &registry, Api::<Cluster>::all(client.clone()), config.clone()),
+        run_kind(&context, &registry, Api::<VirtualCluster>::all(client), config),
+    );
+    Ok(())
+}
+
+/// The controller of one kind.
+async fn run_kind<K: Subject>(context: &Context, registry: &Registry, api: Api<K>, config: watcher::Config) {
+    let (cache, trigger) = watched_and_cached(api, config);
     let state = Arc::new(State {
         context: context.clone(),
-        registry,
+        registry: registry.clone(),
         http: Http::default(),
-        applications: applications.clone(),
+        cache: cache.clone(),
         last_runs: Mutex::default(),
     });
-    Controller::for_stream(trigger, applications)
+    Controller::for_stream(trigger, cache)
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile, |_, error, _| error.requeue(), state)
         .for_each(|_| async {})
         .await;
-    Ok(())
 }
 
-async fn reconcile(app: Arc<Application>, state: Arc<State>) -> Result<Action, Error> {
+async fn reconcile<K: Subject>(subject: Arc<K>, state: Arc<State<K>>) -> Result<Action, Error> {
     let runner = state.registry.runner;
-    state.context.metrics.measure(runner, run_pipeline(&app, &state)).await
+    state
+        .context
+        .metrics
+        .measure(runner, run_pipeline(subject.as_ref(), state.as_ref()))
+        .await
 }
 
-async fn run_pipeline(app: &Application, state: &State) -> Result<Action, Error> {
+async fn run_pipeline<K: Subject>(subject: &K, state: &State<K>) -> Result<Action, Error> {
     let registry = &state.registry;
     let runner = registry.runner;
-    let current = app.status.as_ref().and_then(|s| s.common.policy.as_ref());
-    let api = Api::<Application>::namespaced(state.context.client.clone(), &app.namespace().unwrap_or_default());
-    if app.metadata.deletion_timestamp.is_some() {
+    let current = subject.common().and_then(|s| s.policy.as_ref());
+    let api = subject.api(state.context.client.clone());
+    if subject.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let names = app.spec.policies.iter().map(|p| p.name.as_str());
+    let policies = subject.policies();
+    let names = policies.iter().map(|p| p.name.as_str());
     let recorded = current.and_then(|p| p.runner.as_deref());
-    if app.spec.policies.is_empty() || !registry.claims(names, recorded) {
+    if policies.is_empty() || !registry.claims(names, recorded) {
         // Not (or no longer) ours to run: remove what we wrote, if we wrote it. Applying
         // nothing under our field manager removes exactly our fields.
         let ours = recorded == Some(runner) || (recorded.is_none() && registry.is_default());
-        if current.is_some() && ours && (app.spec.policies.is_empty() || recorded == Some(runner)) {
-            apply_status(&api, runner, app, &json!({})).await?;
+        if current.is_some() && ours && (policies.is_empty() || recorded == Some(runner)) {
+            apply_status(&api, runner, subject, &json!({})).await?;
         }
         return Ok(Action::await_change());
     }
 
-    let key = ObjectRef::from_obj(app);
-    let inputs = inputs_of(app);
+    let key = ObjectRef::from_obj(subject);
+    let inputs = inputs_of(subject);
     let now = Timestamp::now();
     let last = state
         .last_runs
@@ -100,13 +126,13 @@ async fn run_pipeline(app: &Application, state: &State) -> Result<Action, Error>
     if let Some(last) = last.filter(|l| l.inputs == inputs && l.wake_at.is_none_or(|w| now < w)) {
         return Ok(after(last.wake_at));
     }
-    let planned = pipeline::plan(app, registry, now, &state.http).await;
+    let planned = pipeline::plan(subject, registry, now, &state.http).await;
     let wake_at = planned.as_ref().and_then(|p| p.wake_at);
     if let Some(planned) = planned {
         if current != Some(&planned.status) {
-            apply_status(&api, runner, app, &json!({ "policy": planned.status })).await?;
+            apply_status(&api, runner, subject, &json!({ "policy": planned.status })).await?;
         }
-        let reference = app.object_ref(&());
+        let reference = subject.object_ref(&());
         for notice in planned.notices {
             state
                 .context
@@ -125,22 +151,26 @@ async fn run_pipeline(app: &Application, state: &State) -> Result<Action, Error>
     Ok(after(wake_at))
 }
 
-/// Records a run, forgetting Applications that are gone once there are many of them.
-fn remember(state: &State, key: ObjectRef<Application>, run: LastRun) {
+/// Records a run, forgetting resources that are gone once there are many of them.
+fn remember<K: Subject>(state: &State<K>, key: ObjectRef<K>, run: LastRun) {
     let mut last_runs = state.last_runs.lock().unwrap_or_else(|p| p.into_inner());
     last_runs.insert(key, run);
-    if last_runs.len() > 2 * state.applications.len() + 64 {
-        last_runs.retain(|key, _| state.applications.get(key).is_some());
+    if last_runs.len() > 2 * state.cache.len() + 64 {
+        last_runs.retain(|key, _| state.cache.get(key).is_some());
     }
 }
 
-/// A fingerprint of what a pipeline reads: everything but its own status field.
-fn inputs_of(app: &Application) -> u64 {
-    let mut status = app.status.clone().unwrap_or_default();
-    status.common.policy = None;
+/// A fingerprint of what a pipeline reads: its generation, annotations, spec and status but
+/// its own field.
+fn inputs_of<K: Subject + Serialize>(subject: &K) -> u64 {
+    let mut object = serde_json::to_value(subject).unwrap_or_default();
+    if let Some(status) = object.get_mut("status").and_then(|s| s.as_object_mut()) {
+        status.remove("policy");
+    }
+    let read = ["spec", "status"].map(|field| object.get(field));
     let mut hasher = DefaultHasher::new();
-    app.metadata.generation.hash(&mut hasher);
-    serde_json::to_string(&(app.annotations(), &app.spec, &status))
+    subject.meta().generation.hash(&mut hasher);
+    serde_json::to_string(&(subject.annotations(), read))
         .unwrap_or_default()
         .hash(&mut hasher);
     hasher.finish()

@@ -1,4 +1,4 @@
-//! Runs an Application's pipeline and plans its `status.policy`.
+//! Runs a hierarchy resource's pipeline and plans its `status.policy`.
 //!
 //! All or nothing: when every step runs, the new output and every step's new state are
 //! written together; when a step cannot run (a policy nobody claims, bad parameters, a failed
@@ -10,15 +10,14 @@ use std::future::Future;
 
 use crd_types::common::{CONDITION_READY, seconds, set_condition};
 use crd_types::hierarchy::{
-    ABORT_ANNOTATION, Application, PAUSE_ANNOTATION, PROMOTE_ANNOTATION, PolicyPipelineStatus, PolicyStepStatus,
-    TrafficDocument,
+    ABORT_ANNOTATION, PAUSE_ANNOTATION, PROMOTE_ANNOTATION, PolicyPipelineStatus, PolicyStepStatus,
 };
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use crate::observed::{Observed, initial_document};
-use crate::policy::{Answer, Control, Failure, Outcome, Phase, Request, Step};
+use crate::policy::{Answer, Control, Document, Failure, Outcome, Phase, Request, Step};
 use crate::registry::Registry;
+use crate::subject::Subject;
 
 /// How soon a step that failed outside is tried again.
 const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
@@ -51,26 +50,29 @@ pub struct Planned {
     pub notices: Vec<Notice>,
 }
 
-/// Runs `app`'s pipeline at `now`. `None` when there is nothing to do: the pipeline is another
-/// runner's, or the executor has not reported on the current spec yet.
-pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outside: &impl Outside) -> Option<Planned> {
-    let previous = app
-        .status
-        .as_ref()
-        .and_then(|s| s.common.policy.clone())
-        .unwrap_or_default();
-    let names: Vec<&str> = app.spec.policies.iter().map(|p| p.name.as_str()).collect();
+/// Runs `subject`'s pipeline at `now`. `None` when there is nothing to do: the pipeline is
+/// another runner's, or the executor has not reported on the current spec yet.
+pub async fn plan<S: Subject>(
+    subject: &S,
+    registry: &Registry,
+    now: Timestamp,
+    outside: &impl Outside,
+) -> Option<Planned> {
+    let previous = subject.common().and_then(|s| s.policy.clone()).unwrap_or_default();
+    let policies = subject.policies();
+    let generation = subject.meta().generation;
+    let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
     if !registry.claims(names.iter().copied(), previous.runner.as_deref()) {
         return None;
     }
     // Readiness is reported per spec generation: until the executor has seen this one, a gate
     // would judge the old versions. Its status update brings the pipeline back.
-    if app.status.as_ref().and_then(|s| s.common.observed_generation) != app.metadata.generation {
+    if subject.common().and_then(|s| s.observed_generation) != generation {
         return None;
     }
     let unknown = names.iter().position(|name| registry.get(name).is_none());
     let now = seconds(now).0;
-    let annotations = app.annotations();
+    let annotations = subject.annotations();
     let token = |key: &str, last: &Option<String>| {
         annotations
             .get(key)
@@ -95,7 +97,9 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
                 known.join(", ")
             ),
         );
-        return Some(stopped(app, previous, index, &failure, now));
+        return Some(stopped::<S::Document>(
+            policies, generation, previous, index, &failure, now,
+        ));
     }
     if paused && !control.promote && !control.abort {
         let mut status = previous.clone();
@@ -105,8 +109,11 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
             CONDITION_READY,
             false,
             "Paused",
-            format!("paused by the {PAUSE_ANNOTATION} annotation: the traffic in force stays"),
-            app.metadata.generation,
+            format!(
+                "paused by the {PAUSE_ANNOTATION} annotation: {} stays",
+                S::Document::IN_FORCE
+            ),
+            generation,
             seconds(now),
         );
         let notices = (!previous.paused)
@@ -120,18 +127,22 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
         });
     }
 
-    let observed = Observed::of(app);
-    let mut document = initial_document(app);
-    let mut outcomes: Vec<Outcome> = Vec::with_capacity(names.len());
-    for (index, reference) in app.spec.policies.iter().enumerate() {
-        let saved = saved_step(&previous.steps, &app.spec.policies, index).and_then(|s| s.state.as_ref());
+    let observed = subject.observed();
+    let mut document = subject.initial_document();
+    let mut outcomes: Vec<Outcome<S::Document>> = Vec::with_capacity(names.len());
+    for (index, reference) in policies.iter().enumerate() {
+        let saved = saved_step(&previous.steps, policies, index).and_then(|s| s.state.as_ref());
         let result = run_step(registry, reference, &document, &observed, saved, now, control, outside).await;
         match result {
             Ok(outcome) => {
                 document = outcome.output.clone();
                 outcomes.push(outcome);
             }
-            Err(failure) => return Some(stopped(app, previous, index, &failure, now)),
+            Err(failure) => {
+                return Some(stopped::<S::Document>(
+                    policies, generation, previous, index, &failure, now,
+                ));
+            }
         }
     }
 
@@ -162,14 +173,12 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
             )
         });
     }
-    let steps: Vec<PolicyStepStatus> = app
-        .spec
-        .policies
+    let steps: Vec<PolicyStepStatus> = policies
         .iter()
         .zip(&outcomes)
         .enumerate()
         .map(|(index, (reference, outcome))| {
-            let before = saved_step(&previous.steps, &app.spec.policies, index);
+            let before = saved_step(&previous.steps, policies, index);
             let phase = outcome.phase.as_str();
             let changed = before.is_none_or(|b| b.phase != phase);
             if changed {
@@ -192,13 +201,13 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
         })
         .collect();
     let output = serde_json::to_value(&document).ok();
-    let previous_weights = previous
+    let described = document.describe();
+    let previous_output = previous
         .output
         .as_ref()
-        .and_then(|o| serde_json::from_value::<TrafficDocument>(o.clone()).ok())
-        .map(|d| d.weights);
-    if previous_weights.as_ref() != Some(&document.weights) {
-        notices.push(notice("TrafficShifted", describe(&document), false));
+        .and_then(|o| serde_json::from_value::<S::Document>(o.clone()).ok());
+    if previous_output.is_none_or(|p| p.describe() != described) {
+        notices.push(notice(S::Document::CHANGED, described.clone(), false));
     }
     let summary = outcomes
         .iter()
@@ -213,13 +222,13 @@ pub async fn plan(app: &Application, registry: &Registry, now: Timestamp, outsid
         CONDITION_READY,
         true,
         summary.as_str(),
-        describe(&document),
-        app.metadata.generation,
+        described,
+        generation,
         seconds(now),
     );
     Some(Planned {
         status: PolicyPipelineStatus {
-            observed_generation: app.metadata.generation,
+            observed_generation: generation,
             runner: Some(registry.runner.to_owned()),
             complete: true,
             output,
@@ -248,19 +257,30 @@ fn saved_step<'a>(
 
 /// One step: parse, fetch what it needs, run, check its output.
 #[allow(clippy::too_many_arguments)]
-async fn run_step(
+async fn run_step<D: Document>(
     registry: &Registry,
     reference: &crd_types::common::PluginRef,
-    input: &TrafficDocument,
-    observed: &Observed,
+    input: &D,
+    observed: &D::Observed,
     state: Option<&serde_json::Value>,
     now: Timestamp,
     control: Control,
     outside: &impl Outside,
-) -> Result<Outcome, Failure> {
-    let parse = registry
+) -> Result<Outcome<D>, Failure> {
+    let entry = registry
         .get(&reference.name)
         .ok_or_else(|| Failure::new("PolicyNotClaimed", format!("no runner claims {:?}", reference.name)))?;
+    let parse = D::parser(entry).ok_or_else(|| {
+        let here: Vec<&str> = registry.names_for::<D>().collect();
+        Failure::new(
+            "PolicyNotApplicable",
+            format!(
+                "{:?} does not run on this kind of resource (these do: {})",
+                reference.name,
+                here.join(", ")
+            ),
+        )
+    })?;
     let policy = parse(&reference.parameters.clone().unwrap_or_default())?;
     let step = Step {
         input,
@@ -274,61 +294,14 @@ async fn run_step(
         None => None,
     };
     let outcome = policy.run(&step, answer)?;
-    check(&outcome.output, observed)?;
+    outcome.output.check(observed)?;
     Ok(outcome)
 }
 
-/// An output the executor can render: weights over known versions summing to 100.
-fn check(document: &TrafficDocument, observed: &Observed) -> Result<(), Failure> {
-    let known = |version: &str| observed.version(version).is_some();
-    let invalid = |message: String| Err(Failure::new("InvalidOutput", message));
-    if document.weights.is_empty() {
-        return invalid("the output has no weights".into());
-    }
-    if let Some(w) = document.weights.iter().find(|w| !known(&w.version)) {
-        return invalid(format!("the output weighs an unknown version {:?}", w.version));
-    }
-    if let Some(w) = document.weights.iter().find(|w| !(0..=100).contains(&w.weight)) {
-        return invalid(format!("the output gives {} a weight of {}", w.version, w.weight));
-    }
-    let sum: i64 = document.weights.iter().map(|w| i64::from(w.weight)).sum();
-    if sum != 100 {
-        return invalid(format!("the output's weights sum to {sum}, not 100"));
-    }
-    for m in &document.matches {
-        if !known(&m.version) {
-            return invalid(format!("the output matches to an unknown version {:?}", m.version));
-        }
-        if m.headers.is_empty() && m.cookie.is_none() {
-            return invalid(format!(
-                "a match to {} has no header or cookie: it would take every request",
-                m.version
-            ));
-        }
-        let names = m
-            .headers
-            .iter()
-            .map(|h| &h.name)
-            .chain(m.cookie.iter().map(|c| &c.name));
-        if let Some(bad) = names.into_iter().find(|n| !is_token(n)) {
-            return invalid(format!("{bad:?} is not a header or cookie name"));
-        }
-    }
-    Ok(())
-}
-
-/// An HTTP token (RFC 9110), what header and cookie names are made of.
-fn is_token(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 256
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
 /// The status of a pipeline stopped at step `index`: what was in force stays.
-fn stopped(
-    app: &Application,
+fn stopped<D: Document>(
+    policies: &[crd_types::common::PluginRef],
+    generation: Option<i64>,
     previous: PolicyPipelineStatus,
     index: usize,
     failure: &Failure,
@@ -337,13 +310,11 @@ fn stopped(
     let mut status = previous.clone();
     status.complete = false;
     status.paused = false;
-    status.steps = app
-        .spec
-        .policies
+    status.steps = policies
         .iter()
         .enumerate()
         .map(|(i, reference)| {
-            let before = saved_step(&previous.steps, &app.spec.policies, i);
+            let before = saved_step(&previous.steps, policies, i);
             if i == index {
                 PolicyStepStatus {
                     name: reference.name.clone(),
@@ -365,10 +336,11 @@ fn stopped(
         })
         .collect();
     let message = format!(
-        "step {} ({}): {}; the traffic in force stays",
+        "step {} ({}): {}; {} stays",
         index + 1,
-        app.spec.policies[index].name,
-        failure.message
+        policies[index].name,
+        failure.message,
+        D::IN_FORCE
     );
     let ready = previous.conditions.iter().find(|c| c.type_ == CONDITION_READY);
     let news = ready.is_none_or(|c| c.reason != failure.reason || c.message != message);
@@ -378,7 +350,7 @@ fn stopped(
         false,
         failure.reason,
         message.clone(),
-        app.metadata.generation,
+        generation,
         seconds(now),
     );
     // What fails outside (a server down, a webhook slow) is tried again; what the spec says
@@ -402,38 +374,12 @@ fn notice(reason: &str, message: impl Into<String>, warning: bool) -> Notice {
     }
 }
 
-/// `v1 80%, v2 20%; header x-beta: yes → v2`.
-pub fn describe(document: &TrafficDocument) -> String {
-    let weights: Vec<String> = document
-        .weights
-        .iter()
-        .map(|w| format!("{} {}%", w.version, w.weight))
-        .collect();
-    let matches: Vec<String> = document
-        .matches
-        .iter()
-        .map(|m| {
-            let mut what: Vec<String> = m
-                .headers
-                .iter()
-                .map(|h| format!("header {}: {}", h.name, h.value))
-                .collect();
-            what.extend(m.cookie.iter().map(|c| format!("cookie {}={}", c.name, c.value)));
-            format!("{} → {}", what.join(" and "), m.version)
-        })
-        .collect();
-    if matches.is_empty() {
-        weights.join(", ")
-    } else {
-        format!("{}; {}", weights.join(", "), matches.join("; "))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::split;
     use crate::testing::at;
+    use crd_types::hierarchy::{Application, TrafficDocument, VirtualCluster};
     use serde_json::{Value, json};
     use std::sync::Mutex;
 
@@ -712,5 +658,77 @@ mod tests {
         fn summary_reason(&self) -> &str {
             &self.conditions[0].reason
         }
+    }
+
+    fn virtual_cluster(policies: Value, status: Value) -> VirtualCluster {
+        serde_json::from_value(json!({
+            "metadata": {"name": "team-a", "generation": 2},
+            "spec": {"cluster": "local", "quota": {"pods": "10"}, "policies": policies},
+            "status": status,
+        }))
+        .unwrap()
+    }
+
+    fn plan_spec(vc: &VirtualCluster, now: i64) -> Planned {
+        let outside = Canned::new(Err("no outside here".into()));
+        futures::executor::block_on(plan(vc, &Registry::builtin(), at(now), &outside)).unwrap()
+    }
+
+    #[test]
+    fn a_virtual_clusters_pipeline_computes_its_spec_document() {
+        let cel = json!([{"name": "cel", "parameters": {"expression": "{'quota': {'pods': '20'}, 'labels': {'by': 'cel'}}"}}]);
+        let planned = plan_spec(&virtual_cluster(cel, json!({"observedGeneration": 2})), 0);
+        assert!(planned.status.complete);
+        assert_eq!(
+            planned.status.output,
+            Some(json!({"quota": {"pods": "20"}, "labels": {"by": "cel"}}))
+        );
+        assert!(
+            planned.notices.iter().any(|n| n.reason == "SpecChanged"),
+            "{:?}",
+            planned.notices
+        );
+    }
+
+    #[test]
+    fn a_freeze_holds_the_spec_in_force() {
+        let window = json!({"windows": [{"start": at(0).to_string(), "end": at(100).to_string()}]});
+        let in_force = json!({"observedGeneration": 2, "policy": {"runner": "policy-runner", "complete": true,
+            "observedGeneration": 1, "output": {"quota": {"pods": "5"}}}});
+        let frozen = plan_spec(
+            &virtual_cluster(json!([{"name": "freeze", "parameters": window}]), in_force),
+            50,
+        );
+        assert_eq!(frozen.status.output, Some(json!({"quota": {"pods": "5"}})));
+        assert_eq!(frozen.status.steps[0].phase, "Holding");
+        assert_eq!(
+            frozen.status.steps[0].message.as_deref(),
+            Some(format!("frozen until {}: the spec in force stays", at(100)).as_str())
+        );
+        assert_eq!(frozen.wake_at, Some(at(100)));
+    }
+
+    #[test]
+    fn traffic_policies_and_outputs_that_do_not_fit_stop_a_spec_pipeline() {
+        let status = json!({"observedGeneration": 2});
+        let canary = plan_spec(&virtual_cluster(json!([{"name": "canary"}]), status.clone()), 0);
+        let ready = &canary.status.conditions[0];
+        assert_eq!(ready.reason, "PolicyNotApplicable");
+        assert!(
+            ready
+                .message
+                .contains("\"canary\" does not run on this kind of resource (these do: freeze, cel, webhook)"),
+            "{}",
+            ready.message
+        );
+        assert_eq!(canary.status.output, None, "nothing was ever in force");
+        let wrong = json!([{"name": "cel", "parameters": {"expression": "{'templates': {}}"}}]);
+        let misfit = plan_spec(&virtual_cluster(wrong, status), 0);
+        assert_eq!(misfit.status.conditions[0].reason, "InvalidOutput");
+        assert!(
+            misfit.status.conditions[0]
+                .message
+                .contains("VirtualCluster: \"templates\" is not a field")
+        );
     }
 }

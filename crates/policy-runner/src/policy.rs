@@ -13,18 +13,42 @@ use crd_types::common::Parameters;
 use crd_types::hierarchy::{TrafficDocument, VersionWeight};
 use jiff::{SignedDuration, Timestamp};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
 use crate::observed::Observed;
+use crate::registry::{Entry, Parse};
+
+/// What a pipeline passes from step to step, and what the executor applies: an Application's
+/// [`TrafficDocument`], or the spec document of a Project, Cluster or VirtualCluster.
+pub trait Document: Clone + PartialEq + Debug + Serialize + DeserializeOwned + Send + Sync {
+    /// What steps see of the resource.
+    type Observed: Debug + Serialize + Send + Sync;
+    /// What stays when the pipeline stops, for messages: "the traffic in force".
+    const IN_FORCE: &'static str;
+    /// The document in force, keeping what `input` says beyond it: a hold.
+    fn held(input: &Self, observed: &Self::Observed) -> Self;
+    /// Whether the executor can apply it.
+    ///
+    /// # Errors
+    ///
+    /// A [`Failure`] with reason `InvalidOutput` saying what is wrong.
+    fn check(&self, observed: &Self::Observed) -> Result<(), Failure>;
+    /// For people: `v1 80%, v2 20%`.
+    fn describe(&self) -> String;
+    /// The reason of the Event telling that the output changed.
+    const CHANGED: &'static str;
+    /// How `entry` makes a policy for this document, if it runs on it.
+    fn parser(entry: &Entry) -> Option<Parse<Self>>;
+}
 
 /// Everything a step is given.
-#[derive(Clone, Copy, Debug)]
-pub struct Step<'a> {
-    /// The previous step's output (the first step gets the spec's weights).
-    pub input: &'a TrafficDocument,
+#[derive(Debug)]
+pub struct Step<'a, D: Document = TrafficDocument> {
+    /// The previous step's output (the first step gets the spec's).
+    pub input: &'a D,
     /// The resource as observed now.
-    pub observed: &'a Observed,
+    pub observed: &'a D::Observed,
     /// What this step saved last time, if anything.
     pub state: Option<&'a Value>,
     /// The time the pipeline runs at (whole seconds).
@@ -32,6 +56,14 @@ pub struct Step<'a> {
     /// A promote or abort asked for from kubectl, honoured on this run.
     pub control: Control,
 }
+
+impl<D: Document> Clone for Step<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D: Document> Copy for Step<'_, D> {}
 
 /// One-shot requests from kubectl.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -69,9 +101,9 @@ impl Phase {
 
 /// A step's result.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Outcome {
+pub struct Outcome<D = TrafficDocument> {
     /// The next document.
-    pub output: TrafficDocument,
+    pub output: D,
     /// The state to hand back next time.
     pub state: Option<Value>,
     /// How it ended.
@@ -82,9 +114,9 @@ pub struct Outcome {
     pub wake_at: Option<Timestamp>,
 }
 
-impl Outcome {
+impl<D> Outcome<D> {
     /// Hands `output` on with a message and no state.
-    pub fn pass(output: TrafficDocument, phase: Phase, message: impl Into<String>) -> Self {
+    pub fn pass(output: D, phase: Phase, message: impl Into<String>) -> Self {
         Outcome {
             output,
             state: None,
@@ -107,7 +139,7 @@ impl Outcome {
     }
 }
 
-/// Why a step could not produce an output: the pipeline stops there and the traffic in
+/// Why a step could not produce an output: the pipeline stops there and the document in
 /// force stays.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -153,10 +185,10 @@ pub enum Request {
 /// The outside's answer to a [`Request`]: the JSON it returned, or why there is none.
 pub type Answer = Result<Value, String>;
 
-/// A policy with its parameters parsed.
-pub trait Policy: Debug + Send + Sync {
+/// A policy with its parameters parsed, for documents of type `D`.
+pub trait Policy<D: Document = TrafficDocument>: Debug + Send + Sync {
     /// What this step needs fetched before it runs, if anything.
-    fn needs(&self, _step: &Step<'_>) -> Option<Request> {
+    fn needs(&self, _step: &Step<'_, D>) -> Option<Request> {
         None
     }
 
@@ -165,7 +197,7 @@ pub trait Policy: Debug + Send + Sync {
     /// # Errors
     ///
     /// A [`Failure`] stops the pipeline at this step.
-    fn run(&self, step: &Step<'_>, answer: Option<Answer>) -> Result<Outcome, Failure>;
+    fn run(&self, step: &Step<'_, D>, answer: Option<Answer>) -> Result<Outcome<D>, Failure>;
 }
 
 /// Parses a policy's parameters into its struct, refusing unknown ones with serde's message

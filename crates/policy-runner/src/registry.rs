@@ -8,19 +8,52 @@
 //! and the default runner takes over.
 
 use crd_types::common::Parameters;
+use crd_types::hierarchy::TrafficDocument;
 
+use crate::document::SpecDocument;
 use crate::policies::{canary, cel, experiment, freeze, health_gate, metric_analysis, webhook, weight_cap};
-use crate::policy::{Failure, Policy};
+use crate::policy::{Document, Failure, Policy};
 
-/// Parses a policy's parameters into a runnable policy.
-pub type Parse = fn(&Parameters) -> Result<Box<dyn Policy>, Failure>;
+/// Parses a policy's parameters into a policy running on documents of type `D`.
+pub type Parse<D = TrafficDocument> = fn(&Parameters) -> Result<Box<dyn Policy<D>>, Failure>;
+
+/// A policy a runner knows: how to make it for each kind of document it runs on.
+#[derive(Clone, Copy, Debug)]
+pub struct Entry {
+    /// Its name in `spec.policies`.
+    pub name: &'static str,
+    /// On an Application's traffic.
+    pub traffic: Option<Parse>,
+    /// On a Project's, Cluster's or VirtualCluster's spec document.
+    pub spec: Option<Parse<SpecDocument>>,
+}
+
+impl Entry {
+    /// A policy of an Application's traffic only.
+    const fn traffic(name: &'static str, parse: Parse) -> Self {
+        Entry {
+            name,
+            traffic: Some(parse),
+            spec: None,
+        }
+    }
+
+    /// A policy of any document.
+    const fn any(name: &'static str, traffic: Parse, spec: Parse<SpecDocument>) -> Self {
+        Entry {
+            name,
+            traffic: Some(traffic),
+            spec: Some(spec),
+        }
+    }
+}
 
 /// The policies a runner knows.
 #[derive(Clone, Debug)]
 pub struct Registry {
     /// The runner's name: its field manager, and what it records in `status.policy.runner`.
     pub runner: &'static str,
-    policies: Vec<(&'static str, Parse)>,
+    policies: Vec<Entry>,
     /// The policies only this runner knows (none for the default one).
     own: Vec<&'static str>,
 }
@@ -31,14 +64,14 @@ impl Registry {
         Registry {
             runner: crate::NAME,
             policies: vec![
-                ("canary", canary::parse),
-                ("health-gate", health_gate::parse),
-                ("metric-analysis", metric_analysis::parse),
-                ("experiment", experiment::parse),
-                ("freeze", freeze::parse),
-                ("weight-cap", weight_cap::parse),
-                ("cel", cel::parse),
-                ("webhook", webhook::parse),
+                Entry::traffic("canary", canary::parse),
+                Entry::traffic("health-gate", health_gate::parse),
+                Entry::traffic("metric-analysis", metric_analysis::parse),
+                Entry::traffic("experiment", experiment::parse),
+                Entry::any("freeze", freeze::parse, freeze::parse),
+                Entry::traffic("weight-cap", weight_cap::parse),
+                Entry::any("cel", cel::parse, cel::parse),
+                Entry::any("webhook", webhook::parse, webhook::parse),
             ],
             own: Vec::new(),
         }
@@ -52,9 +85,9 @@ impl Registry {
         }
     }
 
-    /// Adds a policy of its own.
+    /// Adds a policy of its own, of an Application's traffic.
     pub fn with(mut self, name: &'static str, parse: Parse) -> Self {
-        self.policies.push((name, parse));
+        self.policies.push(Entry::traffic(name, parse));
         self.own.push(name);
         self
     }
@@ -75,14 +108,22 @@ impl Registry {
         self.runner == crate::NAME
     }
 
-    /// How to parse the policy called `name`, if this runner knows it.
-    pub fn get(&self, name: &str) -> Option<Parse> {
-        self.policies.iter().find(|(n, _)| *n == name).map(|(_, parse)| *parse)
+    /// The policy called `name`, if this runner knows it.
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.policies.iter().find(|entry| entry.name == name)
     }
 
     /// The names it knows.
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.policies.iter().map(|(name, _)| *name)
+        self.policies.iter().map(|entry| entry.name)
+    }
+
+    /// The names of the policies it runs on documents of type `D`.
+    pub fn names_for<D: Document>(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.policies
+            .iter()
+            .filter(|entry| D::parser(entry).is_some())
+            .map(|entry| entry.name)
     }
 }
 

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
-use crate::plan::Readiness;
+use crate::plan::{Readiness, as_applied};
 
 /// Builds and keeps one client per remote Cluster, rebuilt when its Secret changes.
 pub(super) struct Targets {
@@ -27,6 +27,8 @@ impl Targets {
 
     /// A client for `cluster`, or why there is none (as the readiness to report).
     pub(super) async fn client_for(&self, cluster: &Cluster) -> Result<Client, Readiness> {
+        // Its policies may choose the kubeconfig (a credentials broker, a freeze on switching).
+        let cluster = as_applied(cluster)?;
         let Some(reference) = cluster.spec.kubeconfig_secret_ref.as_ref() else {
             return Ok(self.local.clone());
         };

@@ -5,10 +5,17 @@ pub mod application;
 pub mod project;
 pub mod virtual_cluster;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use crd_types::common::{CONDITION_READY, Condition, find_condition};
-use crd_types::hierarchy::OWNER_LABEL;
+use crd_types::common::{CONDITION_READY, Condition, PluginRef, find_condition};
+use crd_types::hierarchy::{
+    Cluster, ClusterSpec, OWNER_LABEL, PolicyPipelineStatus, Project, ProjectSpec, VirtualCluster, VirtualClusterSpec,
+    with_document,
+};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// A resource's readiness, rolled up from its own objects and its children.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +38,88 @@ pub fn owned_labels(owner: &str) -> BTreeMap<String, String> {
         (OWNER_LABEL.to_owned(), owner.to_owned()),
         ("app.kubernetes.io/managed-by".to_owned(), "orrery".to_owned()),
     ])
+}
+
+/// A Project, Cluster or VirtualCluster: its spec document is what its policies compute.
+pub trait Governed: Clone + kube::Resource<DynamicType = ()> {
+    /// Its spec.
+    type Spec: Serialize + DeserializeOwned + JsonSchema;
+    /// Its spec.
+    fn spec_mut(&mut self) -> &mut Self::Spec;
+    /// Its spec.
+    fn spec(&self) -> &Self::Spec;
+    /// Its policies.
+    fn policies(&self) -> &[PluginRef];
+    /// What its policy pipeline last computed.
+    fn pipeline(&self) -> Option<&PolicyPipelineStatus>;
+}
+
+macro_rules! governed {
+    ($kind:ty, $spec:ty, |$resource:ident| $pipeline:expr) => {
+        impl Governed for $kind {
+            type Spec = $spec;
+            fn spec_mut(&mut self) -> &mut $spec {
+                &mut self.spec
+            }
+            fn spec(&self) -> &$spec {
+                &self.spec
+            }
+            fn policies(&self) -> &[PluginRef] {
+                &self.spec.policies
+            }
+            fn pipeline(&self) -> Option<&PolicyPipelineStatus> {
+                let $resource = self;
+                $pipeline
+            }
+        }
+    };
+}
+
+governed!(Project, ProjectSpec, |p| p.status.as_ref()?.policy.as_ref());
+governed!(Cluster, ClusterSpec, |c| c.status.as_ref()?.common.policy.as_ref());
+governed!(VirtualCluster, VirtualClusterSpec, |v| v
+    .status
+    .as_ref()?
+    .common
+    .policy
+    .as_ref());
+
+/// `resource` as its executor applies it. Without policies, as it is; with them, its spec with
+/// the pipeline's last output in place of its document (the output of a stopped or stale
+/// pipeline stays in force until the next complete one). Before the pipeline has completed
+/// once there is nothing to apply: why, as the readiness to report.
+pub fn as_applied<K: Governed>(resource: &K) -> Result<Cow<'_, K>, Readiness> {
+    if resource.policies().is_empty() {
+        return Ok(Cow::Borrowed(resource));
+    }
+    let pipeline = resource.pipeline();
+    let Some(output) = pipeline.and_then(|p| p.output.as_ref()) else {
+        let why = pipeline
+            .and_then(|p| find_condition(&p.conditions, CONDITION_READY))
+            .map(|c| format!(": {}", c.message))
+            .unwrap_or_default();
+        return Err(Readiness::NotReady {
+            reason: "WaitingForPolicies".into(),
+            message: format!(
+                "the policies of {} {} have not computed a spec to apply yet{why}",
+                K::kind(&()),
+                resource.meta().name.as_deref().unwrap_or_default()
+            ),
+        });
+    };
+    let invalid = |message: String| Readiness::NotReady {
+        reason: "InvalidPolicyOutput".into(),
+        message: format!(
+            "status.policy.output of {} {}: {message}",
+            K::kind(&()),
+            resource.meta().name.as_deref().unwrap_or_default()
+        ),
+    };
+    let document = output.as_object().ok_or_else(|| invalid("not an object".into()))?;
+    let spec = with_document(resource.spec(), document).map_err(invalid)?;
+    let mut applied = resource.clone();
+    *applied.spec_mut() = spec;
+    Ok(Cow::Owned(applied))
 }
 
 /// A child as its parent sees it: kind, name, and its `Ready` condition.
@@ -144,5 +233,51 @@ mod tests {
             message: "connection refused".into(),
         };
         assert_eq!(roll_up(own.clone(), &[]), own);
+    }
+
+    fn virtual_cluster(policies: serde_json::Value, policy: serde_json::Value) -> VirtualCluster {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "team-a"},
+            "spec": {"cluster": "local", "quota": {"pods": "10"}, "policies": policies},
+            "status": {"policy": policy},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn without_policies_the_spec_is_applied_as_it_is() {
+        let vc = virtual_cluster(
+            serde_json::json!([]),
+            serde_json::json!({"output": {"quota": {"pods": "1"}}}),
+        );
+        assert!(matches!(as_applied(&vc), Ok(Cow::Borrowed(_))));
+    }
+
+    #[test]
+    fn with_policies_their_last_output_is_applied() {
+        let policies = serde_json::json!([{"name": "freeze"}]);
+        let stale = serde_json::json!({"complete": false, "observedGeneration": 1, "output": {"quota": {"pods": "5"}}});
+        let vc = virtual_cluster(policies.clone(), stale);
+        let applied = as_applied(&vc).unwrap();
+        assert_eq!(applied.spec.quota["pods"], "5");
+        assert_eq!(applied.spec.cluster.as_deref(), Some("local"));
+
+        let stopped = serde_json::json!({"conditions": [{"type": "Ready", "status": "False", "reason": "PolicyNotClaimed",
+            "message": "step 1 (freeze): bad", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+        let Err(Readiness::NotReady { reason, message }) = as_applied(&virtual_cluster(policies.clone(), stopped))
+        else {
+            panic!("nothing to apply yet");
+        };
+        assert_eq!(reason, "WaitingForPolicies");
+        assert_eq!(
+            message,
+            "the policies of VirtualCluster team-a have not computed a spec to apply yet: step 1 (freeze): bad"
+        );
+
+        let misfit = serde_json::json!({"output": {"templates": {}}});
+        let Err(Readiness::NotReady { reason, .. }) = as_applied(&virtual_cluster(policies, misfit)) else {
+            panic!("an output that does not fit is not applied");
+        };
+        assert_eq!(reason, "InvalidPolicyOutput");
     }
 }

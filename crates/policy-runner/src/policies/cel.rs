@@ -14,11 +14,10 @@
 
 use cel_conditions::Expression;
 use crd_types::common::Parameters;
-use crd_types::hierarchy::TrafficDocument;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::policy::{Answer, Failure, Outcome, Phase, Policy, Step, as_json, parameters};
+use crate::policy::{Answer, Document, Failure, Outcome, Phase, Policy, Step, as_json, parameters};
 
 const VARIABLES: &[&str] = &["input", "observed", "state", "parameters"];
 
@@ -44,7 +43,7 @@ pub struct Cel {
 /// # Errors
 ///
 /// Unknown parameters, or an expression that does not compile (which, and where).
-pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
+pub fn parse<D: Document>(given: &Parameters) -> Result<Box<dyn Policy<D>>, Failure> {
     let raw: Raw = parameters(given)?;
     let compile = |name: &str, source: &str| {
         Expression::compile(source, VARIABLES)
@@ -57,8 +56,8 @@ pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
     }))
 }
 
-impl Policy for Cel {
-    fn run(&self, step: &Step<'_>, _: Option<Answer>) -> Result<Outcome, Failure> {
+impl<D: Document> Policy<D> for Cel {
+    fn run(&self, step: &Step<'_, D>, _: Option<Answer>) -> Result<Outcome<D>, Failure> {
         let input = serde_json::to_value(step.input).unwrap_or_default();
         let observed = serde_json::to_value(step.observed).unwrap_or_default();
         let state = step.state.cloned().unwrap_or(Value::Null);
@@ -70,7 +69,7 @@ impl Policy for Cel {
         ];
         let failed = |name: &'static str| move |error| Failure::new("PolicyFailed", format!("{name}: {error}"));
         let result = self.expression.evaluate(&bindings).map_err(failed("expression"))?;
-        let output: TrafficDocument = serde_json::from_value(result.clone()).map_err(|error| {
+        let output: D = serde_json::from_value(result.clone()).map_err(|error| {
             Failure::new(
                 "InvalidOutput",
                 format!(
@@ -105,11 +104,12 @@ mod tests {
     use super::*;
     use crate::policy::{all_to, split};
     use crate::testing::{at, observed, params, run};
+    use crd_types::hierarchy::TrafficDocument;
     use serde_json::json;
 
     #[test]
     fn the_expression_computes_the_document_and_the_state() {
-        let policy = parse(&params(json!({
+        let policy = parse::<TrafficDocument>(&params(json!({
             "expression": "observed.versions.all(v, v.readyReplicas >= v.replicas) ? input : {'weights': [{'version': observed.versions[0].name, 'weight': 100}]}",
             "state": "{'runs': (state == null ? 0 : state.runs) + 1, 'limit': parameters.values.limit}",
             "values": {"limit": 3},
@@ -127,15 +127,15 @@ mod tests {
 
     #[test]
     fn bad_expressions_and_outputs_say_what_is_wrong() {
-        let failure = parse(&params(json!({"expression": "input.weights +"}))).unwrap_err();
+        let failure = parse::<TrafficDocument>(&params(json!({"expression": "input.weights +"}))).unwrap_err();
         assert_eq!(failure.reason, "InvalidExpression");
         assert!(failure.message.starts_with("expression: "), "{}", failure.message);
         let world = observed(&[("v1", 1, 1)], &[("v1", 100)]);
-        let not_a_document = parse(&params(json!({"expression": "42"}))).unwrap();
+        let not_a_document = parse::<TrafficDocument>(&params(json!({"expression": "42"}))).unwrap();
         let failure = run(&*not_a_document, &world, None, at(0)).unwrap_err();
         assert_eq!(failure.reason, "InvalidOutput");
         assert!(failure.message.contains("returned 42"), "{}", failure.message);
-        let runtime = parse(&params(json!({"expression": "state.missing.field"}))).unwrap();
+        let runtime = parse::<TrafficDocument>(&params(json!({"expression": "state.missing.field"}))).unwrap();
         assert_eq!(run(&*runtime, &world, None, at(0)).unwrap_err().reason, "PolicyFailed");
     }
 }

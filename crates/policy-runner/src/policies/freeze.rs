@@ -1,5 +1,6 @@
-//! `freeze`: no change to the traffic inside a window: the traffic in force stays, whatever
-//! earlier steps want. Outside every window it passes its input on.
+//! `freeze`: no change inside a window: what is in force stays (an Application's traffic, or
+//! the spec a Project, Cluster or VirtualCluster applies), whatever earlier steps want.
+//! Outside every window it passes its input on.
 //!
 //! | parameter | meaning | default |
 //! |---|---|---|
@@ -13,7 +14,7 @@ use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
 use serde::Deserialize;
 
-use crate::policy::{Answer, Failure, Outcome, Phase, Policy, Step, held, parameters};
+use crate::policy::{Answer, Document, Failure, Outcome, Phase, Policy, Step, parameters};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -56,7 +57,7 @@ pub struct Freeze {
 /// # Errors
 ///
 /// Unknown parameters, no window, a window ending before it starts, or an unknown time zone.
-pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
+pub fn parse<D: Document>(given: &Parameters) -> Result<Box<dyn Policy<D>>, Failure> {
     let raw: Raw = parameters(given)?;
     if raw.windows.is_empty() && raw.daily.is_empty() {
         return Err(Failure::new(
@@ -105,13 +106,13 @@ impl Freeze {
     }
 }
 
-impl Policy for Freeze {
-    fn run(&self, step: &Step<'_>, _: Option<Answer>) -> Result<Outcome, Failure> {
+impl<D: Document> Policy<D> for Freeze {
+    fn run(&self, step: &Step<'_, D>, _: Option<Answer>) -> Result<Outcome<D>, Failure> {
         Ok(match self.frozen_until(step.now) {
             Some(until) => Outcome::pass(
-                held(step.input, step.observed),
+                D::held(step.input, step.observed),
                 Phase::Holding,
-                format!("frozen until {until}: the traffic in force stays"),
+                format!("frozen until {until}: {} stays", D::IN_FORCE),
             )
             .waking_at(Some(until)),
             None => Outcome::pass(step.input.clone(), Phase::Succeeded, "not frozen"),
@@ -134,7 +135,7 @@ mod tests {
             ..TrafficDocument::default()
         };
         answer(
-            &*parse(&params(p)).unwrap(),
+            &*parse::<TrafficDocument>(&params(p)).unwrap(),
             &input,
             &world,
             None,
@@ -179,10 +180,20 @@ mod tests {
 
     #[test]
     fn refuses_no_window_a_backwards_one_or_an_unknown_zone() {
-        assert!(parse(&params(json!({}))).is_err());
+        assert!(parse::<TrafficDocument>(&params(json!({}))).is_err());
         let backwards = json!({"windows": [{"start": at(10).to_string(), "end": at(0).to_string()}]});
-        assert!(parse(&params(backwards)).unwrap_err().message.contains("ends before"));
+        assert!(
+            parse::<TrafficDocument>(&params(backwards))
+                .unwrap_err()
+                .message
+                .contains("ends before")
+        );
         let zone = json!({"daily": [{"start": "01:00", "end": "02:00"}], "timeZone": "Mars/Olympus"});
-        assert!(parse(&params(zone)).unwrap_err().message.contains("Mars/Olympus"));
+        assert!(
+            parse::<TrafficDocument>(&params(zone))
+                .unwrap_err()
+                .message
+                .contains("Mars/Olympus")
+        );
     }
 }

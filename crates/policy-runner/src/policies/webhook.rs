@@ -1,7 +1,7 @@
 //! `webhook`: a policy served over HTTP (Metacontroller-lambda style). Each run POSTs
 //! `{input, observed, state, parameters}` as JSON to `url` and expects
 //! `{output, state?, message?}` back; the answer is checked before it is used, and a slow or
-//! garbled answer stops the pipeline with the traffic in force kept.
+//! garbled answer stops the pipeline with what is in force kept. It runs on every kind.
 //!
 //! | parameter | meaning | default |
 //! |---|---|---|
@@ -10,11 +10,10 @@
 //! | `values` | anything, passed on in `parameters` | none |
 
 use crd_types::common::Parameters;
-use crd_types::hierarchy::TrafficDocument;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::policy::{Answer, Failure, Interval, Outcome, Phase, Policy, Request, Step, as_json, parameters};
+use crate::policy::{Answer, Document, Failure, Interval, Outcome, Phase, Policy, Request, Step, as_json, parameters};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -39,9 +38,9 @@ pub struct Webhook {
 
 /// What a webhook must answer.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Reply {
-    output: TrafficDocument,
+#[serde(deny_unknown_fields, bound = "D: Document")]
+struct Reply<D> {
+    output: D,
     state: Option<Value>,
     message: Option<String>,
 }
@@ -51,7 +50,7 @@ struct Reply {
 /// # Errors
 ///
 /// Unknown parameters, a URL that is not http(s), or a timeout above 30 s.
-pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
+pub fn parse<D: Document>(given: &Parameters) -> Result<Box<dyn Policy<D>>, Failure> {
     let raw: Raw = parameters(given)?;
     if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
         return Err(Failure::new(
@@ -68,8 +67,8 @@ pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
     }))
 }
 
-impl Policy for Webhook {
-    fn needs(&self, step: &Step<'_>) -> Option<Request> {
+impl<D: Document> Policy<D> for Webhook {
+    fn needs(&self, step: &Step<'_, D>) -> Option<Request> {
         Some(Request::Post {
             url: self.raw.url.clone(),
             body: json!({
@@ -82,12 +81,12 @@ impl Policy for Webhook {
         })
     }
 
-    fn run(&self, _: &Step<'_>, answer: Option<Answer>) -> Result<Outcome, Failure> {
+    fn run(&self, _: &Step<'_, D>, answer: Option<Answer>) -> Result<Outcome<D>, Failure> {
         let url = &self.raw.url;
         let answer = answer
             .unwrap_or_else(|| Err("not called".into()))
             .map_err(|error| Failure::new("WebhookFailed", format!("{url}: {error}")))?;
-        let reply: Reply = serde_json::from_value(answer)
+        let reply: Reply<D> = serde_json::from_value(answer)
             .map_err(|error| Failure::new("WebhookFailed", format!("{url} answered garbage: {error}")))?;
         let message: String = reply
             .message
@@ -106,6 +105,7 @@ mod tests {
     use super::*;
     use crate::policy::{Control, split};
     use crate::testing::{answer, at, observed, params};
+    use crd_types::hierarchy::TrafficDocument;
 
     fn webhook() -> Box<dyn Policy> {
         parse(&params(
@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(timeout.message, "http://hook.test/policy: timed out after 10s");
         let garbage = run(Ok(json!({"weights": []})));
         assert!(garbage.message.contains("answered garbage"), "{}", garbage.message);
-        assert!(parse(&params(json!({"url": "ftp://x"}))).is_err());
-        assert!(parse(&params(json!({"url": "http://x", "timeout": "1m"}))).is_err());
+        assert!(parse::<TrafficDocument>(&params(json!({"url": "ftp://x"}))).is_err());
+        assert!(parse::<TrafficDocument>(&params(json!({"url": "http://x", "timeout": "1m"}))).is_err());
     }
 }
