@@ -5,7 +5,7 @@
 use crd_types::common::{CONDITION_READY, micros, seconds, set_condition};
 use crd_types::workflow::{CANCEL_ANNOTATION, Task, TaskRun, TaskRunPhase, TaskRunStatus};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
 use kube::ResourceExt;
 
 use crate::naming::pod_name;
@@ -91,6 +91,30 @@ pub fn pod_result(pod: &Pod) -> (Option<i32>, Option<String>) {
         .and_then(|t| t.message.clone())
         .or_else(|| pod.status.as_ref().and_then(|s| s.message.clone()));
     (chosen.map(|t| t.exit_code), message)
+}
+
+/// What the TaskRun controller keeps of a pod in its cache: metadata but annotations, the
+/// phase and message, and each container's name and state ([`pod_result`] reads no more).
+/// A pod's spec and the rest of its status are most of its size, and a busy namespace keeps
+/// thousands of finished pods for their runs' history.
+pub fn slim_pod(pod: &mut Pod) {
+    pod.spec = None;
+    pod.metadata.annotations = None;
+    pod.status = pod.status.take().map(|status| PodStatus {
+        phase: status.phase,
+        message: status.message,
+        container_statuses: status.container_statuses.map(|statuses| {
+            statuses
+                .into_iter()
+                .map(|c| ContainerStatus {
+                    name: c.name,
+                    state: c.state,
+                    ..ContainerStatus::default()
+                })
+                .collect()
+        }),
+        ..PodStatus::default()
+    });
 }
 
 /// The delay before retry number `attempt + 1`.
@@ -333,6 +357,25 @@ mod tests {
             run,
             task,
             pod,
+        }
+    }
+
+    #[test]
+    fn a_slimmed_pod_gives_the_same_result_and_keeps_its_owner() {
+        for (phase, code, message) in [("Failed", Some(3), Some("no luck")), ("Succeeded", Some(0), None)] {
+            let mut full = pod(phase, code, message);
+            full.metadata.owner_references =
+                Some(vec![serde_json::from_value(
+                json!({"apiVersion": "workflow.orrery.dev/v1alpha1", "kind": "TaskRun", "name": "r", "uid": "u"}),
+            )
+            .unwrap()]);
+            full.metadata.annotations = Some([("big".to_owned(), "x".repeat(1000))].into());
+            let mut slim = full.clone();
+            slim_pod(&mut slim);
+            assert_eq!(pod_result(&slim), pod_result(&full));
+            assert_eq!(slim.status.as_ref().and_then(|s| s.phase.as_deref()), Some(phase));
+            assert_eq!(slim.metadata.owner_references, full.metadata.owner_references);
+            assert!(slim.spec.is_none() && slim.metadata.annotations.is_none());
         }
     }
 

@@ -100,6 +100,18 @@ pub fn new_run(task: &Task, initiator: Initiator, data: Option<String>, trigger:
     run
 }
 
+/// What the Task controller keeps of a TaskRun in its cache: all but its data (the run's
+/// copy of what it was handed, up to 4 KiB), its conditions, action results and annotations,
+/// which only the TaskRun controller reads.
+pub fn slim_run(run: &mut TaskRun) {
+    run.spec.data = None;
+    run.metadata.annotations = None;
+    if let Some(status) = run.status.as_mut() {
+        status.conditions = Vec::new();
+        status.action_results = Vec::new();
+    }
+}
+
 /// Counts, times and state from the live runs and what was pruned.
 pub fn summarize(stored: &TaskStatus, runs: &[&TaskRun]) -> TaskStatus {
     let mut status = stored.clone();
@@ -438,6 +450,29 @@ mod tests {
             ..IgnitorStatus::default()
         });
         ignitor
+    }
+
+    #[test]
+    fn a_task_plans_the_same_from_slimmed_runs() {
+        let mut task = simple_task("t");
+        task.spec.successful_runs_history_limit = Some(1);
+        let mut full = vec![
+            finished("t", "t-1", TaskRunPhase::Failed, 10, "no"),
+            finished("t", "t-2", TaskRunPhase::Succeeded, 20, "the answer"),
+            finished("t", "t-3", TaskRunPhase::Succeeded, 30, "again"),
+        ];
+        for run in &mut full {
+            run.spec.data = Some("x".repeat(4000));
+            run.metadata.annotations = Some([("note".to_owned(), "kept elsewhere".to_owned())].into());
+        }
+        let mut slim = full.clone();
+        slim.iter_mut().for_each(slim_run);
+        let plan = |runs: &[TaskRun]| plan_task(&view(&task, runs.iter().collect(), &[]));
+        let (from_full, from_slim) = (plan(&full), plan(&slim));
+        assert_eq!(from_slim.status, from_full.status);
+        assert_eq!(from_slim.status.success_count, 2);
+        assert_eq!(from_slim.delete, from_full.delete);
+        assert_eq!(from_slim.delete, vec!["t-2".to_owned()]);
     }
 
     fn view<'a>(task: &'a Task, runs: Vec<&'a TaskRun>, ignitors: &'a [Ignitor]) -> TaskView<'a> {

@@ -11,13 +11,18 @@ use crd_types::workflow::{Ignitor, TASKRUN_LABEL, Task, TaskRun};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, wait_synced, watched, watched_and_cached, watcher_config};
+use orrery_runtime::{
+    BoxError, Context, wait_synced, watched, watched_and_cached, watched_and_cached_slim, watcher_config,
+};
 
 use crate::actions::Registry;
 use crate::handoff::JoinCondition;
+use crate::run_plan::slim_pod;
+use crate::task_plan::slim_run;
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "task-workflow";
@@ -102,10 +107,11 @@ impl State {
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher_config(&context.api::<Task>()).await;
     let (tasks, task_trigger) = watched_and_cached(context.api::<Task>(), config.clone());
-    let (task_runs, task_run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
+    let (task_runs, task_run_trigger) = watched_and_cached_slim(context.api::<TaskRun>(), config.clone(), slim_run);
     let (ignitors, ignitor_trigger) = watched_and_cached(context.api::<Ignitor>(), config.clone());
     let (runs, run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
-    let (pods, pod_trigger) = watched_and_cached(context.api::<Pod>(), config.clone().labels(TASKRUN_LABEL));
+    let (pods, pod_trigger) =
+        watched_and_cached_slim(context.api::<Pod>(), config.clone().labels(TASKRUN_LABEL), slim_pod);
 
     let readiness = context.readiness.clone();
     let caches = (
@@ -155,19 +161,23 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 .filter(move |t| t.namespace() == namespace && t.spec.start_on_ignition.contains(&name))
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
         })
-        // A Task appearing may complete another's triggers.
-        .watches_stream(watched(context.api::<Task>(), config.clone()), move |changed: Task| {
-            let name = changed.name_any();
-            let namespace = changed.namespace();
-            tasks_for_task
-                .state()
-                .into_iter()
-                .filter(move |t| {
-                    t.namespace() == namespace
-                        && (t.spec.start_on_success.contains(&name) || t.spec.start_on_failure.contains(&name))
-                })
-                .map(|t| ObjectRef::from_obj(t.as_ref()))
-        })
+        // A Task appearing may complete another's triggers. Which Task is all this needs: its
+        // metadata only, so thousands of Tasks at start are not decoded three times over.
+        .watches_stream(
+            watched(context.api::<PartialObjectMeta<Task>>(), config.clone()),
+            move |changed| {
+                let name = changed.name_any();
+                let namespace = changed.namespace();
+                tasks_for_task
+                    .state()
+                    .into_iter()
+                    .filter(move |t| {
+                        t.namespace() == namespace
+                            && (t.spec.start_on_success.contains(&name) || t.spec.start_on_failure.contains(&name))
+                    })
+                    .map(|t| ObjectRef::from_obj(t.as_ref()))
+            },
+        )
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(task::reconcile, task::error_policy, state.clone())
@@ -177,7 +187,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let run_controller = Controller::for_stream(run_trigger, runs)
         .owns_stream(pod_trigger)
         // A Task appearing starts the runs that waited for it.
-        .watches_stream(watched(context.api::<Task>(), config), move |task: Task| {
+        .watches_stream(watched(context.api::<PartialObjectMeta<Task>>(), config), move |task| {
             let name = task.name_any();
             let namespace = task.namespace();
             runs_for_task
