@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crd_types::common::{CONDITION_READY, seconds, set_condition};
 use crd_types::workflow::{
-    ActionRef, IgnitionCursor, Ignitor, Initiator, InitiatorKind, PrunedRuns, Task, TaskRef, TaskRun, TaskRunPhase,
-    TaskRunSpec, TaskStatus,
+    ActionRef, CANCEL_ANNOTATION, IgnitionCursor, Ignitor, Initiator, InitiatorKind, PrunedRuns, Task, TaskRef,
+    TaskRun, TaskRunPhase, TaskRunSpec, TaskStatus,
 };
 use jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -101,11 +101,13 @@ pub fn new_run(task: &Task, initiator: Initiator, data: Option<String>, trigger:
 }
 
 /// What the Task controller keeps of a TaskRun in its cache: all but its data (the run's
-/// copy of what it was handed, up to 4 KiB), its conditions, action results and annotations,
-/// which only the TaskRun controller reads.
+/// copy of what it was handed, up to 4 KiB), its conditions, action results and annotations
+/// other than a cancellation, which only the TaskRun controller reads.
 pub fn slim_run(run: &mut TaskRun) {
     run.spec.data = None;
-    run.metadata.annotations = None;
+    if let Some(annotations) = run.metadata.annotations.as_mut() {
+        annotations.retain(|key, _| key == CANCEL_ANNOTATION);
+    }
     if let Some(status) = run.status.as_mut() {
         status.conditions = Vec::new();
         status.action_results = Vec::new();
@@ -465,6 +467,11 @@ mod tests {
             run.spec.data = Some("x".repeat(4000));
             run.metadata.annotations = Some([("note".to_owned(), "kept elsewhere".to_owned())].into());
         }
+        let mut slimmed = finished("t", "t-4", TaskRunPhase::Running, 40, "");
+        assert!(is_active(&slimmed));
+        slimmed.metadata.annotations = Some([(CANCEL_ANNOTATION.to_owned(), "replaced".to_owned())].into());
+        slim_run(&mut slimmed);
+        assert!(!is_active(&slimmed), "a cancellation stays in the cache");
         let mut slim = full.clone();
         slim.iter_mut().for_each(slim_run);
         let plan = |runs: &[TaskRun]| plan_task(&view(&task, runs.iter().collect(), &[]));
