@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use cel_conditions::{Expression, SharedExpressions};
-use crd_types::workflow::{Ignitor, TASKRUN_LABEL, Task, TaskRun};
+use crd_types::workflow::{ActionResult, Ignitor, TASKRUN_LABEL, Task, TaskRun};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -85,6 +85,9 @@ pub(crate) struct State {
     pub actions: Registry,
     pub http: reqwest::Client,
     pub joins: JoinConditions,
+    /// Per TaskRun uid, the results of the actions it ran whose status write has not gone
+    /// through yet: a write refused on a stale read is retried without running them again.
+    pub action_results: std::sync::Mutex<HashMap<String, Vec<ActionResult>>>,
 }
 
 impl State {
@@ -144,6 +147,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         actions: Registry::builtin(),
         http: reqwest::Client::new(),
         joins: JoinConditions::default(),
+        action_results: std::sync::Mutex::default(),
     });
 
     let tasks_for_ignitor = tasks.clone();

@@ -80,11 +80,26 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     // to concurrent hand-offs (a join must see every predecessor's result). Without a joining
     // successor nothing needs to see it first, so the hand-off shares this write.
     let hand_off_now = plan.hand_off || (plan.finished_now && !successors_join(state, run, &namespace));
+    let uid = run.uid().unwrap_or_default();
     if hand_off_now {
         let mut finished = run.clone();
         finished.status = Some(status.clone());
         if let Some(task) = task.as_deref() {
-            status.action_results = run_actions(state, &finished, task).await;
+            let ran = state
+                .action_results
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&uid)
+                .cloned();
+            status.action_results = match ran {
+                Some(results) => results,
+                None => {
+                    let results = run_actions(state, &finished, task).await;
+                    let mut ran = state.action_results.lock().unwrap_or_else(|p| p.into_inner());
+                    ran.insert(uid.clone(), results.clone());
+                    results
+                }
+            };
         }
         hand_off(state, &finished, &namespace).await?;
         status.handed_off = true;
@@ -97,6 +112,13 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
             &status,
         )
         .await?;
+    }
+    if hand_off_now {
+        state
+            .action_results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&uid);
     }
     Ok(match plan.wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
