@@ -1260,7 +1260,13 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
         return release_application(app, state, &api).await;
     }
     let previous = app.status.clone();
-    let mut status = ApplicationStatus::default();
+    // The traffic in force stays in status until the route is applied again: a reconcile that
+    // stops short (a refused write, a missing parent) must not let it fall back to the baseline.
+    let mut status = ApplicationStatus {
+        weights: previous.as_ref().map(|p| p.weights.clone()).unwrap_or_default(),
+        matches: previous.as_ref().map(|p| p.matches.clone()).unwrap_or_default(),
+        ..ApplicationStatus::default()
+    };
     let mut recheck = None;
     let readiness = match claim(
         state,
