@@ -1260,13 +1260,7 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
         return release_application(app, state, &api).await;
     }
     let previous = app.status.clone();
-    // The traffic in force stays in status until the route is applied again: a reconcile that
-    // stops short (a refused write, a missing parent) must not let it fall back to the baseline.
-    let mut status = ApplicationStatus {
-        weights: previous.as_ref().map(|p| p.weights.clone()).unwrap_or_default(),
-        matches: previous.as_ref().map(|p| p.matches.clone()).unwrap_or_default(),
-        ..ApplicationStatus::default()
-    };
+    let mut status = ApplicationStatus::default();
     let mut recheck = None;
     let readiness = match claim(
         state,
@@ -1287,7 +1281,17 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
                 }
                 match align_application(app, &target, &namespace, &state.applied, &mut status).await {
                     Ok(readiness) => readiness,
-                    Err(err) => write_failed(err, &mut recheck)?,
+                    Err(err) => {
+                        // A write refused before the route was applied: the traffic in force
+                        // stays in status, or the next reconcile would fall back to the baseline.
+                        if status.weights.is_empty()
+                            && let Some(previous) = &previous
+                        {
+                            status.weights.clone_from(&previous.weights);
+                            status.matches.clone_from(&previous.matches);
+                        }
+                        write_failed(err, &mut recheck)?
+                    }
                 }
             }
         },
