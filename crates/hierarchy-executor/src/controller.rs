@@ -1107,56 +1107,59 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
     ) {
         Execution::LeaveAlone => return Ok(Action::await_change()),
         Execution::Report(readiness) => readiness,
-        Execution::Run(_) => match (as_applied(vc), target_of(state, vc.spec.cluster.as_deref()).await) {
-            (Err(readiness), _) | (_, Err(readiness)) => readiness,
-            (Ok(applied), Ok((cluster, target))) => {
-                if hold(&api, vc).await? {
-                    return Ok(Action::await_change());
-                }
-                if cluster.spec.kubeconfig_secret_ref.is_some() {
-                    recheck = Some(REMOTE_RECHECK);
-                }
-                let namespace = virtual_cluster::namespace_name(vc);
-                let existing = Api::<Namespace>::all(target.clone())
-                    .get_opt(&namespace)
-                    .await
-                    .map_err(Error::api(format!("reading namespace {namespace}")))?;
-                match virtual_cluster::namespace_conflict(vc, existing.as_ref()) {
-                    Some(message) => Readiness::NotReady {
-                        reason: "NamespaceConflict".into(),
-                        message,
-                    },
-                    None => 'aligned: {
-                        let uid = vc.uid().unwrap_or_default();
-                        let adopted = virtual_cluster::adopted(existing.as_ref());
-                        let objects = virtual_cluster::objects(&applied, &uid, adopted);
-                        let desired = fingerprint(&objects);
-                        if existing.is_none() || !state.applied.is_current(&uid, desired) {
-                            state.applied.forget(&uid);
-                            if let Err(err) = align_virtual_cluster(&objects, &target, &namespace, &uid).await {
-                                break 'aligned write_failed(err, &mut recheck)?;
+        // Waiting for its policies, it reads nothing of its Cluster.
+        Execution::Run(_) => {
+            match async { Ok((as_applied(vc)?, target_of(state, vc.spec.cluster.as_deref()).await?)) }.await {
+                Err(readiness) => readiness,
+                Ok((applied, (cluster, target))) => {
+                    if hold(&api, vc).await? {
+                        return Ok(Action::await_change());
+                    }
+                    if cluster.spec.kubeconfig_secret_ref.is_some() {
+                        recheck = Some(REMOTE_RECHECK);
+                    }
+                    let namespace = virtual_cluster::namespace_name(vc);
+                    let existing = Api::<Namespace>::all(target.clone())
+                        .get_opt(&namespace)
+                        .await
+                        .map_err(Error::api(format!("reading namespace {namespace}")))?;
+                    match virtual_cluster::namespace_conflict(vc, existing.as_ref()) {
+                        Some(message) => Readiness::NotReady {
+                            reason: "NamespaceConflict".into(),
+                            message,
+                        },
+                        None => 'aligned: {
+                            let uid = vc.uid().unwrap_or_default();
+                            let adopted = virtual_cluster::adopted(existing.as_ref());
+                            let objects = virtual_cluster::objects(&applied, &uid, adopted);
+                            let desired = fingerprint(&objects);
+                            if existing.is_none() || !state.applied.is_current(&uid, desired) {
+                                state.applied.forget(&uid);
+                                if let Err(err) = align_virtual_cluster(&objects, &target, &namespace, &uid).await {
+                                    break 'aligned write_failed(err, &mut recheck)?;
+                                }
+                                state.applied.record(&uid, desired);
                             }
-                            state.applied.record(&uid, desired);
+                            status.namespace = Some(namespace.clone());
+                            let name = vc.name_any();
+                            let apps: Vec<Arc<Application>> = state
+                                .virtual_cluster_applications
+                                .state()
+                                .into_iter()
+                                .filter(|a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))
+                                .collect();
+                            roll_up_children(
+                                Readiness::Ready,
+                                "Application",
+                                &apps,
+                                |a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()),
+                                |a| a.status.as_ref().map(|s| &s.common),
+                            )
                         }
-                        status.namespace = Some(namespace.clone());
-                        let name = vc.name_any();
-                        let apps: Vec<Arc<Application>> = state
-                            .virtual_cluster_applications
-                            .state()
-                            .into_iter()
-                            .filter(|a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))
-                            .collect();
-                        roll_up_children(
-                            Readiness::Ready,
-                            "Application",
-                            &apps,
-                            |a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()),
-                            |a| a.status.as_ref().map(|s| &s.common),
-                        )
                     }
                 }
             }
-        },
+        }
     };
     let outcome = Outcome { readiness, recheck };
     finish(state, vc, &api, previous.as_ref(), status, outcome).await
