@@ -21,6 +21,10 @@ pub const CONDITION_ACTIONS_VALID: &str = "ActionsValid";
 /// Default number of successful and of failed runs kept.
 pub const DEFAULT_HISTORY: i32 = 3;
 
+/// How long before a Task's creation an Ignitor's firing may be and still start it: a `NOW`
+/// Ignitor applied in the same `kubectl apply` as its Task fires before the Task exists.
+pub const APPLIED_TOGETHER: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
+
 /// What the Task reconciler sees.
 #[derive(Debug)]
 pub struct TaskView<'a> {
@@ -196,6 +200,7 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
 
     // New firings of the Ignitors this task starts on.
     let created = task.creation_timestamp().map(|t| t.0).unwrap_or(view.now);
+    let acts_from = seconds(created.checked_sub(APPLIED_TOGETHER).unwrap_or(created)).0;
     let mut runs: Vec<&TaskRun> = view.runs.clone();
     let mut new_runs: Vec<TaskRun> = Vec::new();
     for (name, ignitor) in &view.ignitors {
@@ -208,8 +213,9 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
         let cursor = status.ignitions.iter().find(|c| &c.name == name).map(|c| c.sequence);
         let fresh = match cursor {
             Some(seen) => ignition.sequence > seen,
-            // Firings from before this task existed are not its to act on.
-            None => ignition.time.0 >= seconds(created).0,
+            // Firings from before this task existed are not its to act on, unless it was
+            // applied together with the Ignitor.
+            None => ignition.time.0 >= acts_from,
         };
         set_cursor(&mut status.ignitions, name, ignition.sequence);
         if !fresh {
@@ -548,6 +554,18 @@ mod tests {
         let plan = plan_task(&view(&task, vec![], &ignitors));
         assert!(plan.create.is_empty());
         assert_eq!(plan.status.ignitions[0].sequence, 4, "the baseline is recorded");
+    }
+
+    #[test]
+    fn a_firing_just_before_the_task_was_created_starts_it() {
+        // One `kubectl apply` of a NOW Ignitor and its Task: the firing comes first.
+        let mut task = simple_task("task1");
+        task.spec.start_on_ignition = vec!["ignitor1".into()];
+        let ignitors = [ignitor("ignitor1", 1, "2025-12-31T23:59:52Z")];
+        let plan = plan_task(&view(&task, vec![], &ignitors));
+        assert_eq!(plan.create.len(), 1);
+        let late = [ignitor("ignitor1", 1, "2025-12-31T23:59:49Z")];
+        assert!(plan_task(&view(&task, vec![], &late)).create.is_empty());
     }
 
     #[test]
