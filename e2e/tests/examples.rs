@@ -65,7 +65,19 @@ async fn every_example_applies_and_does_what_it_says() {
         {
             Ok(())
         } else {
-            Err(format!("task2's messages so far: {messages:?}"))
+            let runs: Vec<String> = list
+                .items
+                .iter()
+                .map(|r| {
+                    let phase = r.status.as_ref().and_then(|s| s.phase);
+                    format!(
+                        "{} of {}: {phase:?}",
+                        r.metadata.name.as_deref().unwrap_or(""),
+                        r.spec.task_ref.name
+                    )
+                })
+                .collect();
+            Err(format!("task2's messages so far: {messages:?}; runs: {runs:?}"))
         }
     })
     .await;
