@@ -1,7 +1,9 @@
 //! Watches and caches for controllers. A cache a reconcile reads from is filled by the very
 //! stream that triggers the reconcile, so a trigger never arrives before its change is cached;
-//! streams are never shared, so one slow consumer cannot hold up another. `managedFields` is
-//! dropped on the way in: it is about half of an object's metadata and no controller reads it.
+//! streams are never shared, so one slow consumer cannot hold up another. `managedFields` and
+//! `kubectl apply`'s last-applied-configuration annotation (a second copy of the object) are
+//! dropped on the way in: together they are most of an object's metadata and no controller
+//! reads them.
 
 use futures::Stream;
 use kube::runtime::WatchStreamExt;
@@ -17,9 +19,21 @@ fn stripped<K>(
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher(api, config)
-        .default_backoff()
-        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+    watcher(api, config).default_backoff().modify(strip::<K>)
+}
+
+/// The annotation `kubectl apply` keeps the last applied object in.
+pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+fn strip<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = &mut meta.annotations {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
 
 /// A watch of `api` (with backoff while the API server is away) as a controller trigger.
@@ -100,4 +114,31 @@ where
     let supported = matches!(answered, Ok(Some(Ok(WatchEvent::Bookmark(_)))));
     tracing::debug!(supported, "streaming lists");
     supported
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    use super::*;
+
+    #[test]
+    fn managed_fields_and_the_last_applied_copy_are_dropped_and_other_annotations_kept() {
+        let mut object = ConfigMap::default();
+        object.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        object.metadata.annotations = Some(
+            [(LAST_APPLIED_ANNOTATION, "{}"), ("workflow.orrery.dev/cancel", "1")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .into(),
+        );
+        strip(&mut object);
+        assert_eq!(object.metadata.managed_fields, None);
+        let annotations = object.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(annotations.keys().collect::<Vec<_>>(), ["workflow.orrery.dev/cancel"]);
+
+        object.metadata.annotations = Some([(LAST_APPLIED_ANNOTATION.to_string(), "{}".to_string())].into());
+        strip(&mut object);
+        assert_eq!(object.metadata.annotations, None, "no empty map is kept");
+    }
 }
