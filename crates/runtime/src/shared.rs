@@ -6,6 +6,8 @@
 //! reads them.
 
 use futures::Stream;
+use kube::api::ObjectMeta;
+use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -59,6 +61,58 @@ where
         store,
         stripped(api, config).modify(slim).reflect(writer).applied_objects(),
     )
+}
+
+/// A watch of `api` whose cache keeps each object's name, namespace and uid only, for a
+/// controller that reads the one object it reconciles from the API server: with thousands of
+/// objects, their metadata is all that stays in memory. `observe` sees every event whole first,
+/// to keep whatever index of the objects' contents the controller needs.
+pub fn watched_and_cached_metadata<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+) -> (
+    Store<PartialObjectMeta<K>>,
+    impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send,
+)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+
+    let (store, writer) = reflector::store();
+    let events = watcher(api, config).default_backoff().map(move |event| {
+        event.map(|event| {
+            observe(&event);
+            metadata_event(event)
+        })
+    });
+    (store, events.reflect(writer).applied_objects())
+}
+
+fn metadata_event<K: Resource>(event: watcher::Event<K>) -> watcher::Event<PartialObjectMeta<K>> {
+    use watcher::Event;
+    match event {
+        Event::Apply(object) => Event::Apply(metadata_of(object)),
+        Event::Delete(object) => Event::Delete(metadata_of(object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(metadata_of(object)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+fn metadata_of<K: Resource>(mut object: K) -> PartialObjectMeta<K> {
+    let meta = object.meta_mut();
+    PartialObjectMeta {
+        types: None,
+        metadata: ObjectMeta {
+            name: meta.name.take(),
+            namespace: meta.namespace.take(),
+            uid: meta.uid.take(),
+            ..ObjectMeta::default()
+        },
+        _phantom: std::marker::PhantomData,
+    }
 }
 
 /// A watch of `api` that also fills the returned cache: the trigger of the controller whose

@@ -16,6 +16,7 @@ pub mod naming;
 pub mod pod;
 pub mod run_plan;
 pub mod task_plan;
+pub mod triggers;
 
 #[cfg(test)]
 mod testing;

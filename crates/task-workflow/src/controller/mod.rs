@@ -10,19 +10,21 @@ use cel_conditions::{Expression, SharedExpressions};
 use crd_types::workflow::{ActionResult, Ignitor, TASKRUN_LABEL, Task, TaskRun};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
-use kube::ResourceExt;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{
-    BoxError, Context, wait_synced, watched, watched_and_cached, watched_and_cached_slim, watcher_config,
+    BoxError, Context, wait_synced, watched, watched_and_cached, watched_and_cached_metadata, watched_and_cached_slim,
+    watcher_config,
 };
 
 use crate::actions::Registry;
 use crate::handoff::JoinCondition;
 use crate::run_plan::slim_pod;
 use crate::task_plan::slim_run;
+use crate::triggers::Triggers;
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "task-workflow";
@@ -75,7 +77,10 @@ impl JoinCondition for JoinConditions {
 /// Everything both controllers share.
 pub(crate) struct State {
     pub context: Context,
-    pub tasks: Store<Task>,
+    /// Tasks by metadata only: a reconcile reads the Task it needs from the API server.
+    pub tasks: Store<PartialObjectMeta<Task>>,
+    /// What starts each Task, the one part of their specs looked up across Tasks.
+    pub triggers: Arc<Triggers>,
     /// TaskRuns as the Task controller has been told of them.
     pub task_runs: Store<TaskRun>,
     /// TaskRuns as the TaskRun controller has been told of them.
@@ -91,6 +96,14 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The Task `name` in `namespace`, read whole from the API server.
+    pub async fn task(&self, namespace: &str, name: &str) -> Result<Option<Task>, Error> {
+        Api::<Task>::namespaced(self.context.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(Error::api(format!("reading Task {name}")))
+    }
+
     /// The runs of `task` in `namespace`, from the Task controller's cache.
     pub fn runs_of(&self, namespace: &str, task: &str) -> Vec<Arc<TaskRun>> {
         self.task_runs
@@ -107,9 +120,15 @@ impl State {
 /// trigger never arrives before the change it announces is in the cache. Where a controller
 /// only learns of a change through another's cache (a Task appearing), the waiting reconcile
 /// also looks again on a timer.
+///
+/// Tasks are many and mostly idle, so only their metadata and what starts them are cached
+/// (about a third of a whole Task's memory); each reconcile reads its Task from the API server.
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher_config(&context.api::<Task>()).await;
-    let (tasks, task_trigger) = watched_and_cached(context.api::<Task>(), config.clone());
+    let triggers = Arc::new(Triggers::default());
+    let index = triggers.clone();
+    let (tasks, task_trigger) =
+        watched_and_cached_metadata(context.api::<Task>(), config.clone(), move |event| index.apply(event));
     let (task_runs, task_run_trigger) = watched_and_cached_slim(context.api::<TaskRun>(), config.clone(), slim_run);
     let (ignitors, ignitor_trigger) = watched_and_cached(context.api::<Ignitor>(), config.clone());
     let (runs, run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
@@ -140,6 +159,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let state = Arc::new(State {
         context: context.clone(),
         tasks: tasks.clone(),
+        triggers: triggers.clone(),
         task_runs,
         runs: runs.clone(),
         ignitors,
@@ -150,36 +170,29 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         action_results: std::sync::Mutex::default(),
     });
 
-    let tasks_for_ignitor = tasks.clone();
-    let tasks_for_task = tasks.clone();
+    let tasks_for_ignitor = triggers.clone();
+    let tasks_for_task = triggers;
     let task_controller = Controller::for_stream(task_trigger, tasks.clone())
         .watches_stream(task_run_trigger, |run: TaskRun| {
-            Some(ObjectRef::<Task>::new(&run.spec.task_ref.name).within(&run.namespace().unwrap_or_default()))
+            Some(ObjectRef::new(&run.spec.task_ref.name).within(&run.namespace().unwrap_or_default()))
         })
         .watches_stream(ignitor_trigger, move |ignitor: Ignitor| {
-            let name = ignitor.name_any();
-            let namespace = ignitor.namespace();
+            let namespace = ignitor.namespace().unwrap_or_default();
             tasks_for_ignitor
-                .state()
+                .started_by_ignitor(&namespace, &ignitor.name_any())
                 .into_iter()
-                .filter(move |t| t.namespace() == namespace && t.spec.start_on_ignition.contains(&name))
-                .map(|t| ObjectRef::from_obj(t.as_ref()))
+                .map(move |task| ObjectRef::new(&task).within(&namespace))
         })
         // A Task appearing may complete another's triggers. Which Task is all this needs: its
         // metadata only, so thousands of Tasks at start are not decoded three times over.
         .watches_stream(
             watched(context.api::<PartialObjectMeta<Task>>(), config.clone()),
             move |changed| {
-                let name = changed.name_any();
-                let namespace = changed.namespace();
+                let namespace = changed.namespace().unwrap_or_default();
                 tasks_for_task
-                    .state()
+                    .started_after(&namespace, &changed.name_any())
                     .into_iter()
-                    .filter(move |t| {
-                        t.namespace() == namespace
-                            && (t.spec.start_on_success.contains(&name) || t.spec.start_on_failure.contains(&name))
-                    })
-                    .map(|t| ObjectRef::from_obj(t.as_ref()))
+                    .map(move |task| ObjectRef::new(&task).within(&namespace))
             },
         )
         .with_config(context.controller_config())

@@ -35,9 +35,12 @@ pub(crate) fn error_policy(_: Arc<TaskRun>, error: &Error, _: Arc<State>) -> Act
 
 async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     let namespace = run.namespace().unwrap_or_default();
-    let task = state
-        .tasks
-        .get(&ObjectRef::new(&run.spec.task_ref.name).within(&namespace));
+    // A run that has handed off needs nothing more of its Task.
+    let done = run.status.as_ref().is_some_and(|s| s.handed_off);
+    let task = match done {
+        true => None,
+        false => state.task(&namespace, &run.spec.task_ref.name).await?,
+    };
     let attempt = run.status.as_ref().map(|s| s.attempt).unwrap_or(0);
     let pod = state
         .pods
@@ -46,7 +49,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     let plan = plan_run(&RunView {
         now,
         run,
-        task: task.as_deref(),
+        task: task.as_ref(),
         pod: pod.as_deref(),
     });
     let mut status = plan.status;
@@ -79,12 +82,17 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     // A run that finished hands off in the next reconcile, once its final status is visible
     // to concurrent hand-offs (a join must see every predecessor's result). Without a joining
     // successor nothing needs to see it first, so the hand-off shares this write.
-    let hand_off_now = plan.hand_off || (plan.finished_now && !successors_join(state, run, &namespace));
+    let successors = if plan.hand_off || plan.finished_now {
+        successor_tasks(state, run, &namespace).await?
+    } else {
+        vec![]
+    };
+    let hand_off_now = plan.hand_off || (plan.finished_now && !successors.iter().any(joins));
     let uid = run.uid().unwrap_or_default();
     if hand_off_now {
         let mut finished = run.clone();
         finished.status = Some(status.clone());
-        if let Some(task) = task.as_deref() {
+        if let Some(task) = &task {
             let ran = state
                 .action_results
                 .lock()
@@ -101,7 +109,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
                 }
             };
         }
-        hand_off(state, &finished, &namespace).await?;
+        hand_off(state, &finished, &namespace, &successors).await?;
         status.handed_off = true;
     }
     if Some(&status) != run.status.as_ref() {
@@ -123,7 +131,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     Ok(match plan.wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
         // The Task's arrival reaches the Task controller's cache first; look again now and then.
-        None if task.is_none() => Action::requeue(Duration::from_secs(5)),
+        None if task.is_none() && !done => Action::requeue(Duration::from_secs(5)),
         None => Action::await_change(),
     })
 }
@@ -157,43 +165,25 @@ async fn run_actions(state: &State, run: &TaskRun, task: &Task) -> Vec<crd_types
 }
 
 /// The Tasks in `namespace` that `run`'s finishing triggers.
-fn successor_tasks(state: &State, run: &TaskRun, namespace: &str) -> Vec<Arc<Task>> {
-    let predecessor = run.spec.task_ref.name.as_str();
-    state
-        .tasks
-        .state()
-        .into_iter()
-        .filter(|t| {
-            t.namespace().as_deref() == Some(namespace)
-                && (t.spec.start_on_success.iter().any(|n| n == predecessor)
-                    || t.spec.start_on_failure.iter().any(|n| n == predecessor))
-        })
-        .collect()
+async fn successor_tasks(state: &State, run: &TaskRun, namespace: &str) -> Result<Vec<Task>, Error> {
+    let mut tasks = Vec::new();
+    for name in state.triggers.started_after(namespace, &run.spec.task_ref.name) {
+        tasks.extend(state.task(namespace, &name).await?);
+    }
+    Ok(tasks)
 }
 
-/// Does any Task that `run` triggers join it with other predecessors?
-fn successors_join(state: &State, run: &TaskRun, namespace: &str) -> bool {
-    successor_tasks(state, run, namespace).iter().any(|t| {
-        t.spec
-            .join
-            .as_ref()
-            .is_some_and(|j| j.mode != crd_types::workflow::JoinMode::AnyOf || j.condition.is_some())
-    })
+/// Does `successor` join its predecessors (so each must see the others' results first)?
+fn joins(successor: &Task) -> bool {
+    successor
+        .spec
+        .join
+        .as_ref()
+        .is_some_and(|j| j.mode != crd_types::workflow::JoinMode::AnyOf || j.condition.is_some())
 }
 
 /// Starts every Task the finished `run` triggers.
-async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), Error> {
-    let predecessor = run.spec.task_ref.name.as_str();
-    let tasks: Vec<Arc<Task>> = state
-        .tasks
-        .state()
-        .into_iter()
-        .filter(|t| {
-            t.namespace().as_deref() == Some(namespace)
-                && (t.spec.start_on_success.iter().any(|n| n == predecessor)
-                    || t.spec.start_on_failure.iter().any(|n| n == predecessor))
-        })
-        .collect();
+async fn hand_off(state: &State, run: &TaskRun, namespace: &str, tasks: &[Task]) -> Result<(), Error> {
     if tasks.is_empty() {
         return Ok(());
     }
@@ -216,7 +206,7 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
         .filter(|r| r.namespace().as_deref() == Some(namespace) && involved.contains(&r.spec.task_ref.name.as_str()))
         .collect();
     let run_refs: Vec<&TaskRun> = runs.iter().map(Arc::as_ref).collect();
-    let task_refs: Vec<&Task> = tasks.iter().map(Arc::as_ref).collect();
+    let task_refs: Vec<&Task> = tasks.iter().collect();
     let api: Api<TaskRun> = Api::namespaced(state.context.client.clone(), namespace);
     for successor in successors(run, &task_refs, &run_refs, &state.joins) {
         match successor {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crd_types::workflow::{CANCEL_ANNOTATION, Task, TaskRun};
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
@@ -17,7 +18,7 @@ use orrery_runtime::{apply_status, is_not_found};
 use super::{Error, NAME, State};
 use crate::task_plan::{TaskView, plan_task};
 
-pub(crate) async fn reconcile(task: Arc<Task>, state: Arc<State>) -> Result<Action, Error> {
+pub(crate) async fn reconcile(task: Arc<PartialObjectMeta<Task>>, state: Arc<State>) -> Result<Action, Error> {
     state
         .context
         .metrics
@@ -25,12 +26,17 @@ pub(crate) async fn reconcile(task: Arc<Task>, state: Arc<State>) -> Result<Acti
         .await
 }
 
-pub(crate) fn error_policy(_: Arc<Task>, error: &Error, _: Arc<State>) -> Action {
+pub(crate) fn error_policy(_: Arc<PartialObjectMeta<Task>>, error: &Error, _: Arc<State>) -> Action {
     error.requeue()
 }
 
-async fn reconcile_task(task: &Task, state: &State) -> Result<Action, Error> {
-    let namespace = task.namespace().unwrap_or_default();
+async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Result<Action, Error> {
+    let namespace = cached.namespace().unwrap_or_default();
+    let Some(task) = state.task(&namespace, &cached.name_any()).await? else {
+        // Deleted since: its runs go with it (owner references).
+        return Ok(Action::await_change());
+    };
+    let task = &task;
     let runs = state.runs_of(&namespace, &task.name_any());
     let ignitors: Vec<_> = task
         .spec
