@@ -63,14 +63,14 @@ where
     )
 }
 
-/// A watch of `api` whose cache keeps each object's name, namespace and uid only, for a
+/// A watch of `api` whose cache keeps each object's name and namespace only, for a
 /// controller that reads the one object it reconciles from the API server: with thousands of
-/// objects, their metadata is all that stays in memory. `observe` sees every event whole first,
+/// objects, their names are all that stays in memory. `observe` sees every event whole first,
 /// to keep whatever index of the objects' contents the controller needs.
 pub fn watched_and_cached_metadata<K>(
     api: Api<K>,
     config: watcher::Config,
-    mut observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
 ) -> (
     Store<PartialObjectMeta<K>>,
     impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send,
@@ -78,27 +78,39 @@ pub fn watched_and_cached_metadata<K>(
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
+    watched_and_cached_as(api, config, observe, metadata_of)
+}
+
+/// A watch of `api` whose cache keeps each object as `cached(object)`: a lighter type holding
+/// the few fields the controller reads, when even a slimmed object is mostly empty space (a
+/// `Pod` takes 2.4 KiB before any of its contents). `observe` sees every event whole first.
+pub fn watched_and_cached_as<K, C>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    mut cached: impl FnMut(K) -> C + Send + 'static,
+) -> (Store<C>, impl Stream<Item = Result<C, watcher::Error>> + Send)
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
     use futures::StreamExt;
+    use watcher::Event;
 
     let (store, writer) = reflector::store();
     let events = watcher(api, config).default_backoff().map(move |event| {
         event.map(|event| {
             observe(&event);
-            metadata_event(event)
+            match event {
+                Event::Apply(object) => Event::Apply(cached(object)),
+                Event::Delete(object) => Event::Delete(cached(object)),
+                Event::Init => Event::Init,
+                Event::InitApply(object) => Event::InitApply(cached(object)),
+                Event::InitDone => Event::InitDone,
+            }
         })
     });
     (store, events.reflect(writer).applied_objects())
-}
-
-fn metadata_event<K: Resource>(event: watcher::Event<K>) -> watcher::Event<PartialObjectMeta<K>> {
-    use watcher::Event;
-    match event {
-        Event::Apply(object) => Event::Apply(metadata_of(object)),
-        Event::Delete(object) => Event::Delete(metadata_of(object)),
-        Event::Init => Event::Init,
-        Event::InitApply(object) => Event::InitApply(metadata_of(object)),
-        Event::InitDone => Event::InitDone,
-    }
 }
 
 fn metadata_of<K: Resource>(mut object: K) -> PartialObjectMeta<K> {
@@ -108,7 +120,6 @@ fn metadata_of<K: Resource>(mut object: K) -> PartialObjectMeta<K> {
         metadata: ObjectMeta {
             name: meta.name.take(),
             namespace: meta.namespace.take(),
-            uid: meta.uid.take(),
             ..ObjectMeta::default()
         },
         _phantom: std::marker::PhantomData,

@@ -9,6 +9,7 @@
 //! [`controller`] module does the I/O.
 
 pub mod actions;
+pub mod attempt_pod;
 pub mod controller;
 pub mod gate;
 pub mod handoff;

@@ -5,9 +5,10 @@
 use crd_types::common::{CONDITION_READY, micros, seconds, set_condition};
 use crd_types::workflow::{CANCEL_ANNOTATION, Task, TaskRun, TaskRunPhase, TaskRunStatus};
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodStatus};
+use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
+use crate::attempt_pod::AttemptPod;
 use crate::naming::pod_name;
 use crate::pod::build_pod;
 
@@ -26,7 +27,7 @@ pub struct RunView<'a> {
     /// Its Task, if it exists.
     pub task: Option<&'a Task>,
     /// The pod of its current attempt, if it exists.
-    pub pod: Option<&'a Pod>,
+    pub pod: Option<&'a AttemptPod>,
 }
 
 /// What to do.
@@ -72,49 +73,6 @@ fn finish(status: &mut TaskRunStatus, view: &RunView<'_>, phase: TaskRunPhase, r
         _ => status.message.clone().unwrap_or_else(|| "the run failed".into()),
     };
     ready(status, view, phase == TaskRunPhase::Succeeded, reason, text);
-}
-
-/// The pod's result as the kubelet reported it: the first container's exit code and
-/// termination message (or the first failing container's).
-pub fn pod_result(pod: &Pod) -> (Option<i32>, Option<String>) {
-    let statuses = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.clone())
-        .unwrap_or_default();
-    let terminated: Vec<_> = statuses
-        .iter()
-        .filter_map(|c| c.state.as_ref().and_then(|s| s.terminated.clone()))
-        .collect();
-    let chosen = terminated.iter().find(|t| t.exit_code != 0).or(terminated.first());
-    let message = chosen
-        .and_then(|t| t.message.clone())
-        .or_else(|| pod.status.as_ref().and_then(|s| s.message.clone()));
-    (chosen.map(|t| t.exit_code), message)
-}
-
-/// What the TaskRun controller keeps of a pod in its cache: metadata but annotations, the
-/// phase and message, and each container's name and state ([`pod_result`] reads no more).
-/// A pod's spec and the rest of its status are most of its size, and a busy namespace keeps
-/// thousands of finished pods for their runs' history.
-pub fn slim_pod(pod: &mut Pod) {
-    pod.spec = None;
-    pod.metadata.annotations = None;
-    pod.status = pod.status.take().map(|status| PodStatus {
-        phase: status.phase,
-        message: status.message,
-        container_statuses: status.container_statuses.map(|statuses| {
-            statuses
-                .into_iter()
-                .map(|c| ContainerStatus {
-                    name: c.name,
-                    state: c.state,
-                    ..ContainerStatus::default()
-                })
-                .collect()
-        }),
-        ..PodStatus::default()
-    });
 }
 
 /// The delay before retry number `attempt + 1`.
@@ -218,12 +176,7 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
         }
         return create_attempt(view, task, status, plan);
     };
-    match pod
-        .status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or("Pending")
-    {
+    match pod.phase.as_deref().unwrap_or("Pending") {
         "Running" => {
             status.phase = Some(TaskRunPhase::Running);
             if status.start_time.is_none() {
@@ -238,15 +191,19 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
             );
         }
         "Succeeded" => {
-            let (exit_code, message) = pod_result(pod);
-            status.exit_code = exit_code.or(Some(0));
+            status.exit_code = pod.exit_code.or(Some(0));
             status.start_time = status.start_time.or(Some(micros(view.now)));
-            finish(&mut status, view, TaskRunPhase::Succeeded, "Succeeded", message);
+            finish(
+                &mut status,
+                view,
+                TaskRunPhase::Succeeded,
+                "Succeeded",
+                pod.message.clone(),
+            );
         }
         "Failed" => {
-            let (exit_code, message) = pod_result(pod);
             status.start_time = status.start_time.or(Some(micros(view.now)));
-            return attempt_failed(view, task, status, plan, exit_code, message);
+            return attempt_failed(view, task, status, plan, pod.exit_code, pod.message.clone());
         }
         _ => {
             status.phase = Some(TaskRunPhase::Pending);
@@ -339,43 +296,25 @@ mod tests {
     use crate::testing::{run_of, simple_task, t};
     use serde_json::json;
 
-    fn pod(phase: &str, exit_code: Option<i32>, message: Option<&str>) -> Pod {
+    fn pod(phase: &str, exit_code: Option<i32>, message: Option<&str>) -> AttemptPod {
         let mut status = json!({"phase": phase});
         if let Some(code) = exit_code {
             status["containerStatuses"] = json!([{"name": "main", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
                 "state": {"terminated": {"exitCode": code, "message": message}}}]);
         }
-        serde_json::from_value(
+        let pod: Pod = serde_json::from_value(
             json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "main"}]}, "status": status}),
         )
-        .unwrap()
+        .unwrap();
+        pod.into()
     }
 
-    fn view<'a>(now: &str, run: &'a TaskRun, task: Option<&'a Task>, pod: Option<&'a Pod>) -> RunView<'a> {
+    fn view<'a>(now: &str, run: &'a TaskRun, task: Option<&'a Task>, pod: Option<&'a AttemptPod>) -> RunView<'a> {
         RunView {
             now: t(now),
             run,
             task,
             pod,
-        }
-    }
-
-    #[test]
-    fn a_slimmed_pod_gives_the_same_result_and_keeps_its_owner() {
-        for (phase, code, message) in [("Failed", Some(3), Some("no luck")), ("Succeeded", Some(0), None)] {
-            let mut full = pod(phase, code, message);
-            full.metadata.owner_references =
-                Some(vec![serde_json::from_value(
-                json!({"apiVersion": "workflow.orrery.dev/v1alpha1", "kind": "TaskRun", "name": "r", "uid": "u"}),
-            )
-            .unwrap()]);
-            full.metadata.annotations = Some([("big".to_owned(), "x".repeat(1000))].into());
-            let mut slim = full.clone();
-            slim_pod(&mut slim);
-            assert_eq!(pod_result(&slim), pod_result(&full));
-            assert_eq!(slim.status.as_ref().and_then(|s| s.phase.as_deref()), Some(phase));
-            assert_eq!(slim.metadata.owner_references, full.metadata.owner_references);
-            assert!(slim.spec.is_none() && slim.metadata.annotations.is_none());
         }
     }
 

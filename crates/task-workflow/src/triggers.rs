@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 
-use crd_types::workflow::Task;
+use crd_types::workflow::{JoinMode, Task};
 use kube::ResourceExt;
 use kube::runtime::watcher::Event;
 
@@ -17,6 +17,8 @@ struct Starts {
     ignitors: Vec<String>,
     /// `startOnSuccess` and `startOnFailure`.
     tasks: Vec<String>,
+    /// Whether it joins its predecessors (all of them, or a condition over their results).
+    joins: bool,
 }
 
 impl Starts {
@@ -30,6 +32,10 @@ impl Starts {
                 .chain(&spec.start_on_failure)
                 .cloned()
                 .collect(),
+            joins: spec
+                .join
+                .as_ref()
+                .is_some_and(|j| j.mode != JoinMode::AnyOf || j.condition.is_some()),
         };
         (starts != Starts::default()).then_some(starts)
     }
@@ -84,6 +90,16 @@ impl Triggers {
         self.matching(namespace, |starts| starts.tasks.iter().any(|t| t == task))
     }
 
+    /// Whether a Task in `namespace` that `task`'s finishing starts joins it with others: then
+    /// every predecessor's result must be visible before any hands off.
+    pub fn joined_after(&self, namespace: &str, task: &str) -> bool {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        index
+            .current
+            .iter()
+            .any(|((ns, _), starts)| ns == namespace && starts.joins && starts.tasks.iter().any(|t| t == task))
+    }
+
     fn matching(&self, namespace: &str, wanted: impl Fn(&Starts) -> bool) -> Vec<String> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let mut names: Vec<String> = index
@@ -124,6 +140,12 @@ mod tests {
         triggers.apply(&Event::Apply(task("idle", &[], &[])));
         assert_eq!(triggers.started_by_ignitor("ns", "nightly"), ["b"]);
         assert_eq!(triggers.started_after("ns", "a"), ["b", "c"]);
+        assert!(!triggers.joined_after("ns", "a"));
+        let mut join = task("d", &[], &["a", "x"]);
+        join.spec.join = serde_json::from_value(serde_json::json!({"mode": "AllOf"})).unwrap();
+        triggers.apply(&Event::Apply(join));
+        assert!(triggers.joined_after("ns", "a") && triggers.joined_after("ns", "x"));
+        triggers.apply(&Event::Delete(task("d", &[], &[])));
         assert!(triggers.started_after("other", "a").is_empty(), "namespaces are apart");
 
         triggers.apply(&Event::Apply(task("b", &[], &[])));

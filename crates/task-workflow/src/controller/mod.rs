@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use cel_conditions::{Expression, SharedExpressions};
 use crd_types::workflow::{ActionResult, Ignitor, TASKRUN_LABEL, Task, TaskRun};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
@@ -16,18 +16,21 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{
-    BoxError, Context, wait_synced, watched, watched_and_cached, watched_and_cached_metadata, watched_and_cached_slim,
-    watcher_config,
+    BoxError, Context, wait_synced, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_metadata,
+    watched_and_cached_slim, watcher_config,
 };
 
 use crate::actions::Registry;
+use crate::attempt_pod::AttemptPod;
 use crate::handoff::JoinCondition;
-use crate::run_plan::slim_pod;
 use crate::task_plan::slim_run;
 use crate::triggers::Triggers;
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "task-workflow";
+
+/// How soon a reconcile that found a cache still listing looks again.
+const SYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A join condition compiled, or why it does not compile.
 type Compiled = Result<Arc<Expression>, String>;
@@ -86,7 +89,7 @@ pub(crate) struct State {
     /// TaskRuns as the TaskRun controller has been told of them.
     pub runs: Store<TaskRun>,
     pub ignitors: Store<Ignitor>,
-    pub pods: Store<Pod>,
+    pub pods: Store<AttemptPod>,
     pub actions: Registry,
     pub http: reqwest::Client,
     pub joins: JoinConditions,
@@ -96,6 +99,17 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// Whether every cache has its first full list. Each controller waits for its own cache
+    /// but reads the others too, and must not act on a partial view: a run handing off before
+    /// the Tasks it starts are known would start none.
+    pub fn synced(&self) -> bool {
+        is_synced(&self.tasks)
+            && is_synced(&self.task_runs)
+            && is_synced(&self.runs)
+            && is_synced(&self.ignitors)
+            && is_synced(&self.pods)
+    }
+
     /// The Task `name` in `namespace`, read whole from the API server.
     pub async fn task(&self, namespace: &str, name: &str) -> Result<Option<Task>, Error> {
         Api::<Task>::namespaced(self.context.client.clone(), namespace)
@@ -112,6 +126,17 @@ impl State {
             .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.task_ref.name == task)
             .collect()
     }
+}
+
+fn is_synced<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .wait_until_ready()
+        .now_or_never()
+        .is_some_and(|ready| ready.is_ok())
 }
 
 /// Runs the Task and TaskRun controllers until the context's shutdown signal.
@@ -132,8 +157,12 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let (task_runs, task_run_trigger) = watched_and_cached_slim(context.api::<TaskRun>(), config.clone(), slim_run);
     let (ignitors, ignitor_trigger) = watched_and_cached(context.api::<Ignitor>(), config.clone());
     let (runs, run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
-    let (pods, pod_trigger) =
-        watched_and_cached_slim(context.api::<Pod>(), config.clone().labels(TASKRUN_LABEL), slim_pod);
+    let (pods, pod_trigger) = watched_and_cached_as(
+        context.api::<Pod>(),
+        config.clone().labels(TASKRUN_LABEL),
+        |_| {},
+        AttemptPod::from,
+    );
 
     let readiness = context.readiness.clone();
     let caches = (

@@ -34,6 +34,9 @@ pub(crate) fn error_policy(_: Arc<TaskRun>, error: &Error, _: Arc<State>) -> Act
 }
 
 async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
+    if !state.synced() {
+        return Ok(Action::requeue(super::SYNC_RETRY));
+    }
     let namespace = run.namespace().unwrap_or_default();
     // A run that has handed off needs nothing more of its Task.
     let done = run.status.as_ref().is_some_and(|s| s.handed_off);
@@ -82,12 +85,8 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     // A run that finished hands off in the next reconcile, once its final status is visible
     // to concurrent hand-offs (a join must see every predecessor's result). Without a joining
     // successor nothing needs to see it first, so the hand-off shares this write.
-    let successors = if plan.hand_off || plan.finished_now {
-        successor_tasks(state, run, &namespace).await?
-    } else {
-        vec![]
-    };
-    let hand_off_now = plan.hand_off || (plan.finished_now && !successors.iter().any(joins));
+    let hand_off_now =
+        plan.hand_off || (plan.finished_now && !state.triggers.joined_after(&namespace, &run.spec.task_ref.name));
     let uid = run.uid().unwrap_or_default();
     if hand_off_now {
         let mut finished = run.clone();
@@ -109,7 +108,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
                 }
             };
         }
-        hand_off(state, &finished, &namespace, &successors).await?;
+        hand_off(state, &finished, &namespace).await?;
         status.handed_off = true;
     }
     if Some(&status) != run.status.as_ref() {
@@ -164,26 +163,24 @@ async fn run_actions(state: &State, run: &TaskRun, task: &Task) -> Vec<crd_types
     results
 }
 
-/// The Tasks in `namespace` that `run`'s finishing triggers.
-async fn successor_tasks(state: &State, run: &TaskRun, namespace: &str) -> Result<Vec<Task>, Error> {
+/// Starts every Task the finished `run` triggers.
+async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), Error> {
+    let names = state.triggers.started_after(namespace, &run.spec.task_ref.name);
+    if names.is_empty() {
+        return Ok(());
+    }
+    // The runs first, then the Tasks: a Task's status counts the runs it pruned, so read after
+    // the runs it may count one twice but never miss one (the loop guard must not run over).
+    let runs: Vec<Arc<TaskRun>> = state
+        .runs
+        .state()
+        .into_iter()
+        .filter(|r| r.namespace().as_deref() == Some(namespace))
+        .collect();
     let mut tasks = Vec::new();
-    for name in state.triggers.started_after(namespace, &run.spec.task_ref.name) {
+    for name in names {
         tasks.extend(state.task(namespace, &name).await?);
     }
-    Ok(tasks)
-}
-
-/// Does `successor` join its predecessors (so each must see the others' results first)?
-fn joins(successor: &Task) -> bool {
-    successor
-        .spec
-        .join
-        .as_ref()
-        .is_some_and(|j| j.mode != crd_types::workflow::JoinMode::AnyOf || j.condition.is_some())
-}
-
-/// Starts every Task the finished `run` triggers.
-async fn hand_off(state: &State, run: &TaskRun, namespace: &str, tasks: &[Task]) -> Result<(), Error> {
     if tasks.is_empty() {
         return Ok(());
     }
@@ -199,11 +196,9 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str, tasks: &[Task])
         .collect();
     let names: Vec<String> = tasks.iter().map(|t| t.name_any()).collect();
     involved.extend(names.iter().map(String::as_str));
-    let runs: Vec<Arc<TaskRun>> = state
-        .runs
-        .state()
+    let runs: Vec<Arc<TaskRun>> = runs
         .into_iter()
-        .filter(|r| r.namespace().as_deref() == Some(namespace) && involved.contains(&r.spec.task_ref.name.as_str()))
+        .filter(|r| involved.contains(&r.spec.task_ref.name.as_str()))
         .collect();
     let run_refs: Vec<&TaskRun> = runs.iter().map(Arc::as_ref).collect();
     let task_refs: Vec<&Task> = tasks.iter().collect();

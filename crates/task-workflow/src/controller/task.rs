@@ -31,6 +31,9 @@ pub(crate) fn error_policy(_: Arc<PartialObjectMeta<Task>>, error: &Error, _: Ar
 }
 
 async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Result<Action, Error> {
+    if !state.synced() {
+        return Ok(Action::requeue(super::SYNC_RETRY));
+    }
     let namespace = cached.namespace().unwrap_or_default();
     let Some(task) = state.task(&namespace, &cached.name_any()).await? else {
         // Deleted since: its runs go with it (owner references).
