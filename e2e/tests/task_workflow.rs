@@ -195,7 +195,13 @@ async fn the_orca_readme_example_end_to_end() {
             if !refused.is_empty() && status.failures_count == 10 {
                 Ok(())
             } else {
-                Err(format!("{status:?}"))
+                let runs = runs.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+                let runs: Vec<String> = runs
+                    .items
+                    .iter()
+                    .map(|r| format!("{} from {:?}: {:?}", r.name_any(), r.spec.initiator, phase(r)))
+                    .collect();
+                Err(format!("{status:?}; runs kept: {runs:?}"))
             }
         },
     )
