@@ -1118,51 +1118,62 @@ async fn execute_virtual_cluster(vc: &VirtualCluster, state: &State) -> Result<A
                     if cluster.spec.kubeconfig_secret_ref.is_some() {
                         recheck = Some(REMOTE_RECHECK);
                     }
-                    let namespace = virtual_cluster::namespace_name(vc);
-                    let existing = Api::<Namespace>::all(target.clone())
-                        .get_opt(&namespace)
-                        .await
-                        .map_err(Error::api(format!("reading namespace {namespace}")))?;
-                    match virtual_cluster::namespace_conflict(vc, existing.as_ref()) {
-                        Some(message) => Readiness::NotReady {
-                            reason: "NamespaceConflict".into(),
-                            message,
-                        },
-                        None => 'aligned: {
-                            let uid = vc.uid().unwrap_or_default();
-                            let adopted = virtual_cluster::adopted(existing.as_ref());
-                            let objects = virtual_cluster::objects(&applied, &uid, adopted);
-                            let desired = fingerprint(&objects);
-                            if existing.is_none() || !state.applied.is_current(&uid, desired) {
-                                state.applied.forget(&uid);
-                                if let Err(err) = align_virtual_cluster(&objects, &target, &namespace, &uid).await {
-                                    break 'aligned write_failed(err, &mut recheck)?;
-                                }
-                                state.applied.record(&uid, desired);
-                            }
-                            status.namespace = Some(namespace.clone());
-                            let name = vc.name_any();
-                            let apps: Vec<Arc<Application>> = state
-                                .virtual_cluster_applications
-                                .state()
-                                .into_iter()
-                                .filter(|a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))
-                                .collect();
-                            roll_up_children(
-                                Readiness::Ready,
-                                "Application",
-                                &apps,
-                                |a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()),
-                                |a| a.status.as_ref().map(|s| &s.common),
-                            )
-                        }
-                    }
+                    align_virtual_cluster_on(vc, &applied, &target, state, &mut status, &mut recheck).await?
                 }
             }
         }
     };
     let outcome = Outcome { readiness, recheck };
     finish(state, vc, &api, previous.as_ref(), status, outcome).await
+}
+
+/// Creates or adopts a VirtualCluster's namespace on its target, aligns what it holds (from
+/// `applied`, the spec as its policies left it) and rolls up its Applications.
+async fn align_virtual_cluster_on(
+    vc: &VirtualCluster,
+    applied: &VirtualCluster,
+    target: &Client,
+    state: &State,
+    status: &mut VirtualClusterStatus,
+    recheck: &mut Option<Duration>,
+) -> Result<Readiness, Error> {
+    let namespace = virtual_cluster::namespace_name(vc);
+    let existing = Api::<Namespace>::all(target.clone())
+        .get_opt(&namespace)
+        .await
+        .map_err(Error::api(format!("reading namespace {namespace}")))?;
+    if let Some(message) = virtual_cluster::namespace_conflict(vc, existing.as_ref()) {
+        return Ok(Readiness::NotReady {
+            reason: "NamespaceConflict".into(),
+            message,
+        });
+    }
+    let uid = vc.uid().unwrap_or_default();
+    let adopted = virtual_cluster::adopted(existing.as_ref());
+    let objects = virtual_cluster::objects(applied, &uid, adopted);
+    let desired = fingerprint(&objects);
+    if existing.is_none() || !state.applied.is_current(&uid, desired) {
+        state.applied.forget(&uid);
+        if let Err(err) = align_virtual_cluster(&objects, target, &namespace, &uid).await {
+            return write_failed(err, recheck);
+        }
+        state.applied.record(&uid, desired);
+    }
+    status.namespace = Some(namespace);
+    let name = vc.name_any();
+    let apps: Vec<Arc<Application>> = state
+        .virtual_cluster_applications
+        .state()
+        .into_iter()
+        .filter(|a| a.spec.virtual_cluster.as_deref() == Some(name.as_str()))
+        .collect();
+    Ok(roll_up_children(
+        Readiness::Ready,
+        "Application",
+        &apps,
+        |a| format!("{}/{}", a.namespace().unwrap_or_default(), a.name_any()),
+        |a| a.status.as_ref().map(|s| &s.common),
+    ))
 }
 
 /// A deleted VirtualCluster: its namespace goes with everything in it or, when it was adopted,

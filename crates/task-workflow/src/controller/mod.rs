@@ -16,7 +16,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{
-    BoxError, Context, wait_synced, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_metadata,
+    BoxError, Context, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_metadata,
     watched_and_cached_slim, watcher_config,
 };
 
@@ -164,27 +164,6 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         AttemptPod::from,
     );
 
-    let readiness = context.readiness.clone();
-    let caches = (
-        tasks.clone(),
-        task_runs.clone(),
-        ignitors.clone(),
-        runs.clone(),
-        pods.clone(),
-    );
-    tokio::spawn(async move {
-        // Ready once every cache has its first full list.
-        let (t, tr, i, r, p) = caches;
-        if wait_synced(&t).await
-            && wait_synced(&tr).await
-            && wait_synced(&i).await
-            && wait_synced(&r).await
-            && wait_synced(&p).await
-        {
-            readiness.set_synced();
-        }
-    });
-
     let state = Arc::new(State {
         context: context.clone(),
         tasks: tasks.clone(),
@@ -197,6 +176,16 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         http: reqwest::Client::new(),
         joins: JoinConditions::default(),
         action_results: std::sync::Mutex::default(),
+    });
+
+    // Ready once every cache has its first full list.
+    let readiness = context.readiness.clone();
+    let caches = state.clone();
+    tokio::spawn(async move {
+        while !caches.synced() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        readiness.set_synced();
     });
 
     let tasks_for_ignitor = triggers.clone();
