@@ -537,12 +537,21 @@ async fn an_experiment_routes_a_header_and_a_cookie_to_the_canary() {
         rules[2]["backendRefs"],
         json!([{"name": "shop-v1", "port": 8080, "weight": 90}, {"name": "shop-v2", "port": 8080, "weight": 10}])
     );
-    let app = world.apps().get("shop").await.unwrap();
-    assert_eq!(
-        app.status.unwrap().matches.len(),
-        2,
-        "the executor reports the matches in force"
-    );
+    // The route is written before the status that reports it.
+    poll_until(
+        "the executor to report the matches in force",
+        Deadline::default(),
+        || async {
+            let app = world.apps().get("shop").await.map_err(|e| e.to_string())?;
+            let matches = app.status.map(|s| s.matches.len()).unwrap_or(0);
+            if matches == 2 {
+                Ok(())
+            } else {
+                Err(format!("{matches} matches"))
+            }
+        },
+    )
+    .await;
 }
 
 /// A webhook policy served by the test: answers what `reply` says, and counts calls.
