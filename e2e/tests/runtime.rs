@@ -168,11 +168,15 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
     assert_eq!(lease_holder(&env).await.as_deref(), Some("probe-a"));
     probed_by(&env, "one", "probe-a").await;
 
-    let (_, metrics) = get(first.port, "/metrics").await.unwrap();
-    assert!(
-        metric(&metrics, "orrery_reconcile_total{controller=\"runtime-probe\"}").unwrap_or(0.0) >= 1.0,
-        "{metrics}"
-    );
+    // A reconcile is counted once it returns, just after its write is visible.
+    let metrics = poll_until("a reconcile counted", Deadline::default(), || async {
+        let (_, metrics) = get(first.port, "/metrics").await?;
+        match metric(&metrics, "orrery_reconcile_total{controller=\"runtime-probe\"}") {
+            Some(count) if count >= 1.0 => Ok(metrics),
+            _ => Err(metrics),
+        }
+    })
+    .await;
     assert!(
         metric(
             &metrics,
