@@ -45,12 +45,13 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 15)]
     pub lease_duration_seconds: u64,
 
-    /// Client-side limit on API requests per second (sustained). Each run of a task takes a
-    /// handful of small writes, so the default allows a few dozen runs a second.
-    #[arg(long, default_value_t = 200.0)]
+    /// Client-side limit on API requests per second (sustained); 0, the default, sets none:
+    /// the API server's Priority and Fairness paces every client, and `--concurrency` bounds
+    /// the requests in flight.
+    #[arg(long, default_value_t = 0.0)]
     pub qps: f64,
 
-    /// Client-side limit on API requests in a burst.
+    /// Client-side limit on API requests in a burst, with `--qps`.
     #[arg(long, default_value_t = 400)]
     pub burst: u32,
 

@@ -1,5 +1,7 @@
 //! The Kubernetes client every controller uses: kubeconfig or in-cluster config, behind a
-//! client-side rate limit (a token bucket, like client-go's) that also counts requests.
+//! layer that counts requests and, when asked to, limits their rate (a token bucket, like
+//! client-go's). By default nothing is limited here: the API server's Priority and Fairness
+//! paces clients, as SIG API Machinery advises and controller-runtime now defaults to.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -35,7 +37,7 @@ pub async fn load_config(args: &RuntimeArgs) -> Result<Config, kube::Error> {
     }
 }
 
-/// Builds a client whose requests pass through the rate limit.
+/// Builds a client whose requests are counted and, when `qps` is above zero, rate-limited.
 pub fn build_client(config: Config, qps: f64, burst: u32, metrics: RequestMetrics) -> Result<Client, kube::Error> {
     let layer = RateLimitLayer::new(qps, burst, metrics);
     Ok(kube::client::ClientBuilder::try_from(config)?
@@ -77,18 +79,19 @@ impl TokenBucket {
     }
 }
 
-/// Tower layer applying the rate limit.
+/// Tower layer counting requests and applying the rate limit, if any.
 #[derive(Clone, Debug)]
 pub struct RateLimitLayer {
-    bucket: Arc<Mutex<TokenBucket>>,
+    bucket: Option<Arc<Mutex<TokenBucket>>>,
     metrics: RequestMetrics,
 }
 
 impl RateLimitLayer {
-    /// A limit of `qps` sustained requests per second with bursts of `burst`.
+    /// A limit of `qps` sustained requests per second with bursts of `burst`; none when `qps`
+    /// is zero or less.
     pub fn new(qps: f64, burst: u32, metrics: RequestMetrics) -> Self {
         Self {
-            bucket: Arc::new(Mutex::new(TokenBucket::new(qps, burst))),
+            bucket: (qps > 0.0).then(|| Arc::new(Mutex::new(TokenBucket::new(qps, burst)))),
             metrics,
         }
     }
@@ -112,7 +115,7 @@ impl<S> Layer<S> for RateLimitLayer {
 /// `poll_ready` delays dispatch without holding up responses already in flight.
 pub struct RateLimit<S> {
     inner: S,
-    bucket: Arc<Mutex<TokenBucket>>,
+    bucket: Option<Arc<Mutex<TokenBucket>>>,
     metrics: RequestMetrics,
     delay: Option<Pin<Box<tokio::time::Sleep>>>,
     has_token: bool,
@@ -134,14 +137,17 @@ where
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         while !self.has_token {
+            let Some(bucket) = &self.bucket else {
+                self.has_token = true;
+                break;
+            };
             if let Some(delay) = self.delay.as_mut() {
                 ready!(delay.as_mut().poll(cx));
                 self.delay = None;
             }
             // A poisoned lock only means another thread panicked mid-update; the bucket is
             // still a valid number of tokens.
-            let taken = self
-                .bucket
+            let taken = bucket
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .take(Instant::now());
@@ -180,6 +186,20 @@ mod tests {
             "one token takes 1/qps: {wait:?}"
         );
         assert_eq!(bucket.take(start + Duration::from_millis(100)), Ok(()));
+    }
+
+    #[test]
+    fn no_bucket_unless_a_rate_is_asked_for() {
+        assert!(
+            RateLimitLayer::new(0.0, 400, RequestMetrics::default())
+                .bucket
+                .is_none()
+        );
+        assert!(
+            RateLimitLayer::new(50.0, 100, RequestMetrics::default())
+                .bucket
+                .is_some()
+        );
     }
 
     #[test]
