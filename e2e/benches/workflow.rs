@@ -128,6 +128,20 @@ fn run(task: &str, name: &str) -> TaskRun {
     )
 }
 
+/// Requests sent between two readings of `Controller::requests`, per chain, by method.
+fn per_chain(before: &HashMap<String, f64>, after: &HashMap<String, f64>, chains: usize) -> String {
+    let mut methods: Vec<(&String, f64)> = after
+        .iter()
+        .map(|(method, n)| (method, (n - before.get(method).unwrap_or(&0.0)) / chains as f64))
+        .collect();
+    methods.sort_by(|a, b| a.0.cmp(b.0));
+    methods
+        .iter()
+        .map(|(method, n)| format!("{method} {n:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if !invoked_as_benchmark() {
@@ -181,6 +195,8 @@ async fn main() -> anyhow::Result<()> {
     while !ready().await {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let requests_before = workflow.requests();
+    let throttled_before = workflow.throttled();
     let started = tokio::time::Instant::now();
     for i in 0..chains {
         tokio::time::sleep_until(started + interval * i as u32).await;
@@ -200,6 +216,8 @@ async fn main() -> anyhow::Result<()> {
         chain_pods(&seen.lock().unwrap()) == chains
     })
     .await?;
+    let requests = per_chain(&requests_before, &workflow.requests(), chains);
+    let throttled = workflow.throttled() - throttled_before;
     let step_latency: Vec<f64> = {
         let seen = seen.lock().unwrap();
         let pod_of = |task: &str| {
@@ -260,6 +278,7 @@ async fn main() -> anyhow::Result<()> {
         "  Job     Job created → pod created:                          {}",
         percentiles(job_latency)
     );
+    println!("  task-workflow API requests per chain: {requests}; {throttled} delayed by its client limit");
 
     // Throughput: `burst` runs of one task, all at once.
     tasks.create(&PostParams::default(), &task("burst", None)).await?;
