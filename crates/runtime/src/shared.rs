@@ -1,6 +1,7 @@
 //! Watches and caches for controllers. A cache a reconcile reads from is filled by the very
-//! stream that triggers the reconcile, so a trigger never arrives before its change is cached;
-//! streams are never shared, so one slow consumer cannot hold up another. `managedFields` and
+//! stream that triggers the reconcile, so a trigger never arrives before its change is cached.
+//! A stream is shared only by controllers of one process that read the same cache, whose
+//! queues take each trigger at once (one slow consumer would hold up the others). `managedFields` and
 //! `kubectl apply`'s last-applied-configuration annotation (a second copy of the object) are
 //! dropped on the way in: together they are most of an object's metadata and no controller
 //! reads them.
@@ -9,7 +10,7 @@ use futures::Stream;
 use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
@@ -27,7 +28,9 @@ where
 /// The annotation `kubectl apply` keeps the last applied object in.
 pub const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-fn strip<K: Resource>(object: &mut K) {
+/// Drops what no controller reads and every object carries: managedFields and `kubectl
+/// apply`'s copy of the object. Every cache does this; so should anything kept a while.
+pub fn strip<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
     meta.managed_fields = None;
     if let Some(annotations) = &mut meta.annotations {
@@ -63,9 +66,10 @@ where
     )
 }
 
-/// A watch of `api` whose cache keeps each object's name and namespace only, for a
-/// controller that reads the one object it reconciles from the API server: with thousands of
-/// objects, their names are all that stays in memory. `observe` sees every event whole first,
+/// A watch of `api` whose cache keeps each object's name, namespace and resourceVersion only,
+/// for a controller that reads the one object it reconciles from the API server: with
+/// thousands of objects, their names are all that stays in memory, and the resourceVersion
+/// tells whether a copy read earlier is still current. `observe` sees every event whole first,
 /// to keep whatever index of the objects' contents the controller needs.
 pub fn watched_and_cached_metadata<K>(
     api: Api<K>,
@@ -81,24 +85,108 @@ where
     watched_and_cached_as(api, config, observe, metadata_of)
 }
 
+/// [`watched_and_cached_metadata`], its cache and watch shared as [`watched_and_cached_as_shared`].
+pub fn watched_and_cached_metadata_shared<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    controllers: usize,
+) -> SharedCache<PartialObjectMeta<K>, impl Future<Output = ()> + Send>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    watched_and_cached_as_shared(api, config, observe, metadata_of, controllers)
+}
+
 /// A watch of `api` whose cache keeps each object as `cached(object)`: a lighter type holding
 /// the few fields the controller reads, when even a slimmed object is mostly empty space (a
 /// `Pod` takes 2.4 KiB before any of its contents). `observe` sees every event whole first.
 pub fn watched_and_cached_as<K, C>(
     api: Api<K>,
     config: watcher::Config,
-    mut observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
-    mut cached: impl FnMut(K) -> C + Send + 'static,
+    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    cached: impl FnMut(K) -> C + Send + 'static,
 ) -> (Store<C>, impl Stream<Item = Result<C, watcher::Error>> + Send)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
+    let (store, writer) = reflector::store();
+    let events = events_as(api, config, observe, cached);
+    (store, events.reflect(writer).applied_objects())
+}
+
+/// A cache the controllers of one process share.
+pub struct SharedCache<C, W>
+where
+    C: Resource<DynamicType = ()> + Clone + 'static,
+{
+    pub cache: Store<C>,
+    /// One per controller: yields each object once it is cached.
+    pub triggers: Vec<ReflectHandle<C>>,
+    /// The watch filling the cache, to run beside the controllers.
+    pub watch: W,
+}
+
+impl<C, W> std::fmt::Debug for SharedCache<C, W>
+where
+    C: Resource<DynamicType = ()> + Clone + 'static,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCache")
+            .field("triggers", &self.triggers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// [`watched_and_cached_as`] for several controllers of one process: one watch and one copy of
+/// each object rather than one per controller, with one trigger per controller (`controllers`
+/// of them).
+pub fn watched_and_cached_as_shared<K, C>(
+    api: Api<K>,
+    config: watcher::Config,
+    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    cached: impl FnMut(K) -> C + Send + 'static,
+    controllers: usize,
+) -> SharedCache<C, impl Future<Output = ()> + Send>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+    C: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+
+    // Room for a burst of changes while a controller's queue takes them in.
+    const BUFFERED: usize = 1024;
+    let (store, writer) = reflector::store_shared(BUFFERED);
+    let triggers = (0..controllers).filter_map(|_| writer.subscribe()).collect();
+    let watch = events_as(api, config, observe, cached)
+        .reflect_shared(writer)
+        .for_each(|event| async move {
+            if let Err(error) = event {
+                tracing::warn!(%error, kind = C::kind(&()).as_ref(), "watch failed; retrying");
+            }
+        });
+    SharedCache {
+        cache: store,
+        triggers,
+        watch,
+    }
+}
+
+/// The events of a watch of `api`, each seen whole by `observe`, then turned into `cached`.
+fn events_as<K, C>(
+    api: Api<K>,
+    config: watcher::Config,
+    mut observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    mut cached: impl FnMut(K) -> C + Send + 'static,
+) -> impl Stream<Item = Result<watcher::Event<C>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
     use futures::StreamExt;
     use watcher::Event;
 
-    let (store, writer) = reflector::store();
-    let events = watcher(api, config).default_backoff().map(move |event| {
+    watcher(api, config).default_backoff().map(move |event| {
         event.map(|event| {
             observe(&event);
             match event {
@@ -109,8 +197,7 @@ where
                 Event::InitDone => Event::InitDone,
             }
         })
-    });
-    (store, events.reflect(writer).applied_objects())
+    })
 }
 
 fn metadata_of<K: Resource>(mut object: K) -> PartialObjectMeta<K> {
@@ -120,6 +207,7 @@ fn metadata_of<K: Resource>(mut object: K) -> PartialObjectMeta<K> {
         metadata: ObjectMeta {
             name: meta.name.take(),
             namespace: meta.namespace.take(),
+            resource_version: meta.resource_version.take(),
             ..ObjectMeta::default()
         },
         _phantom: std::marker::PhantomData,
@@ -205,5 +293,25 @@ mod tests {
         object.metadata.annotations = Some([(LAST_APPLIED_ANNOTATION.to_string(), "{}".to_string())].into());
         strip(&mut object);
         assert_eq!(object.metadata.annotations, None, "no empty map is kept");
+    }
+
+    #[test]
+    fn a_metadata_cache_keeps_name_namespace_and_resource_version_only() {
+        let mut object = ConfigMap::default();
+        object.metadata.name = Some("a".into());
+        object.metadata.namespace = Some("ns".into());
+        object.metadata.resource_version = Some("42".into());
+        object.metadata.uid = Some("uid-a".into());
+        object.metadata.labels = Some([("k".to_string(), "v".to_string())].into());
+        object.data = Some([("k".to_string(), "v".to_string())].into());
+        let cached = metadata_of(object);
+        let expected = ObjectMeta {
+            name: Some("a".into()),
+            namespace: Some("ns".into()),
+            resource_version: Some("42".into()),
+            ..ObjectMeta::default()
+        };
+        assert_eq!(cached.metadata, expected);
+        assert!(cached.types.is_none());
     }
 }

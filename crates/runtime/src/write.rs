@@ -58,7 +58,8 @@ pub fn is_not_found(err: &kube::Error) -> bool {
 
 /// Writes `status` of `object` with server-side apply as `manager`, only if the object is
 /// still the one we read (its resourceVersion): two writers can never both act on one state.
-pub async fn apply_status<K>(api: &Api<K>, manager: &str, object: &K, status: &impl Serialize) -> Result<(), Error>
+/// Returns the object as written.
+pub async fn apply_status<K>(api: &Api<K>, manager: &str, object: &K, status: &impl Serialize) -> Result<K, Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
 {
@@ -73,7 +74,7 @@ where
         .patch_status(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(written) => Ok(written),
         Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!("{} {name}", K::kind(&())))),
         Err(source) => Err(Error::Api {
             action: format!("writing the status of {} {name}", K::kind(&())),

@@ -15,6 +15,7 @@ pub mod gate;
 pub mod handoff;
 pub mod naming;
 pub mod pod;
+pub mod recent;
 pub mod run_plan;
 pub mod task_plan;
 pub mod triggers;

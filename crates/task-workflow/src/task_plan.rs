@@ -104,9 +104,17 @@ pub fn new_run(task: &Task, initiator: Initiator, data: Option<String>, trigger:
     run
 }
 
-/// What the Task controller keeps of a TaskRun in its cache: all but its data (the run's
-/// copy of what it was handed, up to 4 KiB), its conditions, action results and annotations
-/// other than a cancellation, which only the TaskRun controller reads.
+/// What the cache keeps of a TaskRun that handed off: nothing writes it again, so all but
+/// its data (the run's copy of what it was handed, up to 4 KiB), its conditions, action
+/// results and annotations other than a cancellation, which nothing reads once it is done. A
+/// run still going is kept whole: its status is written from it.
+pub fn slim_handed_off(run: &mut TaskRun) {
+    if run.status.as_ref().is_some_and(|s| s.handed_off) {
+        slim_run(run);
+    }
+}
+
+/// Drops what only a run's own reconcile reads.
 pub fn slim_run(run: &mut TaskRun) {
     run.spec.data = None;
     if let Some(annotations) = run.metadata.annotations.as_mut() {
@@ -478,8 +486,20 @@ mod tests {
         slimmed.metadata.annotations = Some([(CANCEL_ANNOTATION.to_owned(), "replaced".to_owned())].into());
         slim_run(&mut slimmed);
         assert!(!is_active(&slimmed), "a cancellation stays in the cache");
+        let mut going = full[0].clone();
+        going.status.get_or_insert_default().handed_off = false;
+        slim_handed_off(&mut going);
+        assert_eq!(
+            going.spec.data, full[0].spec.data,
+            "a run that has not handed off is kept whole"
+        );
+        assert_eq!(going.metadata.annotations, full[0].metadata.annotations);
         let mut slim = full.clone();
-        slim.iter_mut().for_each(slim_run);
+        for run in &mut slim {
+            run.status.get_or_insert_default().handed_off = true;
+            slim_handed_off(run);
+            assert_eq!(run.spec.data, None);
+        }
         let plan = |runs: &[TaskRun]| plan_task(&view(&task, runs.iter().collect(), &[]));
         let (from_full, from_slim) = (plan(&full), plan(&slim));
         assert_eq!(from_slim.status, from_full.status);

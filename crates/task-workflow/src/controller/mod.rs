@@ -5,6 +5,7 @@ mod task;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cel_conditions::{Expression, SharedExpressions};
 use crd_types::workflow::{ActionResult, Ignitor, TASKRUN_LABEL, Task, TaskRun};
@@ -12,25 +13,26 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::{Api, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{
-    BoxError, Context, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_metadata,
-    watched_and_cached_slim, watcher_config,
+    BoxError, Context, SharedCache, strip, watched_and_cached, watched_and_cached_as, watched_and_cached_as_shared,
+    watched_and_cached_metadata_shared, watcher_config,
 };
 
 use crate::actions::Registry;
 use crate::attempt_pod::AttemptPod;
 use crate::handoff::JoinCondition;
-use crate::task_plan::slim_run;
+use crate::recent::RecentTasks;
+use crate::task_plan::slim_handed_off;
 use crate::triggers::Triggers;
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "task-workflow";
 
 /// How soon a reconcile that found a cache still listing looks again.
-const SYNC_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+const SYNC_RETRY: Duration = Duration::from_millis(200);
 
 /// A join condition compiled, or why it does not compile.
 type Compiled = Result<Arc<Expression>, String>;
@@ -84,9 +86,9 @@ pub(crate) struct State {
     pub tasks: Store<PartialObjectMeta<Task>>,
     /// What starts each Task, the one part of their specs looked up across Tasks.
     pub triggers: Arc<Triggers>,
-    /// TaskRuns as the Task controller has been told of them.
-    pub task_runs: Store<TaskRun>,
-    /// TaskRuns as the TaskRun controller has been told of them.
+    /// Tasks in use, as last read: read again only once the cache shows they changed.
+    pub recent: RecentTasks,
+    /// TaskRuns, one cache for both controllers; a run that handed off is kept slimmed.
     pub runs: Store<TaskRun>,
     pub ignitors: Store<Ignitor>,
     pub pods: Store<AttemptPod>,
@@ -103,29 +105,64 @@ impl State {
     /// but reads the others too, and must not act on a partial view: a run handing off before
     /// the Tasks it starts are known would start none.
     pub fn synced(&self) -> bool {
-        is_synced(&self.tasks)
-            && is_synced(&self.task_runs)
-            && is_synced(&self.runs)
-            && is_synced(&self.ignitors)
-            && is_synced(&self.pods)
+        is_synced(&self.tasks) && is_synced(&self.runs) && is_synced(&self.ignitors) && is_synced(&self.pods)
     }
 
-    /// The Task `name` in `namespace`, read whole from the API server.
-    pub async fn task(&self, namespace: &str, name: &str) -> Result<Option<Task>, Error> {
-        Api::<Task>::namespaced(self.context.client.clone(), namespace)
+    /// The Task `name` in `namespace`, whole: a copy as new as the cache when `read` allows,
+    /// otherwise read from the API server.
+    pub async fn task(&self, namespace: &str, name: &str, read: Read) -> Result<Option<Arc<Task>>, Error> {
+        let now = Instant::now();
+        if read != Read::Fresh {
+            let cached = self.tasks.get(&ObjectRef::new(name).within(namespace));
+            let version = cached.as_ref().and_then(|t| t.metadata.resource_version.as_deref());
+            if let Some(copy) = version.and_then(|v| self.recent.get(namespace, name, v, now)) {
+                return Ok(Some(copy));
+            }
+        }
+        let read_now = Api::<Task>::namespaced(self.context.client.clone(), namespace)
             .get_opt(name)
             .await
-            .map_err(Error::api(format!("reading Task {name}")))
+            .map_err(Error::api(format!("reading Task {name}")))?;
+        Ok(match read_now {
+            Some(task) if read == Read::Idle => Some(Arc::new(task)),
+            Some(task) => Some(self.recent.keep(task, None, now)),
+            None => {
+                self.recent.forget(namespace, name);
+                None
+            }
+        })
     }
 
-    /// The runs of `task` in `namespace`, from the Task controller's cache.
+    /// The runs of `task` in `namespace`.
     pub fn runs_of(&self, namespace: &str, task: &str) -> Vec<Arc<TaskRun>> {
-        self.task_runs
+        self.runs
             .state()
             .into_iter()
             .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.task_ref.name == task)
             .collect()
     }
+}
+
+/// How fresh a reconcile needs its Task, and whether to keep the copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Read {
+    /// As new as the cache will do; a Task with no runs is not worth keeping.
+    Idle,
+    /// As new as the cache will do; keep it, it will be asked for again soon.
+    InUse,
+    /// From the API server now: newer than anything the caches had when this was asked.
+    Fresh,
+}
+
+/// The triggers of a shared cache, one per controller.
+fn shared<K, const N: usize>(triggers: Vec<ReflectHandle<K>>) -> Result<[ReflectHandle<K>; N], BoxError>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    triggers
+        .try_into()
+        .map_err(|_| format!("a shared cache gives {N} triggers").into())
 }
 
 fn is_synced<K>(store: &Store<K>) -> bool
@@ -141,22 +178,47 @@ where
 
 /// Runs the Task and TaskRun controllers until the context's shutdown signal.
 ///
-/// Every cache a reconcile reads from is filled by the same stream that triggers it, so a
-/// trigger never arrives before the change it announces is in the cache. Where a controller
-/// only learns of a change through another's cache (a Task appearing), the waiting reconcile
-/// also looks again on a timer.
+/// Every trigger comes from the watch that fills the cache it announces a change in (both
+/// controllers share one watch and one cache of Tasks and of TaskRuns), so a trigger never
+/// arrives before its change is cached. A reconcile waiting for a Task to appear also looks
+/// again on a timer.
 ///
 /// Tasks are many and mostly idle, so only their metadata and what starts them are cached
-/// (about a third of a whole Task's memory); each reconcile reads its Task from the API server.
+/// (about a third of a whole Task's memory); a reconcile reads its Task from the API server,
+/// and Tasks with runs are kept whole while in use, read again only once they change.
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher_config(&context.api::<Task>()).await;
     let triggers = Arc::new(Triggers::default());
     let index = triggers.clone();
-    let (tasks, task_trigger) =
-        watched_and_cached_metadata(context.api::<Task>(), config.clone(), move |event| index.apply(event));
-    let (task_runs, task_run_trigger) = watched_and_cached_slim(context.api::<TaskRun>(), config.clone(), slim_run);
+    // Both controllers read Tasks and TaskRuns: one watch and one cache of each, shared.
+    let SharedCache {
+        cache: tasks,
+        triggers: task_triggers,
+        watch: task_watch,
+    } = watched_and_cached_metadata_shared(
+        context.api::<Task>(),
+        config.clone(),
+        move |event| index.apply(event),
+        3,
+    );
+    let [task_trigger, task_changed, task_appeared] = shared(task_triggers)?;
+    let SharedCache {
+        cache: runs,
+        triggers: run_triggers,
+        watch: run_watch,
+    } = watched_and_cached_as_shared(
+        context.api::<TaskRun>(),
+        config.clone(),
+        |_| {},
+        |mut run| {
+            strip(&mut run);
+            slim_handed_off(&mut run);
+            run
+        },
+        2,
+    );
+    let [task_run_trigger, run_trigger] = shared(run_triggers)?;
     let (ignitors, ignitor_trigger) = watched_and_cached(context.api::<Ignitor>(), config.clone());
-    let (runs, run_trigger) = watched_and_cached(context.api::<TaskRun>(), config.clone());
     let (pods, pod_trigger) = watched_and_cached_as(
         context.api::<Pod>(),
         config.clone().labels(TASKRUN_LABEL),
@@ -168,7 +230,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         context: context.clone(),
         tasks: tasks.clone(),
         triggers: triggers.clone(),
-        task_runs,
+        recent: RecentTasks::default(),
         runs: runs.clone(),
         ignitors,
         pods,
@@ -183,15 +245,15 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let caches = state.clone();
     tokio::spawn(async move {
         while !caches.synced() {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         readiness.set_synced();
     });
 
     let tasks_for_ignitor = triggers.clone();
     let tasks_for_task = triggers;
-    let task_controller = Controller::for_stream(task_trigger, tasks.clone())
-        .watches_stream(task_run_trigger, |run: TaskRun| {
+    let task_controller = Controller::for_shared_stream(task_trigger, tasks.clone())
+        .watches_shared_stream(task_run_trigger, |run: Arc<TaskRun>| {
             Some(ObjectRef::new(&run.spec.task_ref.name).within(&run.namespace().unwrap_or_default()))
         })
         .watches_stream(ignitor_trigger, move |ignitor: Ignitor| {
@@ -201,28 +263,24 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 .into_iter()
                 .map(move |task| ObjectRef::new(&task).within(&namespace))
         })
-        // A Task appearing may complete another's triggers. Which Task is all this needs: its
-        // metadata only, so thousands of Tasks at start are not decoded three times over.
-        .watches_stream(
-            watched(context.api::<PartialObjectMeta<Task>>(), config.clone()),
-            move |changed| {
-                let namespace = changed.namespace().unwrap_or_default();
-                tasks_for_task
-                    .started_after(&namespace, &changed.name_any())
-                    .into_iter()
-                    .map(move |task| ObjectRef::new(&task).within(&namespace))
-            },
-        )
+        // A Task appearing may complete another's triggers.
+        .watches_shared_stream(task_changed, move |changed: Arc<PartialObjectMeta<Task>>| {
+            let namespace = changed.namespace().unwrap_or_default();
+            tasks_for_task
+                .started_after(&namespace, &changed.name_any())
+                .into_iter()
+                .map(move |task| ObjectRef::new(&task).within(&namespace))
+        })
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
         .run(task::reconcile, task::error_policy, state.clone())
         .for_each(|_| async {});
 
     let runs_for_task = runs.clone();
-    let run_controller = Controller::for_stream(run_trigger, runs)
+    let run_controller = Controller::for_shared_stream(run_trigger, runs)
         .owns_stream(pod_trigger)
         // A Task appearing starts the runs that waited for it.
-        .watches_stream(watched(context.api::<PartialObjectMeta<Task>>(), config), move |task| {
+        .watches_shared_stream(task_appeared, move |task: Arc<PartialObjectMeta<Task>>| {
             let name = task.name_any();
             let namespace = task.namespace();
             runs_for_task
@@ -236,9 +294,22 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         })
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(run::reconcile, run::error_policy, state)
+        .run(run::reconcile, run::error_policy, state.clone())
         .for_each(|_| async {});
 
-    tokio::join!(task_controller, run_controller);
+    // Tasks no run has asked for in a while are dropped; this ends with the controllers.
+    let forget_unused = async move {
+        let mut every = tokio::time::interval(crate::recent::KEPT_FOR / 2);
+        loop {
+            every.tick().await;
+            state.recent.forget_unused(Instant::now());
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(task_controller, run_controller) } => {}
+        () = task_watch => {}
+        () = run_watch => {}
+        () = forget_unused => {}
+    }
     Ok(())
 }

@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use super::task::{cancel, create_run, publish};
 use orrery_runtime::{apply_status, is_not_found};
 
-use super::{Error, NAME, State};
+use super::{Error, NAME, Read, State};
 use crate::actions::ActionContext;
 use crate::handoff::{Successor, successors};
 use crate::naming::pod_name;
@@ -37,13 +37,12 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     if !state.synced() {
         return Ok(Action::requeue(super::SYNC_RETRY));
     }
+    // A run that has handed off is history: nothing more to do (and it is cached slimmed).
+    if run.status.as_ref().is_some_and(|s| s.handed_off) {
+        return Ok(Action::await_change());
+    }
     let namespace = run.namespace().unwrap_or_default();
-    // A run that has handed off needs nothing more of its Task.
-    let done = run.status.as_ref().is_some_and(|s| s.handed_off);
-    let task = match done {
-        true => None,
-        false => state.task(&namespace, &run.spec.task_ref.name).await?,
-    };
+    let task = state.task(&namespace, &run.spec.task_ref.name, Read::InUse).await?;
     let attempt = run.status.as_ref().map(|s| s.attempt).unwrap_or(0);
     let pod = state
         .pods
@@ -52,7 +51,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     let plan = plan_run(&RunView {
         now,
         run,
-        task: task.as_ref(),
+        task: task.as_deref(),
         pod: pod.as_deref(),
     });
     let mut status = plan.status;
@@ -130,7 +129,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     Ok(match plan.wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
         // The Task's arrival reaches the Task controller's cache first; look again now and then.
-        None if task.is_none() && !done => Action::requeue(Duration::from_secs(5)),
+        None if task.is_none() => Action::requeue(Duration::from_secs(5)),
         None => Action::await_change(),
     })
 }
@@ -179,7 +178,7 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
         .collect();
     let mut tasks = Vec::new();
     for name in names {
-        tasks.extend(state.task(namespace, &name).await?);
+        tasks.extend(state.task(namespace, &name, Read::Fresh).await?);
     }
     if tasks.is_empty() {
         return Ok(());
@@ -201,7 +200,7 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
         .filter(|r| involved.contains(&r.spec.task_ref.name.as_str()))
         .collect();
     let run_refs: Vec<&TaskRun> = runs.iter().map(Arc::as_ref).collect();
-    let task_refs: Vec<&Task> = tasks.iter().collect();
+    let task_refs: Vec<&Task> = tasks.iter().map(Arc::as_ref).collect();
     let api: Api<TaskRun> = Api::namespaced(state.context.client.clone(), namespace);
     for successor in successors(run, &task_refs, &run_refs, &state.joins) {
         match successor {

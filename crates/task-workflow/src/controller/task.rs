@@ -15,7 +15,7 @@ use serde_json::json;
 
 use orrery_runtime::{apply_status, is_not_found};
 
-use super::{Error, NAME, State};
+use super::{Error, NAME, Read, State};
 use crate::task_plan::{TaskView, plan_task};
 
 pub(crate) async fn reconcile(task: Arc<PartialObjectMeta<Task>>, state: Arc<State>) -> Result<Action, Error> {
@@ -35,12 +35,13 @@ async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Resu
         return Ok(Action::requeue(super::SYNC_RETRY));
     }
     let namespace = cached.namespace().unwrap_or_default();
-    let Some(task) = state.task(&namespace, &cached.name_any()).await? else {
+    let runs = state.runs_of(&namespace, &cached.name_any());
+    let read = if runs.is_empty() { Read::Idle } else { Read::InUse };
+    let Some(task) = state.task(&namespace, &cached.name_any(), read).await? else {
         // Deleted since: its runs go with it (owner references).
         return Ok(Action::await_change());
     };
-    let task = &task;
-    let runs = state.runs_of(&namespace, &task.name_any());
+    let task = task.as_ref();
     let ignitors: Vec<_> = task
         .spec
         .start_on_ignition
@@ -83,13 +84,19 @@ async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Resu
         create_run(&run_api, run).await?;
     }
     if Some(&plan.status) != task.status.as_ref() {
-        apply_status(
+        let written = apply_status(
             &Api::<Task>::namespaced(state.context.client.clone(), &namespace),
             NAME,
             task,
             &plan.status,
         )
         .await?;
+        // The next reconcile may come before the watch shows this write: it starts from here.
+        if read == Read::InUse {
+            state
+                .recent
+                .keep(written, task.resource_version(), std::time::Instant::now());
+        }
     }
     // Only now that the status counts them may the pruned runs go.
     for name in &plan.delete {
