@@ -197,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let requests_before = workflow.requests();
     let throttled_before = workflow.throttled();
+    let conflicts_before = workflow.conflicts();
     let started = tokio::time::Instant::now();
     for i in 0..chains {
         tokio::time::sleep_until(started + interval * i as u32).await;
@@ -218,6 +219,7 @@ async fn main() -> anyhow::Result<()> {
     .await?;
     let requests = per_chain(&requests_before, &workflow.requests(), chains);
     let throttled = workflow.throttled() - throttled_before;
+    let conflicts = (workflow.conflicts() - conflicts_before) / chains as f64;
     let step_latency: Vec<f64> = {
         let seen = seen.lock().unwrap();
         let pod_of = |task: &str| {
@@ -278,7 +280,9 @@ async fn main() -> anyhow::Result<()> {
         "  Job     Job created → pod created:                          {}",
         percentiles(job_latency)
     );
-    println!("  task-workflow API requests per chain: {requests}; {throttled} delayed by its client limit");
+    println!(
+        "  task-workflow API requests per chain: {requests}; {conflicts:.2} conflicts; {throttled} delayed by its client limit"
+    );
 
     // Throughput: `burst` runs of one task, all at once.
     tasks.create(&PostParams::default(), &task("burst", None)).await?;

@@ -124,6 +124,16 @@ impl Controller {
             .sum()
     }
 
+    /// Reconciles that failed on a conflict (a write under a stale resourceVersion) and were
+    /// retried, from its /metrics.
+    pub fn conflicts(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("orrery_reconcile_failures_total{") && l.contains("reason=\"Conflict\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Reconciles this controller has run, from its /metrics.
     pub fn reconciles(&self) -> f64 {
         self.metrics()
