@@ -1,5 +1,5 @@
 //! What every Orrery controller binary shares, so each `main` is a few lines:
-//! clap arguments ([`RuntimeArgs`]), structured logs, a rate-limited client, Prometheus
+//! clap arguments ([`RuntimeArgs`]), structured logs, a client (rate-limited if asked), Prometheus
 //! `/metrics`, `/healthz` and `/readyz`, leader election on a Lease, and graceful shutdown on
 //! SIGTERM or SIGINT.
 //!
@@ -76,7 +76,7 @@ pub enum RuntimeError {
 /// What a controller gets from the runtime.
 #[derive(Clone)]
 pub struct Context {
-    /// A client behind the client-side rate limit.
+    /// A client that counts its requests, behind the client-side rate limit if one is set.
     pub client: Client,
     /// Reconcile metrics to record into.
     pub metrics: ReconcileMetrics,
