@@ -98,6 +98,10 @@ pub(crate) struct State {
     /// Per TaskRun uid, the results of the actions it ran whose status write has not gone
     /// through yet: a write refused on a stale read is retried without running them again.
     pub action_results: std::sync::Mutex<HashMap<String, Vec<ActionResult>>>,
+    /// Per TaskRun, the resourceVersion our last status write replaced, until the cache moves
+    /// past it: a run cached at that version is older than what we wrote, and a write from it
+    /// could only conflict. The watch brings our write, and with it the next reconcile.
+    pub run_written_over: Mutex<HashMap<ObjectRef<TaskRun>, String>>,
 }
 
 impl State {
@@ -163,6 +167,12 @@ where
     triggers
         .try_into()
         .map_err(|_| format!("a shared cache gives {N} triggers").into())
+}
+
+/// A lock that a panic elsewhere did not leave unusable: the maps it guards are valid at every
+/// step.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn is_synced<K>(store: &Store<K>) -> bool
@@ -238,6 +248,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         http: reqwest::Client::new(),
         joins: JoinConditions::default(),
         action_results: std::sync::Mutex::default(),
+        run_written_over: Mutex::default(),
     });
 
     // Ready once every cache has its first full list.
@@ -297,12 +308,14 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         .run(run::reconcile, run::error_policy, state.clone())
         .for_each(|_| async {});
 
-    // Tasks no run has asked for in a while are dropped; this ends with the controllers.
+    // Tasks no run has asked for in a while are dropped, and so are the writes of runs deleted
+    // before the cache showed them; this ends with the controllers.
     let forget_unused = async move {
         let mut every = tokio::time::interval(crate::recent::KEPT_FOR / 2);
         loop {
             every.tick().await;
             state.recent.forget_unused(Instant::now());
+            lock(&state.run_written_over).retain(|run, _| state.runs.get(run).is_some());
         }
     };
     tokio::select! {

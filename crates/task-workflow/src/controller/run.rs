@@ -15,7 +15,7 @@ use kube::{Resource, ResourceExt};
 use super::task::{cancel, create_run, publish};
 use orrery_runtime::{apply_status, is_not_found};
 
-use super::{Error, NAME, Read, State};
+use super::{Error, NAME, Read, State, lock};
 use crate::actions::ActionContext;
 use crate::handoff::{Successor, successors};
 use crate::naming::pod_name;
@@ -36,6 +36,20 @@ pub(crate) fn error_policy(_: Arc<TaskRun>, error: &Error, _: Arc<State>) -> Act
 async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     if !state.synced() {
         return Ok(Action::requeue(super::SYNC_RETRY));
+    }
+    // Until the cache shows our last write of this run, its copy is stale; the write's own
+    // event reconciles it again.
+    let key = ObjectRef::from_obj(run);
+    {
+        let mut written_over = lock(&state.run_written_over);
+        let version = run.resource_version();
+        if written_over
+            .get(&key)
+            .is_some_and(|written| version.as_ref() == Some(written))
+        {
+            return Ok(Action::await_change());
+        }
+        written_over.remove(&key);
     }
     // A run that has handed off is history: nothing more to do (and it is cached slimmed).
     if run.status.as_ref().is_some_and(|s| s.handed_off) {
@@ -91,18 +105,12 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
         let mut finished = run.clone();
         finished.status = Some(status.clone());
         if let Some(task) = &task {
-            let ran = state
-                .action_results
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&uid)
-                .cloned();
+            let ran = lock(&state.action_results).get(&uid).cloned();
             status.action_results = match ran {
                 Some(results) => results,
                 None => {
                     let results = run_actions(state, &finished, task).await;
-                    let mut ran = state.action_results.lock().unwrap_or_else(|p| p.into_inner());
-                    ran.insert(uid.clone(), results.clone());
+                    lock(&state.action_results).insert(uid.clone(), results.clone());
                     results
                 }
             };
@@ -118,13 +126,12 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
             &status,
         )
         .await?;
+        if let Some(version) = run.resource_version() {
+            lock(&state.run_written_over).insert(key, version);
+        }
     }
     if hand_off_now {
-        state
-            .action_results
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&uid);
+        lock(&state.action_results).remove(&uid);
     }
     Ok(match plan.wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
