@@ -34,7 +34,7 @@ pub use health::{Readiness, router, wait_synced};
 pub use metrics::{Metrics, ReconcileMetrics};
 pub use shared::{
     SharedCache, strip, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_as_shared,
-    watched_and_cached_metadata, watched_and_cached_metadata_shared, watched_and_cached_slim, watcher_config,
+    watched_and_cached_metadata_shared, watched_and_cached_slim, watcher_config,
 };
 pub use telemetry::init_tracing;
 pub use write::{Error, apply_status, has_finalizer, is_not_found, set_finalizer};

@@ -66,26 +66,12 @@ where
     )
 }
 
-/// A watch of `api` whose cache keeps each object's name, namespace and resourceVersion only,
-/// for a controller that reads the one object it reconciles from the API server: with
-/// thousands of objects, their names are all that stays in memory, and the resourceVersion
-/// tells whether a copy read earlier is still current. `observe` sees every event whole first,
-/// to keep whatever index of the objects' contents the controller needs.
-pub fn watched_and_cached_metadata<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
-) -> (
-    Store<PartialObjectMeta<K>>,
-    impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send,
-)
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    watched_and_cached_as(api, config, observe, metadata_of)
-}
-
-/// [`watched_and_cached_metadata`], its cache and watch shared as [`watched_and_cached_as_shared`].
+/// One watch of `api`, shared as [`watched_and_cached_as_shared`], whose cache keeps each
+/// object's name, namespace and resourceVersion only, for controllers that read the one object
+/// they reconcile from the API server: with thousands of objects, their names are all that
+/// stays in memory, and the resourceVersion tells whether a copy read earlier is still current.
+/// `observe` sees every event whole first, to keep whatever index of the objects' contents the
+/// controllers need.
 pub fn watched_and_cached_metadata_shared<K>(
     api: Api<K>,
     config: watcher::Config,

@@ -50,7 +50,7 @@ impl JoinConditions {
     pub fn compile(&self, task: &Task) -> Option<Compiled> {
         let source = task.spec.join.as_ref()?.condition.as_ref()?;
         let key = (task.uid().unwrap_or_default(), task.metadata.generation.unwrap_or(0));
-        let mut compiled = self.compiled.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut compiled = lock(&self.compiled);
         // Older generations of this task are never asked for again.
         compiled.retain(|(uid, generation), _| uid != &key.0 || *generation == key.1);
         Some(

@@ -37,19 +37,9 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     if !state.synced() {
         return Ok(Action::requeue(super::SYNC_RETRY));
     }
-    // Until the cache shows our last write of this run, its copy is stale; the write's own
-    // event reconciles it again.
     let key = ObjectRef::from_obj(run);
-    {
-        let mut written_over = lock(&state.run_written_over);
-        let version = run.resource_version();
-        if written_over
-            .get(&key)
-            .is_some_and(|written| version.as_ref() == Some(written))
-        {
-            return Ok(Action::await_change());
-        }
-        written_over.remove(&key);
+    if awaits_own_write(state, &key, run) {
+        return Ok(Action::await_change());
     }
     // A run that has handed off is history: nothing more to do (and it is cached slimmed).
     if run.status.as_ref().is_some_and(|s| s.handed_off) {
@@ -135,10 +125,26 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     }
     Ok(match plan.wake_at {
         Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
-        // The Task's arrival reaches the Task controller's cache first; look again now and then.
+        // The Task's arrival triggers this run too; look again now and then all the same.
         None if task.is_none() => Action::requeue(Duration::from_secs(5)),
         None => Action::await_change(),
     })
+}
+
+/// Whether `run` is still cached at the version our last status write of it replaced: that
+/// copy is stale, and the write's own event reconciles it again. Once the cache has moved on,
+/// the write is forgotten.
+fn awaits_own_write(state: &State, key: &ObjectRef<TaskRun>, run: &TaskRun) -> bool {
+    let mut written_over = lock(&state.run_written_over);
+    let version = run.resource_version();
+    if written_over
+        .get(key)
+        .is_some_and(|written| version.as_ref() == Some(written))
+    {
+        return true;
+    }
+    written_over.remove(key);
+    false
 }
 
 async fn run_actions(state: &State, run: &TaskRun, task: &Task) -> Vec<crd_types::workflow::ActionResult> {
