@@ -73,6 +73,23 @@ impl ControlPlane {
         self.dir.path().join("kubeconfig")
     }
 
+    /// The admin kubeconfig with its CA certificate inline, as a Secret for a remote Cluster
+    /// holds it (the executor reads no files a kubeconfig names).
+    pub fn kubeconfig_inline(&self) -> anyhow::Result<String> {
+        let mut kubeconfig = Kubeconfig::read_from(self.kubeconfig_path())?;
+        for named in &mut kubeconfig.clusters {
+            if let Some(cluster) = named.cluster.as_mut()
+                && let Some(file) = cluster.certificate_authority.take()
+            {
+                let pem = std::fs::read(file)?;
+                // ByteString serializes as the base64 a kubeconfig's *-data fields hold.
+                let data = serde_json::to_value(k8s_openapi::ByteString(pem))?;
+                cluster.certificate_authority_data = data.as_str().map(str::to_owned);
+            }
+        }
+        Ok(serde_yaml::to_string(&kubeconfig)?)
+    }
+
     /// The state directory (logs, certificates, etcd data).
     pub fn dir(&self) -> &Path {
         self.dir.path()

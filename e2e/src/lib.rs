@@ -32,7 +32,7 @@ use rand::Rng;
 
 pub use control_plane::ControlPlane;
 pub use in_process::InProcess;
-pub use wait::{Deadline, poll_until};
+pub use wait::{Deadline, poll_until, ready_condition, wait_gone, wait_not_ready, wait_ready};
 
 /// The control plane of this test binary, started on first use and stopped when the binary exits.
 pub fn shared_control_plane() -> &'static ControlPlane {
@@ -183,6 +183,17 @@ impl TestEnv {
         <K as kube::Resource>::DynamicType: Default,
     {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Lets VirtualCluster `virtual_cluster` adopt the test's namespace, as the namespace's
+    /// owner consents with `kubectl annotate namespace NS hierarchy.orrery.dev/adoptable-by=VC`.
+    pub async fn let_adopt(&self, virtual_cluster: &str) {
+        let consent = serde_json::json!({"metadata": {"annotations": {
+            hierarchy_executor::plan::tenancy::ADOPTABLE_BY_ANNOTATION: virtual_cluster}}});
+        Api::<Namespace>::all(self.client.clone())
+            .patch(&self.namespace, &PatchParams::default(), &Patch::Merge(consent))
+            .await
+            .unwrap_or_else(|err| panic!("cannot annotate namespace {}: {err}", self.namespace));
     }
 
     /// The control plane.

@@ -34,3 +34,73 @@ where
         deadline.0
     );
 }
+
+/// The `Ready` condition of a hierarchy object, read fresh.
+pub async fn ready_condition<K>(api: &kube::Api<K>, name: &str) -> Result<(String, String, String), String>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    let object = api.get(name).await.map_err(|e| e.to_string())?;
+    let value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
+    let conditions: Vec<crd_types::common::Condition> =
+        serde_json::from_value(value["status"]["conditions"].clone()).unwrap_or_default();
+    crd_types::common::find_condition(&conditions, crd_types::common::CONDITION_READY)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+        .ok_or_else(|| "no Ready condition yet".to_owned())
+}
+
+/// Waits until `name` is Ready.
+pub async fn wait_ready<K>(api: &kube::Api<K>, name: &str)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    poll_until(
+        &format!("{} {name} Ready", K::kind(&())),
+        // A whole tree: namespaces, the Gateway API CRDs, pods.
+        Deadline(std::time::Duration::from_secs(120)),
+        || async {
+            match ready_condition(api, name).await? {
+                (status, _, _) if status == "True" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Waits until `name` is not Ready for `reason`; returns the message.
+pub async fn wait_not_ready<K>(api: &kube::Api<K>, name: &str, reason: &str) -> String
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
+{
+    poll_until(
+        &format!("{} {name} not Ready: {reason}", K::kind(&())),
+        Deadline::default(),
+        || async {
+            match ready_condition(api, name).await? {
+                (status, r, message) if status == "False" && r == reason => Ok(message),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until `name` no longer exists.
+pub async fn wait_gone<K>(api: &kube::Api<K>, name: &str)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    poll_until(
+        &format!("{} {name} gone", K::kind(&())),
+        // The garbage collector and namespace deletion take their time.
+        Deadline(std::time::Duration::from_secs(150)),
+        || async {
+            match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still there".to_owned()),
+            }
+        },
+    )
+    .await;
+}

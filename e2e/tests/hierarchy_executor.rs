@@ -17,7 +17,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use orrery_e2e::pod_simulator::{OUTCOME, PodSimulator};
-use orrery_e2e::{ControlPlane, Deadline, InProcess, TestEnv, create, poll_until};
+use orrery_e2e::{
+    ControlPlane, Deadline, InProcess, TestEnv, create, poll_until, ready_condition, wait_gone, wait_not_ready,
+    wait_ready,
+};
 use serde_json::json;
 
 /// The executor watches cluster-scoped kinds across the whole control plane, so two running at
@@ -368,74 +371,6 @@ async fn unknown_executors_bad_parameters_and_missing_parents_are_reported() {
     executor.stop().await;
 }
 
-/// The `Ready` condition of a hierarchy object, read fresh.
-async fn ready_condition<K>(api: &Api<K>, name: &str) -> Result<(String, String, String), String>
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    let object = api.get(name).await.map_err(|e| e.to_string())?;
-    let value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
-    let conditions: Vec<crd_types::common::Condition> =
-        serde_json::from_value(value["status"]["conditions"].clone()).unwrap_or_default();
-    ready_of(Some(&conditions)).ok_or_else(|| "no Ready condition yet".to_owned())
-}
-
-/// Waits until `name` is Ready.
-async fn wait_ready<K>(api: &Api<K>, name: &str)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    poll_until(
-        &format!("{} {name} Ready", K::kind(&())),
-        // A whole tree: namespaces, the Gateway API CRDs, pods.
-        Deadline(std::time::Duration::from_secs(120)),
-        || async {
-            match ready_condition(api, name).await? {
-                (status, _, _) if status == "True" => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await;
-}
-
-/// Waits until `name` is not Ready for `reason`; returns the message.
-async fn wait_not_ready<K>(api: &Api<K>, name: &str, reason: &str) -> String
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + serde::Serialize,
-{
-    poll_until(
-        &format!("{} {name} not Ready: {reason}", K::kind(&())),
-        Deadline::default(),
-        || async {
-            match ready_condition(api, name).await? {
-                (status, r, message) if status == "False" && r == reason => Ok(message),
-                other => Err(format!("{other:?}")),
-            }
-        },
-    )
-    .await
-}
-
-/// Waits until `name` no longer exists.
-async fn wait_gone<K>(api: &Api<K>, name: &str)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    poll_until(
-        &format!("{} {name} gone", K::kind(&())),
-        // The garbage collector and namespace deletion take their time.
-        Deadline(std::time::Duration::from_secs(150)),
-        || async {
-            match api.get_opt(name).await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(_) => Err("still there".to_owned()),
-            }
-        },
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn layer_by_layer_with_parent_references_builds_the_same_tree() {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -448,7 +383,9 @@ async fn layer_by_layer_with_parent_references_builds_the_same_tree() {
     let apps: Api<Application> = env.namespaced();
 
     // Kubist style: each layer on its own, naming its parent. The VirtualCluster takes over
-    // the test's namespace, which already exists: it is adopted, not created.
+    // the test's namespace, which already exists: it is adopted, not created, with the
+    // namespace owner's consent.
+    env.let_adopt(&format!("{name}-team")).await;
     create(
         &clusters,
         json!({"metadata": {"name": format!("{name}-local")},
@@ -596,8 +533,8 @@ async fn a_remote_cluster_gets_its_namespace_and_objects_and_gateway_api_only_wh
     let vc_name = format!("{name}-team");
     let team_namespace = format!("{name}-team");
 
-    // The kubeconfig as the Secret holds it (its CA is a file on this machine).
-    let kubeconfig = std::fs::read_to_string(remote.kubeconfig_path()).unwrap();
+    // The kubeconfig as the Secret holds it, its CA inline.
+    let kubeconfig = remote.kubeconfig_inline().unwrap();
     create::<Secret>(
         &env.namespaced(),
         json!({"metadata": {"name": "remote"}, "stringData": {"kubeconfig": kubeconfig}}),
@@ -650,7 +587,8 @@ async fn a_remote_cluster_gets_its_namespace_and_objects_and_gateway_api_only_wh
     create(
         &vcs,
         json!({"metadata": {"name": vc_name},
-               "spec": {"cluster": cluster_name, "namespace": team_namespace, "quota": {"pods": "10"}}}),
+               "spec": {"cluster": cluster_name, "namespace": team_namespace, "quota": {"pods": "10"},
+                        "applicationNamespaces": [name]}}),
     )
     .await;
     let apps: Api<Application> = env.namespaced();
@@ -823,6 +761,7 @@ async fn an_executor_another_controller_claims_is_left_to_it_and_rolls_up() {
         json!({"metadata": {"name": format!("{name}-local")}, "spec": {}}),
     )
     .await;
+    env.let_adopt(&format!("{name}-team")).await;
     create(
         &vcs,
         json!({"metadata": {"name": format!("{name}-team")},

@@ -48,6 +48,7 @@ impl World {
         let env = TestEnv::new().await;
         shared_executor_and_kubelet().await;
         let name = env.namespace.clone();
+        env.let_adopt(&name).await;
         create(
             &Api::<Cluster>::all(env.client.clone()),
             json!({"metadata": {"name": name}, "spec": {"executor": {"name": "default", "parameters": {"installGatewayAPI": true}}}}),

@@ -1,8 +1,8 @@
 //! Policy pipelines of Projects, Clusters and VirtualClusters on the real control plane:
 //! policy-runner computes the spec document, hierarchy-executor applies it. A `cel` policy sizes
 //! a VirtualCluster's quota, a `freeze` holds a spec change until its window ends, a Project's
-//! policy decides which of its templates are made, a Cluster's picks its kubeconfig, and a
-//! traffic policy on a VirtualCluster is refused with nothing applied.
+//! policy decides which of its templates are made, a Cluster's may not pick a kubeconfig its
+//! spec does not name, and a traffic policy on a VirtualCluster is refused with nothing applied.
 
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -235,7 +235,9 @@ async fn a_projects_policy_decides_which_of_its_templates_are_made() {
 }
 
 #[tokio::test]
-async fn a_clusters_policy_chooses_its_kubeconfig() {
+async fn a_clusters_policy_may_not_choose_a_kubeconfig_its_spec_does_not_name() {
+    // The spec's Secret is what admission checked its creator may read; a policy's output
+    // naming another would read it for them.
     let env = start().await;
     let cluster = format!("{}-remote", env.namespace);
     create(
@@ -246,17 +248,20 @@ async fn a_clusters_policy_chooses_its_kubeconfig() {
     .await;
     let clusters = Api::<Cluster>::all(env.client.clone());
     let message = poll_until(
-        "the Cluster reading the policy's Secret",
+        "the Cluster refusing the policy's Secret",
         Deadline(Duration::from_secs(30)),
         || async {
             let status = clusters.get(&cluster).await.map_err(|e| e.to_string())?.status;
             let ready = status.and_then(|s| find_condition(&s.common.conditions, CONDITION_READY).cloned());
             match ready {
-                Some(ready) if ready.reason == "SecretNotFound" => Ok(ready.message),
+                Some(ready) if ready.reason == "PolicyOutputRefused" => Ok(ready.message),
                 other => Err(format!("{other:?}")),
             }
         },
     )
     .await;
-    assert_eq!(message, "Secret default/from-policy does not exist");
+    assert!(
+        message.ends_with("which admission has not checked: Secret default/from-policy"),
+        "{message}"
+    );
 }

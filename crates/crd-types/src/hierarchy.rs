@@ -341,7 +341,9 @@ pub struct ClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub project: Option<String>,
-    /// The kubeconfig of a remote cluster; the local cluster when absent.
+    /// The kubeconfig of a remote cluster; the local cluster when absent. Only inline
+    /// credentials are used: a kubeconfig with `exec`, an auth provider, a token or certificate
+    /// file, or `insecure-skip-tls-verify` is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubeconfig_secret_ref: Option<SecretKeyRef>,
     /// The executor running this resource; the kind's default when absent. The default
@@ -407,7 +409,10 @@ pub struct VirtualClusterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub cluster: Option<String>,
-    /// The namespace on the Cluster; the VirtualCluster's name when absent.
+    /// The namespace on the Cluster; the VirtualCluster's name when absent. One that exists
+    /// already is adopted only when its owner annotated it
+    /// `hierarchy.orrery.dev/adoptable-by: <this VirtualCluster's name>`; `default`, `kube-*`
+    /// and the controllers' own namespace never are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub namespace: Option<String>,
@@ -425,10 +430,17 @@ pub struct VirtualClusterSpec {
     /// Deny traffic from other namespaces (a default-deny NetworkPolicy allowing the namespace itself).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_isolation: Option<bool>,
-    /// Who may use the namespace, and how.
+    /// Who may use the namespace, and how. A policy's output may drop entries, never add one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub access: Vec<AccessBinding>,
+    /// Namespaces (of this control plane, where Applications live) whose Applications this
+    /// VirtualCluster runs besides those of its own namespace: its owner's opt-in, as a
+    /// Gateway's `allowedRoutes`. A VirtualCluster on a remote Cluster names here the local
+    /// namespaces of its Applications. A policy's output may drop entries, never add one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 63)))]
+    pub application_namespaces: Vec<String>,
     /// The executor running this resource; the kind's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<PluginRef>,
@@ -536,6 +548,8 @@ pub struct VirtualClusterStatus {
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationSpec {
     /// The parent VirtualCluster. Required unless created from a Project template naming it.
+    /// Its namespace must be this Application's: a VirtualCluster runs only its own namespace's
+    /// Applications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub virtual_cluster: Option<String>,

@@ -38,6 +38,7 @@ use serde::de::DeserializeOwned;
 
 use crate::gateway::{self, HTTPROUTE_CRD};
 use crate::plan::application::{self, APP_LABEL};
+use crate::plan::tenancy::{self, Protected};
 use crate::plan::{Child, Readiness, as_applied, project, roll_up, virtual_cluster};
 use crate::registry::{Claim, INSTALL_GATEWAY_API, Kind, Registry, flag};
 use applied::{Applied, fingerprint};
@@ -72,6 +73,8 @@ const PARENT_NOT_FOUND: &str = "ParentNotFound";
 struct State {
     context: Context,
     registry: Registry,
+    /// Namespaces no VirtualCluster may have.
+    protected: Protected,
     targets: Targets,
     clusters: Store<Cluster>,
     virtual_clusters: Store<VirtualCluster>,
@@ -104,13 +107,15 @@ struct Outcome {
     recheck: Option<Duration>,
 }
 
-/// Runs the four controllers until the context's shutdown signal.
+/// Runs the four controllers until the context's shutdown signal, protecting only the system
+/// namespaces.
 pub async fn run(context: Context) -> Result<(), BoxError> {
-    run_with(context, Registry::builtin()).await
+    run_with(context, Registry::builtin(), Protected::default()).await
 }
 
-/// Runs the controllers claiming the executors of `registry`.
-pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxError> {
+/// Runs the controllers claiming the executors of `registry`; no VirtualCluster may have a
+/// `protected` namespace.
+pub async fn run_with(context: Context, registry: Registry, protected: Protected) -> Result<(), BoxError> {
     let client = context.client.clone();
     let config = watcher_config(&Api::<Project>::all(client.clone())).await;
     // Each controller has its own watches: a cache it reads is fed by a stream it is triggered by.
@@ -178,6 +183,7 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
     let state = Arc::new(State {
         context: context.clone(),
         registry,
+        protected,
         targets: Targets::new(client.clone()),
         clusters: clusters.clone(),
         virtual_clusters: virtual_clusters.clone(),
@@ -408,8 +414,32 @@ where
     }
 }
 
-/// Applies `wanted` if the spec asks for it, else deletes the object `name` in `namespace`.
-async fn apply_or_delete<K>(target: &Client, namespace: &str, wanted: Option<&K>, name: &str) -> Result<(), Error>
+/// Why `object` may not be written for the resource with uid `owner`: it exists on `target`
+/// and is not marked as that resource's (someone else's, or made by hand).
+async fn foreign<K>(target: &Client, object: &K, owner: &str) -> Result<Option<Readiness>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K::Scope: ScopeApi<K>,
+{
+    let api: Api<K> = K::Scope::api(target.clone(), object.namespace().as_deref());
+    let name = object.name_any();
+    let existing = api
+        .get_metadata_opt(&name)
+        .await
+        .map_err(Error::api(format!("reading {} {name}", K::kind(&()))))?;
+    Ok(existing.and_then(|e| tenancy::ownership_refusal(&K::kind(&()), &name, e.labels(), owner)))
+}
+
+/// Applies `wanted` if the spec asks for it, else deletes the object `name` in `namespace`;
+/// either only when the object is the resource `owner`'s or absent. Someone else's object of
+/// that name is left alone: why, as the readiness to report.
+async fn apply_or_delete<K>(
+    target: &Client,
+    namespace: &str,
+    wanted: Option<&K>,
+    name: &str,
+    owner: &str,
+) -> Result<Option<Readiness>, Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -418,9 +448,30 @@ where
         + std::fmt::Debug,
 {
     match wanted {
-        Some(object) => apply(target, object).await,
-        None => delete(&Api::<K>::namespaced(target.clone(), namespace), name).await,
+        Some(object) => {
+            if let Some(refusal) = foreign(target, object, owner).await? {
+                return Ok(Some(refusal));
+            }
+            apply(target, object).await?;
+        }
+        None => delete_if_owned(&Api::<K>::namespaced(target.clone(), namespace), name, owner).await?,
     }
+    Ok(None)
+}
+
+/// Deletes `name` if it exists and is marked as the resource `owner`'s.
+async fn delete_if_owned<K>(api: &Api<K>, name: &str, owner: &str) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let existing = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(Error::api(format!("reading {} {name}", K::kind(&()))))?;
+    if existing.is_some_and(|e| e.labels().get(OWNER_LABEL).map(String::as_str) == Some(owner)) {
+        delete(api, name).await?;
+    }
+    Ok(())
 }
 
 /// Deletes `name` if it exists.
@@ -736,45 +787,10 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
                 reason: "InvalidTemplates".into(),
                 message,
             },
-            Ok(Ok(children)) => {
-                let uid = project.uid().unwrap_or_default();
-                let desired = fingerprint(&children);
-                let waiting = if state.applied.is_current(&uid, desired) && all_exist(state, &children) {
-                    Vec::new()
-                } else {
-                    let applied = apply_children(state, project, &children).await;
-                    match &applied {
-                        Ok(waiting) if waiting.is_empty() => state.applied.record(&uid, desired),
-                        _ => state.applied.forget(&uid),
-                    }
-                    applied?
-                };
-                let own = if waiting.is_empty() {
-                    Readiness::Ready
-                } else {
-                    Readiness::NotReady {
-                        reason: "WaitingForNamespaces".into(),
-                        message: format!(
-                            "Applications wait for their VirtualCluster's namespace: {}",
-                            waiting.join(", ")
-                        ),
-                    }
-                };
-                let name = project.name_any();
-                let clusters: Vec<Arc<Cluster>> = state
-                    .project_clusters
-                    .state()
-                    .into_iter()
-                    .filter(|c| c.spec.project.as_deref() == Some(name.as_str()))
-                    .collect();
-                roll_up_children(
-                    own,
-                    "Cluster",
-                    &clusters,
-                    |c| c.name_any(),
-                    |c| c.status.as_ref().map(|s| &s.common),
-                )
-            }
+            Ok(Ok(children)) => match foreign_child(state, &project.uid().unwrap_or_default(), &children) {
+                Some(refusal) => refusal,
+                None => run_templates(state, project, &children).await?,
+            },
         },
     };
     let outcome = Outcome {
@@ -790,6 +806,70 @@ async fn execute_project(project: &Project, state: &State) -> Result<Action, Err
         outcome,
     )
     .await
+}
+
+/// Applies the Project's templated children (unless they are as last applied and all there)
+/// and rolls its Clusters' readiness up into its own.
+async fn run_templates(
+    state: &State,
+    project: &Project,
+    children: &project::ProjectChildren,
+) -> Result<Readiness, Error> {
+    let uid = project.uid().unwrap_or_default();
+    let desired = fingerprint(children);
+    let waiting = if state.applied.is_current(&uid, desired) && all_exist(state, children) {
+        Vec::new()
+    } else {
+        let applied = apply_children(state, project, children).await;
+        match &applied {
+            Ok(waiting) if waiting.is_empty() => state.applied.record(&uid, desired),
+            _ => state.applied.forget(&uid),
+        }
+        applied?
+    };
+    let own = if waiting.is_empty() {
+        Readiness::Ready
+    } else {
+        Readiness::NotReady {
+            reason: "WaitingForNamespaces".into(),
+            message: format!(
+                "Applications wait for their VirtualCluster's namespace: {}",
+                waiting.join(", ")
+            ),
+        }
+    };
+    let name = project.name_any();
+    let clusters: Vec<Arc<Cluster>> = state
+        .project_clusters
+        .state()
+        .into_iter()
+        .filter(|c| c.spec.project.as_deref() == Some(name.as_str()))
+        .collect();
+    Ok(roll_up_children(
+        own,
+        "Cluster",
+        &clusters,
+        |c| c.name_any(),
+        |c| c.status.as_ref().map(|s| &s.common),
+    ))
+}
+
+/// Why the Project with uid `owner` may not apply its templates: a child they describe exists
+/// and is not this Project's. A Project adopts nothing: what it did not make stays out of its
+/// reach, or removing a template would delete someone else's object.
+fn foreign_child(state: &State, owner: &str, children: &project::ProjectChildren) -> Option<Readiness> {
+    fn check<K: Resource<DynamicType = ()> + Clone>(cache: &Store<K>, child: &K, owner: &str) -> Option<Readiness> {
+        let existing = cache.get(&ObjectRef::from_obj(child))?;
+        let name = match child.meta().namespace.as_deref() {
+            Some(namespace) => format!("{namespace}/{}", child.name_any()),
+            None => child.name_any(),
+        };
+        tenancy::ownership_refusal(&K::kind(&()), &name, existing.labels(), owner)
+    }
+    (children.clusters.iter())
+        .find_map(|c| check(&state.clusters, c, owner))
+        .or_else(|| (children.virtual_clusters.iter()).find_map(|v| check(&state.virtual_clusters, v, owner)))
+        .or_else(|| (children.applications.iter()).find_map(|a| check(&state.applications, a, owner)))
 }
 
 /// Whether every child the templates describe is in the caches.
@@ -1005,6 +1085,21 @@ async fn inspect_recently(
     readiness
 }
 
+/// What went wrong talking to a target cluster, without echoing what it answered: its address
+/// and credentials came from a Secret, and a server of the Cluster creator's choosing may
+/// answer anything. An API server's status code and reason are kept.
+fn remote_failure(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => format!("it answered {} {}", status.code, status.reason),
+        kube::Error::Auth(_) => "its credentials cannot be used".into(),
+        kube::Error::HyperError(_) | kube::Error::Service(_) => {
+            "no connection (unreachable, refused or timed out)".into()
+        }
+        kube::Error::SerdeError(_) => "its answer is not a Kubernetes API server's".into(),
+        _ => "the request failed".into(),
+    }
+}
+
 /// Version and Gateway API CRDs of the target cluster, installing the CRDs when asked.
 async fn inspect_cluster(target: &Client, install: bool, status: &mut ClusterStatus) -> Readiness {
     match target.apiserver_version().await {
@@ -1012,7 +1107,7 @@ async fn inspect_cluster(target: &Client, install: bool, status: &mut ClusterSta
         Err(err) => {
             return Readiness::NotReady {
                 reason: "Unreachable".into(),
-                message: format!("the cluster's API server does not answer: {err}"),
+                message: format!("the cluster's API server does not answer: {}", remote_failure(&err)),
             };
         }
     }
@@ -1028,7 +1123,7 @@ async fn inspect_cluster(target: &Client, install: bool, status: &mut ClusterSta
             Err(err) => {
                 return Readiness::NotReady {
                     reason: "Unreachable".into(),
-                    message: format!("cannot read CRDs: {err}"),
+                    message: format!("cannot read CRDs: {}", remote_failure(&err)),
                 };
             }
         }
@@ -1041,7 +1136,7 @@ async fn inspect_cluster(target: &Client, install: bool, status: &mut ClusterSta
                 Err(err) => {
                     return Readiness::NotReady {
                         reason: "InstallFailed".into(),
-                        message: format!("installing CRD {name}: {err}"),
+                        message: format!("installing CRD {name}: {}", remote_failure(&err)),
                     };
                 }
             }
@@ -1142,11 +1237,8 @@ async fn align_virtual_cluster_on(
         .get_opt(&namespace)
         .await
         .map_err(Error::api(format!("reading namespace {namespace}")))?;
-    if let Some(message) = virtual_cluster::namespace_conflict(vc, existing.as_ref()) {
-        return Ok(Readiness::NotReady {
-            reason: "NamespaceConflict".into(),
-            message,
-        });
+    if let Some(refusal) = tenancy::namespace_refusal(vc, existing.as_ref(), &state.protected) {
+        return Ok(refusal);
     }
     let uid = vc.uid().unwrap_or_default();
     let adopted = virtual_cluster::adopted(existing.as_ref());
@@ -1154,10 +1246,11 @@ async fn align_virtual_cluster_on(
     let desired = fingerprint(&objects);
     if existing.is_none() || !state.applied.is_current(&uid, desired) {
         state.applied.forget(&uid);
-        if let Err(err) = align_virtual_cluster(&objects, target, &namespace, &uid).await {
-            return write_failed(err, recheck);
+        match align_virtual_cluster(&objects, target, &namespace, &uid).await {
+            Err(err) => return write_failed(err, recheck),
+            Ok(Some(refusal)) => return Ok(refusal),
+            Ok(None) => state.applied.record(&uid, desired),
         }
-        state.applied.record(&uid, desired);
     }
     status.namespace = Some(namespace);
     let name = vc.name_any();
@@ -1194,7 +1287,10 @@ async fn release_virtual_cluster(
                 .get_opt(&name)
                 .await
                 .map_err(Error::api(format!("reading namespace {name}")))?;
-            let ours = existing.is_some() && virtual_cluster::namespace_conflict(vc, existing.as_ref()).is_none();
+            // Only a namespace this VirtualCluster created or adopted carries its label.
+            let ours = existing
+                .as_ref()
+                .is_some_and(|ns| ns.labels().get(OWNER_LABEL) == vc.metadata.uid.as_ref());
             if ours && virtual_cluster::adopted(existing.as_ref()) {
                 let owner = vc.metadata.uid.as_deref().unwrap_or_default();
                 delete_owned::<ResourceQuota>(&target, &name, owner).await?;
@@ -1224,23 +1320,49 @@ async fn release_virtual_cluster(
     Ok(Action::await_change())
 }
 
+/// Applies a VirtualCluster's guardrails in its namespace and prunes its access entries the
+/// spec dropped. An object of a guardrail's name that is not this VirtualCluster's (in an
+/// adopted namespace) stops it: why, as the readiness to report.
 async fn align_virtual_cluster(
     objects: &virtual_cluster::VirtualClusterObjects,
     target: &Client,
     namespace: &str,
     owner: &str,
-) -> Result<(), Error> {
+) -> Result<Option<Readiness>, Error> {
     apply(target, &objects.namespace).await?;
-    apply_or_delete(target, namespace, objects.quota.as_ref(), virtual_cluster::QUOTA_NAME).await?;
-    apply_or_delete(target, namespace, objects.limits.as_ref(), virtual_cluster::LIMITS_NAME).await?;
-    apply_or_delete(
-        target,
-        namespace,
-        objects.network_policy.as_ref(),
-        virtual_cluster::NETWORK_POLICY_NAME,
-    )
-    .await?;
+    let guardrails = [
+        apply_or_delete(
+            target,
+            namespace,
+            objects.quota.as_ref(),
+            virtual_cluster::QUOTA_NAME,
+            owner,
+        )
+        .await?,
+        apply_or_delete(
+            target,
+            namespace,
+            objects.limits.as_ref(),
+            virtual_cluster::LIMITS_NAME,
+            owner,
+        )
+        .await?,
+        apply_or_delete(
+            target,
+            namespace,
+            objects.network_policy.as_ref(),
+            virtual_cluster::NETWORK_POLICY_NAME,
+            owner,
+        )
+        .await?,
+    ];
+    if let Some(refusal) = guardrails.into_iter().flatten().next() {
+        return Ok(Some(refusal));
+    }
     for binding in &objects.role_bindings {
+        if let Some(refusal) = foreign(target, binding, owner).await? {
+            return Ok(Some(refusal));
+        }
         apply(target, binding).await?;
     }
     // Access entries removed from the spec: their RoleBindings go.
@@ -1254,7 +1376,7 @@ async fn align_virtual_cluster(
             delete(&bindings, &binding.name_any()).await?;
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1314,9 +1436,12 @@ async fn execute_application(app: &Application, state: &State) -> Result<Action,
     finish(state, app, &api, previous.as_ref(), status, outcome).await
 }
 
-/// The Cluster an Application runs on, a client for it, and its VirtualCluster's namespace
-/// there; or why there are none.
-async fn application_target(state: &State, app: &Application) -> Result<(Arc<Cluster>, Client, String), Readiness> {
+/// The VirtualCluster an Application names, its Cluster and a client for that; or why there
+/// are none.
+async fn application_parent(
+    state: &State,
+    app: &Application,
+) -> Result<(Arc<VirtualCluster>, Arc<Cluster>, Client), Readiness> {
     let parent = app
         .spec
         .virtual_cluster
@@ -1332,6 +1457,17 @@ async fn application_target(state: &State, app: &Application) -> Result<(Arc<Clu
         });
     };
     let (cluster, target) = target_of(state, vc.spec.cluster.as_deref()).await?;
+    Ok((vc, cluster, target))
+}
+
+/// The Cluster an Application runs on, a client for it, and its VirtualCluster's namespace
+/// there, when that VirtualCluster runs the Application's namespace; or why there are none.
+async fn application_target(state: &State, app: &Application) -> Result<(Arc<Cluster>, Client, String), Readiness> {
+    let (vc, cluster, target) = application_parent(state, app).await?;
+    let app_namespace = app.namespace().unwrap_or_default();
+    if let Some(refusal) = tenancy::application_namespace_refusal(&app_namespace, &vc) {
+        return Err(refusal);
+    }
     Ok((cluster, target, virtual_cluster::namespace_name(&vc)))
 }
 
@@ -1340,8 +1476,10 @@ async fn release_application(app: &Application, state: &State, api: &Api<Applica
     if !has_finalizer(app, CLEANUP_FINALIZER) {
         return Ok(Action::await_change());
     }
-    match application_target(state, app).await {
-        Ok((_, target, namespace)) => {
+    // What it made before a VirtualCluster stopped letting its namespace in goes too.
+    match application_parent(state, app).await {
+        Ok((vc, _, target)) => {
+            let namespace = virtual_cluster::namespace_name(&vc);
             let owner = app.metadata.uid.as_deref().unwrap_or_default();
             delete_owned::<HttpRoute>(&target, &namespace, owner).await?;
             delete_owned::<Service>(&target, &namespace, owner).await?;
@@ -1367,8 +1505,10 @@ async fn align_application(
     let owner = app.metadata.uid.clone().unwrap_or_default();
     let objects = application::objects(app, namespace, &owner);
     let deployments: Api<Deployment> = Api::namespaced(target.clone(), namespace);
-    let observed = deployments
-        .list(&ListParams::default().labels(&format!("{APP_LABEL}={}", app.name_any())))
+    // Only its own: a Deployment someone else labelled as this Application's is not counted,
+    // re-applied over, or pruned.
+    let observed: Vec<Deployment> = deployments
+        .list(&ListParams::default().labels(&format!("{APP_LABEL}={},{OWNER_LABEL}={owner}", app.name_any())))
         .await
         .map_err(Error::api("listing the Application's Deployments"))?
         .items;
@@ -1380,13 +1520,18 @@ async fn align_application(
         .all(|d| observed.iter().any(|o| o.name_any() == d.name_any()));
     if !(applied.is_current(&owner, workloads) && deployments_there) {
         applied.forget(&owner);
-        apply_workloads(&objects, target).await?;
+        if let Some(refusal) = apply_workloads(&objects, target, &owner).await? {
+            return Ok(refusal);
+        }
         applied.record(&owner, workloads);
     }
     let route_key = format!("{owner}/route");
     let route = fingerprint(&objects.route);
     if !applied.is_current(&route_key, route) {
         applied.forget(&route_key);
+        if let Some(refusal) = foreign(target, &objects.route, &owner).await? {
+            return Ok(refusal);
+        }
         apply_route(&objects.route, target).await?;
         applied.record(&route_key, route);
     }
@@ -1395,7 +1540,7 @@ async fn align_application(
     let services: Api<Service> = Api::namespaced(target.clone(), namespace);
     for removed in application::removed_versions(app, &observed) {
         delete(&deployments, &removed).await?;
-        delete(&services, &removed).await?;
+        delete_if_owned(&services, &removed, &owner).await?;
     }
     // Restarts as of this reconcile: a crashing container turns its pod unready, which changes
     // the Deployment, which brings the Application back here. Read from the API server's cache.
@@ -1412,14 +1557,26 @@ async fn align_application(
     Ok(application::readiness(&status.versions))
 }
 
-async fn apply_workloads(objects: &application::ApplicationObjects, target: &Client) -> Result<(), Error> {
+/// Applies the versions' Deployments and Services, stopping at one of their names that is not
+/// the Application `owner`'s: why, as the readiness to report.
+async fn apply_workloads(
+    objects: &application::ApplicationObjects,
+    target: &Client,
+    owner: &str,
+) -> Result<Option<Readiness>, Error> {
     for deployment in &objects.deployments {
+        if let Some(refusal) = foreign(target, deployment, owner).await? {
+            return Ok(Some(refusal));
+        }
         apply(target, deployment).await?;
     }
     for service in &objects.services {
+        if let Some(refusal) = foreign(target, service, owner).await? {
+            return Ok(Some(refusal));
+        }
         apply(target, service).await?;
     }
-    Ok(())
+    Ok(None)
 }
 
 async fn apply_route(route: &HttpRoute, target: &Client) -> Result<(), Error> {

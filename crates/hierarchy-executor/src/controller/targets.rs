@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
-use crate::plan::{Readiness, as_applied};
+use crate::plan::{Readiness, as_applied, tenancy};
 
 /// Builds and keeps one client per remote Cluster, rebuilt when its Secret changes.
 pub(super) struct Targets {
@@ -80,8 +80,18 @@ impl Targets {
                 format!("Secret {namespace}/{}: {err}", reference.name),
             )
         };
-        let text = std::str::from_utf8(&data.0).map_err(|e| invalid(e.to_string()))?;
-        let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| invalid(e.to_string()))?;
+        let text = std::str::from_utf8(&data.0).map_err(|_| invalid("the key's value is not UTF-8 text".into()))?;
+        // The parser's words may quote the Secret's content: only that it failed is reported.
+        let kubeconfig = Kubeconfig::from_yaml(text)
+            .ok()
+            .filter(|k| !k.clusters.is_empty())
+            .ok_or_else(|| invalid(format!("key {:?} does not hold a kubeconfig", reference.key)))?;
+        if let Some(why) = tenancy::kubeconfig_refusal(&kubeconfig) {
+            return Err(not_ready(
+                "KubeconfigRefused",
+                format!("Secret {namespace}/{}: {why}", reference.name),
+            ));
+        }
         let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| invalid(e.to_string()))?;

@@ -3,10 +3,11 @@
 
 pub mod application;
 pub mod project;
+pub mod tenancy;
 pub mod virtual_cluster;
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crd_types::common::{CONDITION_READY, Condition, PluginRef, find_condition};
 use crd_types::hierarchy::{
@@ -52,10 +53,13 @@ pub trait Governed: Clone + kube::Resource<DynamicType = ()> {
     fn policies(&self) -> &[PluginRef];
     /// What its policy pipeline last computed.
     fn pipeline(&self) -> Option<&PolicyPipelineStatus>;
+    /// What `spec` asks its executor to grant, read or make beyond the resource itself: what
+    /// admission checks of its creator, and so what a policy's output may not add.
+    fn references(spec: &Self::Spec) -> BTreeSet<String>;
 }
 
 macro_rules! governed {
-    ($kind:ty, $spec:ty, |$resource:ident| $pipeline:expr) => {
+    ($kind:ty, $spec:ty, $references:path, |$resource:ident| $pipeline:expr) => {
         impl Governed for $kind {
             type Spec = $spec;
             fn spec_mut(&mut self) -> &mut $spec {
@@ -71,18 +75,30 @@ macro_rules! governed {
                 let $resource = self;
                 $pipeline
             }
+            fn references(spec: &$spec) -> BTreeSet<String> {
+                $references(spec)
+            }
         }
     };
 }
 
-governed!(Project, ProjectSpec, |p| p.status.as_ref()?.policy.as_ref());
-governed!(Cluster, ClusterSpec, |c| c.status.as_ref()?.common.policy.as_ref());
-governed!(VirtualCluster, VirtualClusterSpec, |v| v
+governed!(Project, ProjectSpec, tenancy::project_references, |p| p
+    .status
+    .as_ref()?
+    .policy
+    .as_ref());
+governed!(Cluster, ClusterSpec, tenancy::cluster_references, |c| c
     .status
     .as_ref()?
     .common
     .policy
     .as_ref());
+governed!(
+    VirtualCluster,
+    VirtualClusterSpec,
+    tenancy::virtual_cluster_references,
+    |v| v.status.as_ref()?.common.policy.as_ref()
+);
 
 /// `resource` as its executor applies it. Without policies, as it is; with them, its spec with
 /// the pipeline's last output in place of its document (the output of a stopped or stale
@@ -117,6 +133,18 @@ pub fn as_applied<K: Governed>(resource: &K) -> Result<Cow<'_, K>, Readiness> {
     };
     let document = output.as_object().ok_or_else(|| invalid("not an object".into()))?;
     let spec = with_document(resource.spec(), document).map_err(invalid)?;
+    let added = tenancy::added_references(&K::references(resource.spec()), &K::references(&spec));
+    if !added.is_empty() {
+        return Err(Readiness::NotReady {
+            reason: "PolicyOutputRefused".into(),
+            message: format!(
+                "status.policy.output of {} {} asks for what its spec does not, which admission has not checked: {}",
+                K::kind(&()),
+                resource.meta().name.as_deref().unwrap_or_default(),
+                added.join(", ")
+            ),
+        });
+    }
     let mut applied = resource.clone();
     *applied.spec_mut() = spec;
     Ok(Cow::Owned(applied))
@@ -279,5 +307,19 @@ mod tests {
             panic!("an output that does not fit is not applied");
         };
         assert_eq!(reason, "InvalidPolicyOutput");
+    }
+
+    #[test]
+    fn an_output_granting_access_its_spec_does_not_is_refused() {
+        let policies = serde_json::json!([{"name": "cel"}]);
+        let wider = serde_json::json!({"output": {"quota": {"pods": "10"},
+            "access": [{"kind": "User", "name": "mallory", "role": "admin"}]}});
+        let Err(Readiness::NotReady { reason, message }) = as_applied(&virtual_cluster(policies.clone(), wider)) else {
+            panic!("an output granting more than the spec is not applied");
+        };
+        assert_eq!(reason, "PolicyOutputRefused");
+        assert!(message.ends_with("access User mallory as Admin"), "{message}");
+        let narrower = serde_json::json!({"output": {"quota": {"pods": "10"}, "access": []}});
+        assert!(as_applied(&virtual_cluster(policies, narrower)).is_ok());
     }
 }

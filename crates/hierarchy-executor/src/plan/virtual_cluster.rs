@@ -53,17 +53,6 @@ pub fn adopted(existing: Option<&Namespace>) -> bool {
         .is_some_and(|ns| ns.annotations().contains_key(ADOPTED_ANNOTATION) || !ns.labels().contains_key(OWNER_LABEL))
 }
 
-/// Why the namespace cannot be this VirtualCluster's: another one's label is on it.
-pub fn namespace_conflict(vc: &VirtualCluster, existing: Option<&Namespace>) -> Option<String> {
-    let holder = existing?.labels().get(OWNER_LABEL)?;
-    (Some(holder) != vc.metadata.uid.as_ref()).then(|| {
-        format!(
-            "namespace {} belongs to another VirtualCluster (uid {holder})",
-            namespace_name(vc)
-        )
-    })
-}
-
 /// Every object of `vc`, labelled as owned by `owner` (its uid); the namespace marked when it
 /// is `adopted`.
 pub fn objects(vc: &VirtualCluster, owner: &str, adopted: bool) -> VirtualClusterObjects {
@@ -234,36 +223,6 @@ mod tests {
             ]
         );
         assert!(objects.role_bindings[1].name_any().starts_with("orrery-view-user-"));
-    }
-
-    #[test]
-    fn a_namespace_labelled_by_another_virtual_cluster_is_a_conflict() {
-        let vc = vc(json!({}));
-        let namespace = |owner: Option<&str>| {
-            let mut labels = BTreeMap::new();
-            if let Some(owner) = owner {
-                labels.insert(OWNER_LABEL.to_owned(), owner.to_owned());
-            }
-            Namespace {
-                metadata: ObjectMeta {
-                    name: Some("team-a".into()),
-                    labels: Some(labels),
-                    ..ObjectMeta::default()
-                },
-                ..Namespace::default()
-            }
-        };
-        assert!(namespace_conflict(&vc, None).is_none());
-        assert!(namespace_conflict(&vc, Some(&namespace(Some("uid-a")))).is_none());
-        assert!(
-            namespace_conflict(&vc, Some(&namespace(None))).is_none(),
-            "an unlabelled namespace is adopted"
-        );
-        assert!(
-            namespace_conflict(&vc, Some(&namespace(Some("uid-b"))))
-                .unwrap()
-                .contains("another VirtualCluster")
-        );
     }
 
     #[test]
