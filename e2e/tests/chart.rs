@@ -68,7 +68,7 @@ async fn every_value_set_renders_objects_the_api_server_accepts() {
             "hierarchyExecutor.resources.limits.memory=256Mi",
         ],
         vec!["egress.allowedCIDRs={10.0.0.0/8,2001:db8::/32}"],
-        vec!["networkPolicy.enabled=false"],
+        vec!["admissionPolicies.enabled=false", "networkPolicy.enabled=false"],
     ];
     for values in &value_sets {
         let objects = helm::render(values).unwrap();
@@ -158,6 +158,15 @@ fn each_controller_brings_only_its_crds_and_least_privilege_rbac() {
             "RoleBinding",
             "ServiceAccount",
         ];
+        // The admission policies come with the controller they protect, one per rule.
+        let policies = match controller {
+            "hierarchy-executor" => 5,
+            "staged-binding" => 1,
+            _ => 0,
+        };
+        for _ in 0..policies {
+            expected_kinds.extend(["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]);
+        }
         expected_kinds.sort();
         assert_eq!(own, expected_kinds, "{controller}");
         for role in objects
@@ -178,11 +187,16 @@ fn each_controller_brings_only_its_crds_and_least_privilege_rbac() {
         values.push("crds.install=false".into());
         let without = helm::render(&values).unwrap();
         assert!(crd_names(&without).is_empty(), "{controller}: crds.install=false");
-        values.push("networkPolicy.enabled=false".into());
+        values.extend([
+            "admissionPolicies.enabled=false".into(),
+            "networkPolicy.enabled=false".into(),
+        ]);
         let bare = kinds(&helm::render(&values).unwrap());
         assert!(
-            !bare.iter().any(|k| k == "NetworkPolicy"),
-            "{controller}: networkPolicy.enabled=false: {bare:?}"
+            !bare
+                .iter()
+                .any(|k| k.starts_with("ValidatingAdmissionPolicy") || k == "NetworkPolicy"),
+            "{controller}: admissionPolicies.enabled=false, networkPolicy.enabled=false: {bare:?}"
         );
     }
     let objects = helm::render(&helm::only("none")).unwrap();
