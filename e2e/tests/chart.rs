@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{DynamicObject, PostParams};
 use kube::{Api, ResourceExt};
 use orrery_e2e::helm::{self, CONTROLLERS};
@@ -66,6 +67,8 @@ async fn every_value_set_renders_objects_the_api_server_accepts() {
             "policyRunner.tolerations[0].operator=Exists",
             "hierarchyExecutor.resources.limits.memory=256Mi",
         ],
+        vec!["egress.allowedCIDRs={10.0.0.0/8,2001:db8::/32}"],
+        vec!["admissionPolicies.enabled=false", "networkPolicy.enabled=false"],
     ];
     for values in &value_sets {
         let objects = helm::render(values).unwrap();
@@ -146,18 +149,26 @@ fn each_controller_brings_only_its_crds_and_least_privilege_rbac() {
             .filter(|k| k != "CustomResourceDefinition")
             .collect();
         own.sort();
-        assert_eq!(
-            own,
-            [
-                "ClusterRole",
-                "ClusterRoleBinding",
-                "Deployment",
-                "Role",
-                "RoleBinding",
-                "ServiceAccount"
-            ],
-            "{controller}"
-        );
+        let mut expected_kinds = vec![
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "NetworkPolicy",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+        ];
+        // The admission policies come with the controller they protect, one per rule.
+        let policies = match controller {
+            "hierarchy-executor" => 5,
+            "staged-binding" => 1,
+            _ => 0,
+        };
+        for _ in 0..policies {
+            expected_kinds.extend(["ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"]);
+        }
+        expected_kinds.sort();
+        assert_eq!(own, expected_kinds, "{controller}");
         for role in objects
             .iter()
             .filter(|o| o.types.as_ref().unwrap().kind.ends_with("Role"))
@@ -176,6 +187,17 @@ fn each_controller_brings_only_its_crds_and_least_privilege_rbac() {
         values.push("crds.install=false".into());
         let without = helm::render(&values).unwrap();
         assert!(crd_names(&without).is_empty(), "{controller}: crds.install=false");
+        values.extend([
+            "admissionPolicies.enabled=false".into(),
+            "networkPolicy.enabled=false".into(),
+        ]);
+        let bare = kinds(&helm::render(&values).unwrap());
+        assert!(
+            !bare
+                .iter()
+                .any(|k| k.starts_with("ValidatingAdmissionPolicy") || k == "NetworkPolicy"),
+            "{controller}: admissionPolicies.enabled=false, networkPolicy.enabled=false: {bare:?}"
+        );
     }
     let objects = helm::render(&helm::only("none")).unwrap();
     assert!(objects.is_empty(), "{:?}", kinds(&objects));
@@ -398,4 +420,123 @@ async fn helm_installs_and_uninstalls_the_chart_on_the_real_control_plane() {
         .delete(&namespace, &Default::default())
         .await
         .unwrap();
+}
+
+fn container_args(objects: &[DynamicObject], name: &str) -> Vec<String> {
+    let object = objects
+        .iter()
+        .find(|o| o.types.as_ref().unwrap().kind == "Deployment" && o.name_any() == name)
+        .unwrap();
+    let deployment: Deployment = serde_json::from_value(serde_json::to_value(object).unwrap()).unwrap();
+    deployment.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap()
+}
+
+fn network_policy(objects: &[DynamicObject], name: &str) -> NetworkPolicy {
+    let object = objects
+        .iter()
+        .find(|o| o.types.as_ref().unwrap().kind == "NetworkPolicy" && o.name_any() == name)
+        .unwrap_or_else(|| panic!("no NetworkPolicy {name}"));
+    serde_json::from_value(serde_json::to_value(object).unwrap()).unwrap()
+}
+
+/// The CIDRs a NetworkPolicy lets its pods reach, per egress rule.
+fn egress_cidrs(policy: &NetworkPolicy) -> Vec<Vec<String>> {
+    policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .egress
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .map(|rule| {
+            rule.to
+                .clone()
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|peer| peer.ip_block.as_ref().map(|b| b.cidr.clone()))
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn the_egress_allow_list_and_protected_namespace_reach_the_controllers() {
+    // Empty list: no --allowed-egress flag (the binaries' default); hierarchy-executor always
+    // protects the release namespace.
+    let objects = helm::render::<&str>(&[]).unwrap();
+    for (controller, _) in CONTROLLERS {
+        let args = container_args(&objects, controller);
+        assert!(
+            !args.iter().any(|a| a.starts_with("--allowed-egress")),
+            "{controller}: {args:?}"
+        );
+        assert_eq!(
+            args.contains(&format!("--protected-namespaces={}", helm::NAMESPACE)),
+            controller == "hierarchy-executor",
+            "{controller}: {args:?}"
+        );
+    }
+    // The controllers making outbound requests may reach anything but link-local; the others
+    // only DNS and the API server.
+    let workflow = network_policy(&objects, "task-workflow");
+    assert_eq!(
+        egress_cidrs(&workflow),
+        [
+            vec![],
+            vec!["0.0.0.0/0".to_owned()],
+            vec!["0.0.0.0/0".to_owned(), "::/0".to_owned()]
+        ]
+    );
+    let outbound = &workflow.spec.as_ref().unwrap().egress.as_ref().unwrap()[2];
+    let except = outbound.to.as_ref().unwrap()[0]
+        .ip_block
+        .as_ref()
+        .unwrap()
+        .except
+        .clone();
+    assert_eq!(except.unwrap(), ["169.254.0.0/16"]);
+    assert_eq!(
+        egress_cidrs(&network_policy(&objects, "ignitor-scheduler")),
+        [vec![], vec!["0.0.0.0/0".to_owned()]]
+    );
+    let ingress = network_policy(&objects, "staged-binding")
+        .spec
+        .unwrap()
+        .ingress
+        .unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert!(
+        ingress[0].from.is_none(),
+        "metrics and probes come from outside the namespace"
+    );
+    let ports = ingress[0].ports.clone().unwrap();
+    assert_eq!(
+        serde_json::to_value(&ports).unwrap(),
+        json!([{"port": "http", "protocol": "TCP"}])
+    );
+
+    // A list: every controller gets the flag; the outbound controllers' NetworkPolicies allow
+    // exactly those CIDRs.
+    let objects = helm::render(&[
+        "egress.allowedCIDRs={10.0.0.0/8,2001:db8::/32}",
+        "networkPolicy.apiServerCIDRs={192.0.2.10/32}",
+    ])
+    .unwrap();
+    for (controller, _) in CONTROLLERS {
+        let args = container_args(&objects, controller);
+        assert!(
+            args.contains(&"--allowed-egress=10.0.0.0/8,2001:db8::/32".to_owned()),
+            "{controller}: {args:?}"
+        );
+        let cidrs = egress_cidrs(&network_policy(&objects, controller));
+        let mut expected = vec![vec![], vec!["192.0.2.10/32".to_owned()]];
+        if ["task-workflow", "policy-runner", "hierarchy-executor"].contains(&controller) {
+            expected.push(vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()]);
+        }
+        assert_eq!(cidrs, expected, "{controller}");
+    }
 }
