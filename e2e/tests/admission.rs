@@ -8,7 +8,7 @@
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crd_types::{Application, Cluster, Project, StagedBindingPolicy, VirtualCluster};
+use crd_types::{Application, Cluster, Project, StagedBindingPolicy, Task, TaskRun, VirtualCluster};
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -49,7 +49,7 @@ async fn install_policies(env: &TestEnv) {
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "ValidatingAdmissionPolicy").count(),
-        6,
+        7,
         "one policy per rule: {kinds:?}"
     );
     for object in &policies {
@@ -64,6 +64,7 @@ async fn install_policies(env: &TestEnv) {
         json!([
             {"apiGroups": ["hierarchy.orrery.dev"], "resources": ["clusters", "virtualclusters", "projects", "applications"], "verbs": ["create"]},
             {"apiGroups": ["placement.orrery.dev"], "resources": ["stagedbindingpolicies"], "verbs": ["create"]},
+            {"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["update"], "resourceNames": ["admission-probe"]},
         ]),
     )
@@ -130,6 +131,12 @@ async fn install_policies(env: &TestEnv) {
                 (
                     "stagedbindingpolicy-bindingpolicies",
                     create::<StagedBindingPolicy>(Api::all(client.clone()), "probe", staged_spec(), &dry_run)
+                        .await
+                        .map(drop),
+                ),
+                (
+                    "task-pods",
+                    create::<Task>(Api::namespaced(client.clone(), "default"), "probe", task_spec(), &dry_run)
                         .await
                         .map(drop),
                 ),
@@ -281,6 +288,70 @@ fn staged_spec() -> Value {
         "downsync": [{"objectSelectors": [{"matchLabels": {"app": "web"}}]}],
         "stages": [{"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}]}],
     })
+}
+
+fn task_spec() -> Value {
+    json!({"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "main", "image": "busybox"}]}}})
+}
+
+#[tokio::test]
+async fn a_task_or_taskrun_needs_its_creator_to_create_pods_in_its_namespace() {
+    let env = TestEnv::new().await;
+    install_policies(&env).await;
+    let runner = grant(
+        &env,
+        "task-maker",
+        json!([{"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks", "taskruns"], "verbs": ["create"]}]),
+    )
+    .await;
+    let ns = env.namespace.clone();
+    let tasks = Api::<Task>::namespaced(runner.client.clone(), &ns);
+    let runs = Api::<TaskRun>::namespaced(runner.client.clone(), &ns);
+    let params = PostParams::default();
+    assert_refused(
+        create(tasks.clone(), "hostile", task_spec(), &params).await,
+        "task-pods",
+        &format!(
+            "Task hostile has task-workflow run pods in namespace {ns}: {} lacks create on pods there",
+            runner.name
+        ),
+    );
+    assert_refused(
+        create(
+            runs.clone(),
+            "by-hand",
+            json!({"taskRef": {"name": "hostile"}}),
+            &params,
+        )
+        .await,
+        "task-pods",
+        &format!(
+            "TaskRun by-hand has task-workflow run pods in namespace {ns}: {} lacks create on pods there",
+            runner.name
+        ),
+    );
+    assert!(
+        env.namespaced::<Task>()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+
+    // The legitimate use: with the right to create pods there, the same Task is admitted.
+    grant_in(
+        &env,
+        &runner,
+        &ns,
+        "pods",
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]),
+    )
+    .await;
+    create(tasks, "hostile", task_spec(), &params).await.unwrap();
+    create(runs, "by-hand", json!({"taskRef": {"name": "hostile"}}), &params)
+        .await
+        .unwrap();
 }
 
 fn application_spec() -> Value {
