@@ -85,7 +85,8 @@ where
     InProcess::start_with(context, stop, run)
 }
 
-const APPLICATION_RULES: &str = r#"[{"apiGroups": ["hierarchy.orrery.dev"], "resources": ["applications"], "verbs": ["create", "get", "list", "watch"]}]"#;
+const APPLICATION_RULES: &str =
+    r#"[{"apiGroups": ["hierarchy.orrery.dev"], "resources": ["applications"], "verbs": ["create"]}]"#;
 
 /// Creates Application `name` with `policies` as `client`, then reports, as the executor
 /// would (the test as admin), both versions ready on the current generation.
@@ -276,7 +277,8 @@ async fn a_webhook_policy_reaches_an_address_the_operator_listed_but_never_the_a
     runner.stop().await;
 }
 
-const TASK_RULES: &str = r#"[{"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks", "taskruns"], "verbs": ["create", "get", "list", "watch"]}]"#;
+const TASK_RULES: &str =
+    r#"[{"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks", "taskruns"], "verbs": ["create"]}]"#;
 
 fn post_to(url: &str) -> Value {
     json!({"name": "http-post", "parameters": {"url": url, "retries": 0, "timeoutSeconds": 2}})
