@@ -38,6 +38,17 @@ impl InProcess {
         InProcess { stop, task }
     }
 
+    /// Starts `run` with a context the test made (one allowing egress to the test's own
+    /// servers, say), stopped through `stop`.
+    pub fn start_with<F, Fut>(context: Context, stop: StopHandle, run: F) -> Self
+    where
+        F: FnOnce(Context) -> Fut,
+        Fut: Future<Output = Result<(), BoxError>> + Send + 'static,
+    {
+        let task = tokio::spawn(run(context));
+        InProcess { stop, task }
+    }
+
     /// Kills it mid-work, as a crashed or evicted pod would be: no graceful shutdown.
     pub async fn kill(self) {
         self.task.abort();

@@ -203,13 +203,14 @@ impl World {
     }
 }
 
+/// A policy-runner that may reach the test's webhook and Prometheus on 127.0.0.1, which it
+/// refuses unless told.
 fn start_runner(env: &TestEnv) -> InProcess {
-    InProcess::start(
-        env.client.clone(),
-        &env.namespace,
-        policy_runner::NAME,
-        policy_runner::controller::run,
-    )
+    let (context, stop) = Context::standalone(env.client.clone(), policy_runner::NAME);
+    let context = context
+        .in_namespace(&env.namespace)
+        .allowing_egress([orrery_runtime::egress::LOCALHOST]);
+    InProcess::start_with(context, stop, policy_runner::controller::run)
 }
 
 /// The weights seen with repeats removed must be exactly `steps`: none skipped, none taken twice.
@@ -627,7 +628,14 @@ async fn custom_policies_in_cel_and_behind_a_webhook() {
     *reply.lock().unwrap() = json!({"weights": "all of them"});
     world.annotate("by-webhook", "example.com/poke", Some("1")).await;
     let message = world.wait_pipeline("by-webhook", "WebhookFailed").await;
-    assert!(message.contains("answered garbage"), "{message}");
+    assert!(
+        message.ends_with("/policy: the webhook's answer is not a valid policy result; the traffic in force stays"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("all of them"),
+        "nothing of the answer is echoed: {message}"
+    );
     *reply.lock().unwrap() = json!("slow");
     world.annotate("by-webhook", "example.com/poke", Some("2")).await;
     poll_until("the webhook times out", Deadline(Duration::from_secs(60)), || async {

@@ -547,7 +547,12 @@ async fn actions_post_a_notification_emit_an_event_and_annotate_an_object() {
     let _kubelet = PodSimulator::start(env.client.clone(), Some(&env.namespace))
         .await
         .unwrap();
-    let workflow = start_workflow(&env);
+    // The notification goes to the test's own server on 127.0.0.1, which needs an opt-in.
+    let (context, stop) = orrery_runtime::Context::standalone(env.client.clone(), task_workflow::controller::NAME);
+    let context = context
+        .in_namespace(&env.namespace)
+        .allowing_egress([orrery_runtime::egress::LOCALHOST]);
+    let workflow = InProcess::start_with(context, stop, task_workflow::run);
     let (url, posted) = one_post().await;
     let secret: Secret =
         serde_json::from_value(json!({"metadata": {"name": "hook"}, "stringData": {"url": url}})).unwrap();

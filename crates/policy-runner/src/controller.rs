@@ -50,8 +50,9 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
 /// Runs the policies of `registry`. Watching one namespace (`--watch-namespace`), it runs the
 /// pipelines of the Applications there; the cluster-scoped kinds are in no namespace.
 pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxError> {
+    let http = Http::new(&context.egress)?;
     let config = watcher_config(&context.api::<Application>()).await;
-    let applications = run_kind(&context, &registry, context.api::<Application>(), config.clone());
+    let applications = run_kind(&context, &registry, &http, context.api::<Application>(), config.clone());
     if context.namespace.is_some() {
         applications.await;
         return Ok(());
@@ -59,20 +60,38 @@ pub async fn run_with(context: Context, registry: Registry) -> Result<(), BoxErr
     let client = context.client.clone();
     tokio::join!(
         applications,
-        run_kind(&context, &registry, Api::<Project>::all(client.clone()), config.clone()),
-        run_kind(&context, &registry, Api::<Cluster>::all(client.clone()), config.clone()),
-        run_kind(&context, &registry, Api::<VirtualCluster>::all(client), config),
+        run_kind(
+            &context,
+            &registry,
+            &http,
+            Api::<Project>::all(client.clone()),
+            config.clone()
+        ),
+        run_kind(
+            &context,
+            &registry,
+            &http,
+            Api::<Cluster>::all(client.clone()),
+            config.clone()
+        ),
+        run_kind(&context, &registry, &http, Api::<VirtualCluster>::all(client), config),
     );
     Ok(())
 }
 
 /// The controller of one kind.
-async fn run_kind<K: Subject>(context: &Context, registry: &Registry, api: Api<K>, config: watcher::Config) {
+async fn run_kind<K: Subject>(
+    context: &Context,
+    registry: &Registry,
+    http: &Http,
+    api: Api<K>,
+    config: watcher::Config,
+) {
     let (cache, trigger) = watched_and_cached(api, config);
     let state = Arc::new(State {
         context: context.clone(),
         registry: registry.clone(),
-        http: Http::default(),
+        http: http.clone(),
         cache: cache.clone(),
         last_runs: Mutex::default(),
     });

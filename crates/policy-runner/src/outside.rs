@@ -1,7 +1,14 @@
-//! The pipeline's only I/O besides the API server: Prometheus queries and webhook calls.
+//! The pipeline's only I/O besides the API server: Prometheus queries and webhook calls, sent
+//! only where the operator allows (`--allowed-egress`, see [`orrery_runtime::egress`]).
+//!
+//! Nothing of an answer that is not what was asked for reaches a status: an error says the
+//! HTTP status and a fixed description, never text from the body, as the address may be a
+//! service the resource's author could not read from.
 
 use std::future::Future;
 
+use orrery_runtime::Egress;
+use orrery_runtime::egress::{HttpClient, SendError};
 use serde_json::Value;
 
 use crate::pipeline::Outside;
@@ -11,59 +18,92 @@ use crate::policy::{Answer, Request};
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
 /// Fetches over HTTP with one shared connection pool.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Http {
-    client: reqwest::Client,
+    client: HttpClient,
+}
+
+impl Http {
+    /// A client that sends only where `egress` allows.
+    ///
+    /// # Errors
+    ///
+    /// The TLS backend could not start.
+    pub fn new(egress: &Egress) -> Result<Self, reqwest::Error> {
+        Ok(Http {
+            client: egress.client()?,
+        })
+    }
 }
 
 impl Outside for Http {
     fn fetch(&self, request: Request) -> impl Future<Output = Answer> + Send {
         let client = self.client.clone();
         async move {
-            let (builder, what) = match request {
+            let is_query = matches!(request, Request::Query { .. });
+            let what = if is_query { "query" } else { "call" };
+            let builder = match request {
                 Request::Query {
                     address,
                     query,
                     timeout,
-                } => (
-                    client
-                        .get(format!("{}/api/v1/query", address.trim_end_matches('/')))
-                        .query(&[("query", query)])
-                        .timeout(timeout),
-                    "query",
-                ),
-                Request::Post { url, body, timeout } => (client.post(url).json(&body).timeout(timeout), "call"),
+                } => client
+                    .get(parse_url(&format!("{}/api/v1/query", address.trim_end_matches('/')))?)
+                    .query(&[("query", query)])
+                    .timeout(timeout),
+                Request::Post { url, body, timeout } => client.post(parse_url(&url)?).json(&body).timeout(timeout),
             };
-            let response = builder.send().await.map_err(|error| describe(&error, what))?;
+            let response = client.send(builder).await.map_err(|error| describe(&error, what))?;
             let status = response.status();
-            let bytes = response.bytes().await.map_err(|error| describe(&error, what))?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(|error| describe(&SendError::Failed(error), what))?;
             if bytes.len() > MAX_ANSWER_BYTES {
                 return Err(format!(
                     "the answer is {} bytes, more than {MAX_ANSWER_BYTES}",
                     bytes.len()
                 ));
             }
-            let parsed: Result<Value, _> = serde_json::from_slice(&bytes);
-            match parsed {
-                // Prometheus answers errors as JSON with a 4xx/5xx status: keep its message.
-                Ok(value) if status.is_success() || value.get("errorType").is_some() => Ok(value),
+            match serde_json::from_slice::<Value>(&bytes) {
+                Ok(value) if status.is_success() => Ok(value),
+                // Prometheus answers a refused query as JSON with a 4xx/5xx status; its
+                // errorType (a fixed word) is read from it, never its free text.
+                Ok(value) if is_query && value.get("errorType").is_some() => Ok(value),
                 _ if !status.is_success() => Err(format!("HTTP {status}")),
-                Ok(value) => Ok(value),
-                Err(error) => Err(format!("the answer is not JSON: {error}")),
+                _ => Err("the answer is not JSON".into()),
             }
         }
     }
 }
 
-fn describe(error: &reqwest::Error, what: &str) -> String {
-    if error.is_timeout() {
-        format!("the {what} timed out")
-    } else if error.is_connect() {
-        format!(
-            "cannot connect: {}",
-            std::error::Error::source(error).map_or_else(|| error.to_string(), ToString::to_string)
-        )
-    } else {
-        error.to_string()
+fn parse_url(text: &str) -> Result<reqwest::Url, String> {
+    reqwest::Url::parse(text).map_err(|error| format!("not a valid URL: {error}"))
+}
+
+/// Why a request failed, in words that carry nothing the remote end sent (a TLS error would
+/// name its certificate's hosts).
+fn describe(error: &SendError, what: &str) -> String {
+    match error {
+        SendError::Refused(refused) => refused.to_string(),
+        SendError::Failed(error) if error.is_timeout() => format!("the {what} timed out"),
+        SendError::Failed(error) if error.is_connect() => match io_kind(error) {
+            Some(kind) => format!("cannot connect: {kind}"),
+            None => "cannot connect".into(),
+        },
+        SendError::Failed(error) if error.is_body() || error.is_decode() => "cannot read the answer".into(),
+        SendError::Failed(_) => format!("the {what} failed"),
     }
+}
+
+/// The kind of the operating system's error behind `error`, e.g. "connection refused".
+fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = error.source();
+    }
+    None
 }

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::egress::AllowedEgress;
+
 /// Arguments shared by every Orrery controller.
 #[derive(Args, Debug, Clone)]
 pub struct RuntimeArgs {
@@ -60,6 +62,14 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
+    /// Where webhook policies, metric analysis and http-post may send requests: CIDRs or
+    /// addresses, comma-separated. Empty (the default): anywhere but loopback, link-local,
+    /// unspecified and multicast addresses and the API server's; otherwise only inside these.
+    /// Those guarded addresses open only to an entry within their range (the API server's: its
+    /// exact address), e.g. `169.254.169.254/32`, never to a wider one such as `0.0.0.0/0`.
+    #[arg(long, env = "ORRERY_ALLOWED_EGRESS", default_value = "")]
+    pub allowed_egress: AllowedEgress,
+
     /// Seconds to let reconciles finish after SIGTERM before exiting anyway.
     #[arg(long, default_value_t = 20)]
     pub shutdown_timeout_seconds: u64,
@@ -79,4 +89,37 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        runtime: RuntimeArgs,
+    }
+
+    #[test]
+    fn allowed_egress_is_empty_by_default_and_takes_a_comma_separated_list() {
+        let none = Cli::try_parse_from(["controller"]).unwrap();
+        assert!(none.runtime.allowed_egress.0.is_empty());
+        let empty = Cli::try_parse_from(["controller", "--allowed-egress="]).unwrap();
+        assert!(empty.runtime.allowed_egress.0.is_empty());
+        let listed = Cli::try_parse_from(["controller", "--allowed-egress=10.0.0.0/8,169.254.169.254"]).unwrap();
+        let shown: Vec<String> = listed
+            .runtime
+            .allowed_egress
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "169.254.169.254/32"]);
+        assert!(Cli::try_parse_from(["controller", "--allowed-egress=prometheus"]).is_err());
+    }
 }

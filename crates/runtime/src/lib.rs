@@ -12,6 +12,7 @@
 
 mod args;
 mod client;
+pub mod egress;
 pub mod events;
 mod health;
 mod metrics;
@@ -29,6 +30,7 @@ use tracing::{info, warn};
 
 pub use args::{LogFormat, RuntimeArgs};
 pub use client::{RateLimitLayer, build_client, load_config};
+pub use egress::Egress;
 pub use events::Recorder;
 pub use health::{Readiness, router, wait_synced};
 pub use metrics::{Metrics, ReconcileMetrics};
@@ -88,6 +90,9 @@ pub struct Context {
     pub namespace: Option<String>,
     /// Reconciles run at once, per controller (`--concurrency`).
     pub concurrency: u16,
+    /// Where requests of the users' choosing may go (`--allowed-egress` and the API server's
+    /// addresses): build their HTTP client with [`Egress::client`].
+    pub egress: Egress,
     shutdown: watch::Receiver<bool>,
 }
 
@@ -126,7 +131,9 @@ impl Context {
     }
 
     /// A context for running controllers in-process without the binary's plumbing (no Lease,
-    /// no HTTP server): for end-to-end tests, benchmarks and the demo.
+    /// no HTTP server): for end-to-end tests, benchmarks and the demo. Its egress rule is the
+    /// default one (loopback, link-local and the like refused): a test serving on loopback
+    /// opts in with [`Context::allowing_egress`].
     pub fn standalone(client: Client, controller: &str) -> (Self, StopHandle) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let context = Context {
@@ -136,6 +143,7 @@ impl Context {
             readiness: Readiness::default(),
             namespace: None,
             concurrency: DEFAULT_CONCURRENCY,
+            egress: Egress::default(),
             shutdown: stop_rx,
         };
         (context, StopHandle(stop_tx))
@@ -144,6 +152,22 @@ impl Context {
     /// The same context, watching only `namespace`.
     pub fn in_namespace(mut self, namespace: impl Into<String>) -> Self {
         self.namespace = Some(namespace.into());
+        self
+    }
+
+    /// The same context, also allowing egress to `cidrs` (as if listed in `--allowed-egress`),
+    /// e.g. [`egress::LOCALHOST`] for a test's own server.
+    #[must_use]
+    pub fn allowing_egress(mut self, cidrs: impl IntoIterator<Item = egress::IpNet>) -> Self {
+        self.egress = self.egress.allowing(cidrs);
+        self
+    }
+
+    /// The same context, knowing the API server at `addresses` (refused as egress targets
+    /// unless listed exactly); a deployed controller finds them itself.
+    #[must_use]
+    pub fn with_api_server(mut self, addresses: impl IntoIterator<Item = std::net::IpAddr>) -> Self {
+        self.egress = self.egress.with_api_server(addresses);
         self
     }
 
@@ -186,6 +210,11 @@ where
         .lease_namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
+    let egress = Egress::new(
+        args.allowed_egress.0.clone(),
+        egress::api_server_addresses(&config).await,
+    );
+    info!(controller = name, allowed = ?egress.allowed(), api_server = ?egress.api_server(), "egress rule");
     let client = build_client(config, args.qps, args.burst, metrics.requests.clone()).map_err(RuntimeError::Config)?;
 
     let listener = tokio::net::TcpListener::bind(args.http_addr)
@@ -260,6 +289,7 @@ where
         readiness: readiness.clone(),
         namespace: args.watch_namespace.clone(),
         concurrency: args.concurrency,
+        egress,
         shutdown: stop_rx,
     };
     let mut running = tokio::spawn(controllers(context));

@@ -6,7 +6,7 @@
 //!
 //! | parameter | meaning | default |
 //! |---|---|---|
-//! | `address` | the Prometheus server, e.g. `http://prometheus.monitoring:9090` | required |
+//! | `address` | the Prometheus server, `http(s)://host[:port][/path-prefix]`, e.g. `http://prometheus.monitoring:9090` | required |
 //! | `query` | PromQL; `{{application}}`, `{{namespace}}`, `{{canary}}`, `{{stable}}` are filled in | required |
 //! | `successCondition` | CEL over `result` (a number) | required |
 //! | `failureCondition` | CEL over `result`; when given, a measurement meeting neither is inconclusive | `!successCondition` |
@@ -17,7 +17,9 @@
 //!
 //! A query that fails (Prometheus down, a bad query) stops the pipeline with
 //! `MetricsUnavailable`: the traffic in force stays until it answers again. An empty result
-//! is inconclusive.
+//! is inconclusive. The query goes only where `--allowed-egress` allows, always to
+//! `<address>/api/v1/query`; of Prometheus' error answers only the error type (`bad_data`,
+//! `timeout`, ...) is shown, never their text.
 
 use cel_conditions::Expression;
 use crd_types::common::Parameters;
@@ -104,12 +106,7 @@ pub fn parse(given: &Parameters) -> Result<Box<dyn Policy>, Failure> {
     if raw.interval < Interval::seconds(1) {
         return Err(Failure::new("InvalidParameters", "interval must be at least 1s"));
     }
-    if !(raw.address.starts_with("http://") || raw.address.starts_with("https://")) {
-        return Err(Failure::new(
-            "InvalidParameters",
-            format!("address must be an http(s) URL, got {:?}", raw.address),
-        ));
-    }
+    check_address(&raw.address).map_err(|why| Failure::new("InvalidParameters", why))?;
     let compile = |name: &str, source: &str| {
         Expression::compile(source, &["result"])
             .map_err(|error| Failure::new("InvalidExpression", format!("{name}: {error}")))
@@ -265,6 +262,50 @@ impl Policy for MetricAnalysis {
     }
 }
 
+/// Whether `address` is `http(s)://host[:port][/path-prefix]`: a query, fragment or user info
+/// would let it reach another path than `<address>/api/v1/query`, or carry credentials.
+///
+/// # Errors
+///
+/// What is wrong with it.
+pub fn check_address(address: &str) -> Result<(), String> {
+    let wrong = |what: &str| {
+        Err(format!(
+            "address must be http(s)://host[:port][/path-prefix], got {address:?}: {what}"
+        ))
+    };
+    let Ok(url) = reqwest::Url::parse(address) else {
+        return wrong("not a URL");
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return wrong("not http(s)");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return wrong("no host");
+    }
+    if url.query().is_some() || address.contains('?') {
+        return wrong("it has a query");
+    }
+    if url.fragment().is_some() || address.contains('#') {
+        return wrong("it has a fragment");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return wrong("it has user info");
+    }
+    Ok(())
+}
+
+/// Prometheus' error types (its API's `errorType`), the one part of an error answer shown.
+const PROMETHEUS_ERROR_TYPES: [&str; 7] = [
+    "bad_data",
+    "timeout",
+    "canceled",
+    "execution",
+    "internal",
+    "unavailable",
+    "not_found",
+];
+
 /// The one number of a Prometheus instant-query response: a scalar, or the first sample of a
 /// vector (`None` when the vector is empty).
 ///
@@ -273,11 +314,12 @@ impl Policy for MetricAnalysis {
 /// An error status, or a response of another shape.
 pub fn sample(response: &Value) -> Result<Option<f64>, String> {
     if response["status"] != "success" {
-        return Err(format!(
-            "Prometheus answered {}: {}",
-            response["errorType"].as_str().unwrap_or("an error"),
-            response["error"].as_str().unwrap_or("no message")
-        ));
+        // Its free text may quote anything the address serves: only the error type is shown.
+        let kind = response["errorType"]
+            .as_str()
+            .filter(|kind| PROMETHEUS_ERROR_TYPES.contains(kind))
+            .unwrap_or("unknown");
+        return Err(format!("Prometheus answered an error of type {kind}"));
     }
     let data = &response["data"];
     let pair = match data["resultType"].as_str() {
@@ -286,10 +328,11 @@ pub fn sample(response: &Value) -> Result<Option<f64>, String> {
             Some(first) => &first["value"],
             None => return Ok(None),
         },
-        other => return Err(format!("a {} result is not one number", other.unwrap_or("missing"))),
+        Some(kind @ ("matrix" | "string")) => return Err(format!("a {kind} result is not one number")),
+        _ => return Err("the answer is not an instant-query result".into()),
     };
     let text = pair[1].as_str().ok_or("a sample without a value")?;
-    let value: f64 = text.parse().map_err(|_| format!("{text:?} is not a number"))?;
+    let value: f64 = text.parse().map_err(|_| "a sample that is not a number".to_owned())?;
     Ok(value.is_finite().then_some(value))
 }
 
@@ -455,7 +498,15 @@ mod tests {
         assert_eq!(failure.message, "querying http://prometheus:9090: connection refused");
         let error = Ok(json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 3"}));
         let (_, refused) = step_run(&*policy, 10, 10, state.as_ref(), 30, Some(error));
-        assert!(refused.unwrap_err().message.contains("bad_data: parse error"));
+        assert_eq!(
+            refused.unwrap_err().message,
+            "querying http://prometheus:9090: Prometheus answered an error of type bad_data"
+        );
+        // Another service's JSON: none of its text.
+        let other = Ok(json!({"status": "denied", "errorType": "token abc123", "error": "secret"}));
+        let (_, refused) = step_run(&*policy, 10, 10, state.as_ref(), 30, Some(other));
+        let message = refused.unwrap_err().message;
+        assert!(!message.contains("abc123") && !message.contains("secret"), "{message}");
     }
 
     #[test]
@@ -465,9 +516,34 @@ mod tests {
         assert_eq!(failure.reason, "InvalidExpression");
         assert!(failure.message.starts_with("successCondition: "), "{}", failure.message);
         let p = params(json!({"address": "p:9090", "query": "up", "successCondition": "true"}));
-        assert!(parse(&p).unwrap_err().message.contains("http(s) URL"));
+        assert!(parse(&p).unwrap_err().message.contains("http(s)://host"));
+        let p = params(json!({"address": "http://p:9090/x?", "query": "up", "successCondition": "true"}));
+        assert_eq!(parse(&p).unwrap_err().reason, "InvalidParameters");
         let p = params(json!({"address": "http://p:9090", "query": "up", "successCondition": "true", "interval": 0}));
         assert!(parse(&p).unwrap_err().message.contains("at least 1s"));
+    }
+
+    #[test]
+    fn an_address_is_a_host_and_a_path_prefix_and_nothing_else() {
+        for good in [
+            "http://prometheus.monitoring:9090",
+            "https://metrics.example.com/prometheus/",
+            "http://10.0.0.7",
+        ] {
+            assert_eq!(check_address(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("http://internal/admin?x=", "it has a query"),
+            ("http://internal/admin?", "it has a query"),
+            ("http://internal/secret#", "it has a fragment"),
+            ("http://user:pw@prometheus:9090", "it has user info"),
+            ("ftp://prometheus", "not http(s)"),
+            ("prometheus:9090", "not http(s)"),
+            ("http://", "not a URL"),
+        ] {
+            let error = check_address(bad).unwrap_err();
+            assert!(error.ends_with(why), "{bad}: {error}");
+        }
     }
 
     #[test]
@@ -476,6 +552,8 @@ mod tests {
         assert_eq!(sample(&scalar), Ok(Some(2.5)));
         let matrix = json!({"status": "success", "data": {"resultType": "matrix", "result": []}});
         assert!(sample(&matrix).unwrap_err().contains("matrix"));
+        let text = json!({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "hunter2"]}});
+        assert_eq!(sample(&text), Err("a sample that is not a number".into()));
         let nan = json!({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "NaN"]}});
         assert_eq!(sample(&nan), Ok(None));
     }

@@ -2,6 +2,8 @@
 //! `{input, observed, state, parameters}` as JSON to `url` and expects
 //! `{output, state?, message?}` back; the answer is checked before it is used, and a slow or
 //! garbled answer stops the pipeline with what is in force kept. It runs on every kind.
+//! The call goes only where `--allowed-egress` allows, and an answer that is not a policy
+//! result is reported as such, without any of its text.
 //!
 //! | parameter | meaning | default |
 //! |---|---|---|
@@ -52,7 +54,8 @@ struct Reply<D> {
 /// Unknown parameters, a URL that is not http(s), or a timeout above 30 s.
 pub fn parse<D: Document>(given: &Parameters) -> Result<Box<dyn Policy<D>>, Failure> {
     let raw: Raw = parameters(given)?;
-    if !(raw.url.starts_with("http://") || raw.url.starts_with("https://")) {
+    let valid = reqwest::Url::parse(&raw.url).is_ok_and(|url| matches!(url.scheme(), "http" | "https"));
+    if !valid {
         return Err(Failure::new(
             "InvalidParameters",
             format!("url must be an http(s) URL, got {:?}", raw.url),
@@ -86,8 +89,13 @@ impl<D: Document> Policy<D> for Webhook {
         let answer = answer
             .unwrap_or_else(|| Err("not called".into()))
             .map_err(|error| Failure::new("WebhookFailed", format!("{url}: {error}")))?;
-        let reply: Reply<D> = serde_json::from_value(answer)
-            .map_err(|error| Failure::new("WebhookFailed", format!("{url} answered garbage: {error}")))?;
+        // Not the serde error: it would quote the answer's field names.
+        let reply: Reply<D> = serde_json::from_value(answer).map_err(|_| {
+            Failure::new(
+                "WebhookFailed",
+                format!("{url}: the webhook's answer is not a valid policy result"),
+            )
+        })?;
         let message: String = reply
             .message
             .unwrap_or_else(|| format!("answered by {url}"))
@@ -148,9 +156,13 @@ mod tests {
             |reply: Answer| answer(&*policy, &input, &world, None, at(0), Control::default(), Some(reply)).unwrap_err();
         let timeout = run(Err("timed out after 10s".into()));
         assert_eq!(timeout.message, "http://hook.test/policy: timed out after 10s");
-        let garbage = run(Ok(json!({"weights": []})));
-        assert!(garbage.message.contains("answered garbage"), "{}", garbage.message);
+        let garbage = run(Ok(json!({"weights": [], "secretField": "x"})));
+        assert_eq!(
+            garbage.message, "http://hook.test/policy: the webhook's answer is not a valid policy result",
+            "nothing of the answer is echoed"
+        );
         assert!(parse::<TrafficDocument>(&params(json!({"url": "ftp://x"}))).is_err());
+        assert!(parse::<TrafficDocument>(&params(json!({"url": "http://"}))).is_err());
         assert!(parse::<TrafficDocument>(&params(json!({"url": "http://x", "timeout": "1m"}))).is_err());
     }
 }

@@ -20,8 +20,8 @@ pub struct ActionContext<'a> {
     pub client: &'a Client,
     /// Publishes Events as task-workflow.
     pub recorder: &'a Recorder,
-    /// HTTP client for notifications.
-    pub http: &'a reqwest::Client,
+    /// HTTP client for notifications, sending only where `--allowed-egress` allows.
+    pub http: &'a orrery_runtime::egress::HttpClient,
     /// The finished run.
     pub run: &'a TaskRun,
     /// Its Task.

@@ -16,6 +16,7 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::{Api, ResourceExt};
 pub use orrery_runtime::Error;
+use orrery_runtime::egress::HttpClient;
 use orrery_runtime::{
     BoxError, Context, SharedCache, strip, watched_and_cached, watched_and_cached_as, watched_and_cached_as_shared,
     watched_and_cached_metadata_shared, watcher_config,
@@ -93,7 +94,8 @@ pub(crate) struct State {
     pub ignitors: Store<Ignitor>,
     pub pods: Store<AttemptPod>,
     pub actions: Registry,
-    pub http: reqwest::Client,
+    /// Sends http-post notifications only where `--allowed-egress` allows.
+    pub http: HttpClient,
     pub joins: JoinConditions,
     /// Per TaskRun uid, the results of the actions it ran whose status write has not gone
     /// through yet: a write refused on a stale read is retried without running them again.
@@ -245,7 +247,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         ignitors,
         pods,
         actions: Registry::builtin(),
-        http: reqwest::Client::new(),
+        http: context.egress.client()?,
         joins: JoinConditions::default(),
         action_results: std::sync::Mutex::default(),
         run_written_over: Mutex::default(),
