@@ -707,6 +707,39 @@ async fn names_that_collided_now_differ_and_binding_policies_under_old_names_are
         assert_eq!(condition(&status, "Ready").0, "True");
     }
 
+    // Its own BindingPolicy is updated in place when the stage changes (over the version the
+    // controller checked, taking back the fields its create wrote).
+    let placed = Api::<BindingPolicy>::all(env.client.clone())
+        .get(&format!("{a}.b-c"))
+        .await
+        .unwrap();
+    policies
+        .patch(
+            &a,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"stages": [{"name": "b-c", "clusterSelectors": [{"matchLabels": {"env": "test"}}]}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    poll_until("a.b-c to select env=test", Deadline::default(), || async {
+        let bp = Api::<BindingPolicy>::all(env.client.clone())
+            .get(&format!("{a}.b-c"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let selected = bp.spec.cluster_selectors[0]
+            .match_labels
+            .as_ref()
+            .and_then(|l| l.get("env").cloned());
+        if selected.as_deref() == Some("test") && bp.uid() == placed.uid() {
+            Ok(())
+        } else {
+            Err(format!("{selected:?}, uid {:?}", bp.uid()))
+        }
+    })
+    .await;
+
     // A BindingPolicy the previous version placed under `<policy>-<stage>` (labelled and
     // controlled by the policy) is pruned; the new name stays.
     let old = policies.get(&a).await.unwrap();
