@@ -589,12 +589,14 @@ async fn a_policy_cannot_take_over_or_collect_a_binding_policy_it_does_not_contr
     // `shop` + `web` is the other team's `shop.web`; `team` + `prod` was `team-prod`.
     let shop = format!("{}-shop", env.namespace);
     let team = format!("{}-team", env.namespace);
-    for (short, stage_name) in [("shop", "web"), ("team", "prod")] {
+    // `shop` has a second stage: a refused stage must not count as fulfilled and move on.
+    let shop_stages = json!([
+        {"name": "web", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]},
+        {"name": "next", "clusterSelectors": [{"matchLabels": {"env": "dev"}}]}
+    ]);
+    for (short, stages) in [("shop", shop_stages), ("team", stage("prod"))] {
         attacker_policies
-            .create(
-                &PostParams::default(),
-                &policy(&env, short, stage(stage_name), json!({})),
-            )
+            .create(&PostParams::default(), &policy(&env, short, stages, json!({})))
             .await
             .unwrap();
     }
@@ -613,6 +615,29 @@ async fn a_policy_cannot_take_over_or_collect_a_binding_policy_it_does_not_contr
     assert!(note.contains(&reachable), "{note}");
     // `team` places its own `team.prod`, beside the other team's `team-prod`.
     wait_placed(&env.client, &team, &["prod"]).await;
+    // Reconciled again (a spec change, as an admin makes it), the refused stage stays where
+    // it is: its name is looked up again, not taken to be free.
+    let admin_policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    admin_policies
+        .patch(
+            &shop,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"progressDeadlineSeconds": 600}})),
+        )
+        .await
+        .unwrap();
+    let again = poll_until("shop's status for generation 2", Deadline::default(), || async {
+        let status = status_of(&env.client, &shop).await;
+        if status.observed_generation == Some(2) {
+            Ok(status)
+        } else {
+            Err(format!("{:?}", status.observed_generation))
+        }
+    })
+    .await;
+    assert_eq!(again.active_stage.as_deref(), Some("web"));
+    assert_eq!(condition(&again, "Ready").1, "BindingPolicyConflict");
+    assert!(binding_policies(&env.client, &shop).await.is_empty());
 
     let unchanged = |when: &str| {
         let admin_bps = admin_bps.clone();
@@ -643,7 +668,6 @@ async fn a_policy_cannot_take_over_or_collect_a_binding_policy_it_does_not_contr
     unchanged("while the attacker's policies exist").await;
 
     // Deleting the policies collects what they placed and nothing else.
-    let admin_policies = Api::<StagedBindingPolicy>::all(env.client.clone());
     for name in [&shop, &team] {
         let uid = admin_policies.get(name).await.unwrap().uid();
         attacker_policies.delete(name, &DeleteParams::default()).await.unwrap();

@@ -1,7 +1,7 @@
 //! The I/O around [`plan`]: watch StagedBindingPolicies, the BindingPolicies they own,
 //! KubeStellar's Bindings and CombinedStatuses; apply and delete BindingPolicies; write status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -180,21 +180,28 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
     let mut planned = plan_with(&found);
 
     let bps: Api<BindingPolicy> = Api::all(state.context.client.clone());
-    // The cache holds only labelled BindingPolicies: before creating one, look whether the name
-    // is taken, and if it is, plan again knowing by whom.
-    let mut taken = false;
-    for bp in &planned.create {
-        let name = bp.name_any();
-        if let Some(existing) = bps
-            .get_opt(&name)
-            .await
-            .map_err(Error::api(format!("reading BindingPolicy {name}")))?
-        {
-            found.push(Arc::new(existing));
-            taken = true;
+    // The cache holds only labelled BindingPolicies: look up every name the plan took to be
+    // free, and while one is taken, plan again knowing by whom. Each round looks up new names
+    // only, and a policy has at most 16 stages.
+    let mut looked_up = BTreeSet::new();
+    loop {
+        let mut taken = false;
+        for name in std::mem::take(&mut planned.unknown) {
+            if !looked_up.insert(name.clone()) {
+                continue;
+            }
+            if let Some(existing) = bps
+                .get_opt(&name)
+                .await
+                .map_err(Error::api(format!("reading BindingPolicy {name}")))?
+            {
+                found.push(Arc::new(existing));
+                taken = true;
+            }
         }
-    }
-    if taken {
+        if !taken {
+            break;
+        }
         planned = plan_with(&found);
     }
     for bp in &planned.create {

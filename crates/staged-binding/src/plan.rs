@@ -106,9 +106,12 @@ pub struct Prune {
 pub struct Plan {
     /// The status to write.
     pub status: StagedBindingPolicyStatus,
-    /// BindingPolicies at names where nothing was found: the controller looks up each name
-    /// first (its cache holds only labelled BindingPolicies) and plans again with what it
-    /// finds, then creates them (a create, which fails if one appeared meanwhile).
+    /// Names this plan took to be free because nothing was found there (the active stage's,
+    /// those to create). The controller's cache holds only labelled BindingPolicies: it looks
+    /// each name up and plans again with what it finds, until nothing new turns up.
+    pub unknown: Vec<String>,
+    /// BindingPolicies at names where nothing was found, to create (a create, which fails if
+    /// one appeared since the controller looked).
     pub create: Vec<BindingPolicy>,
     /// BindingPolicies this policy controls, to update (server-side apply), each carrying
     /// the resourceVersion found as the apply's precondition.
@@ -425,6 +428,10 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
             progressing = (false, "Suspended".into(), "suspended: stages do not advance".into());
         } else if let Some(expressions) = expressions {
             let stage = spec.stages[index].clone();
+            let evaluated = binding_policy_name(&policy.name_any(), &stage.name);
+            if !observed.found.iter().any(|bp| bp.name_any() == evaluated) {
+                plan.unknown.push(evaluated);
+            }
             match evaluate(observed, index, &expressions[index]) {
                 Verdict::Met => {
                     let record = active_record(&mut status, &stage.name).map(|r| {
@@ -567,7 +574,12 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         for index in &wanted {
             let desired = stage_binding_policy(policy, *index);
             match found.get(&desired.name_any()) {
-                None => plan.create.push(desired),
+                None => {
+                    if !plan.unknown.contains(&desired.name_any()) {
+                        plan.unknown.push(desired.name_any());
+                    }
+                    plan.create.push(desired);
+                }
                 Some(current) if controlled_by(current, &uid) => {
                     if !up_to_date(current, &desired) {
                         let mut desired = desired;
@@ -974,9 +986,34 @@ mod tests {
         policy.status = Some(start.status);
         let plan = run(&policy, &world, "2026-01-01T00:00:01Z");
         assert_eq!(plan.status.active_stage.as_deref(), Some("dev"), "does not move on");
+        assert!(plan.unknown.is_empty(), "{:?}", plan.unknown);
         assert!(plan.create.is_empty(), "{:?}", plan.create);
         assert_eq!(reason(&plan, PROGRESSING), BINDING_POLICY_CONFLICT);
         assert_eq!(reason(&plan, COMPLETE), "NotComplete");
+    }
+
+    #[test]
+    fn every_name_taken_to_be_free_is_named_for_the_controller_to_look_up() {
+        // Before the controller has looked: dev has no condition, so it would move on to prod,
+        // relying on dev's name and prod's being free.
+        let mut policy = seed(json!({}));
+        policy.spec.stages[0].condition = None;
+        let empty = World {
+            bindings: vec![],
+            combined: vec![],
+            found: vec![],
+        };
+        let start = run(&policy, &empty, "2026-01-01T00:00:00Z");
+        assert_eq!(start.unknown, ["p.dev", "p.prod"]);
+        assert_eq!(start.create[0].name_any(), "p.prod");
+        policy.status = Some(start.status);
+        let placed = World {
+            bindings: vec![],
+            combined: vec![],
+            found: vec![stage_binding_policy(&policy, 1)],
+        };
+        let steady = run(&policy, &placed, "2026-01-01T00:00:01Z");
+        assert!(steady.unknown.is_empty(), "{:?}", steady.unknown);
     }
 
     #[test]
