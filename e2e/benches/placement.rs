@@ -140,7 +140,7 @@ async fn advance(
     stage: usize,
     rate: f64,
 ) -> anyhow::Result<Vec<f64>> {
-    let bp = |i: usize, stage: usize| format!("p-{i}-{}", STAGES[stage]);
+    let bp = |i: usize, stage: usize| staged_binding::plan::binding_policy_name(&format!("p-{i}"), STAGES[stage]);
     let waited = wait_for(
         &format!("every CombinedStatus of stage {}", STAGES[stage]),
         Duration::from_secs(900),

@@ -10,6 +10,7 @@
 //!
 //! The kubelet's part is played by [`pod_simulator`]: no kubelet runs here.
 
+pub mod access;
 pub mod bench;
 pub mod control_plane;
 pub mod demo;

@@ -349,7 +349,7 @@ async fn staged_binding_runs_a_rollout_with_its_own_rbac_and_no_more() {
         &env.client,
         &env.namespace,
         "web",
-        &format!("{name}-dev"),
+        &format!("{name}.dev"),
         "ready",
         Value::number(1),
     )
@@ -383,7 +383,7 @@ async fn staged_binding_runs_a_rollout_with_its_own_rbac_and_no_more() {
     );
     forbidden(
         Api::<Binding>::all(client.clone())
-            .delete(&format!("{name}-prod"), &DeleteParams::default())
+            .delete(&format!("{name}.prod"), &DeleteParams::default())
             .await,
         "staged-binding deleting KubeStellar's Binding",
     );

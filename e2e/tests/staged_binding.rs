@@ -1,6 +1,7 @@
 //! staged-binding on the real control plane, the KubeStellar simulator playing KubeStellar:
 //! the seed's dev → prod rollout, soak time, deadline → pause and → rollback, approval,
-//! suspend, bad expressions, runtime errors, deletion, and a restart mid-rollout.
+//! suspend, bad expressions, runtime errors, deletion, a restart mid-rollout, and a policy that
+//! may neither take over nor collect a BindingPolicy it does not control.
 
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -11,9 +12,9 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use orrery_e2e::kubestellar_simulator::{INVENTORY_LABEL, INVENTORY_NAMESPACE, KubeStellarSimulator, report};
-use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
+use orrery_e2e::{Deadline, InProcess, TestEnv, access, poll_until};
 use serde_json::{Value as Json, json};
 
 const SEED_CONDITION: &str = "combinedStatus.results.exists(r,\n  r.name == 'deployments-aggregator' &&\n  r.rows.exists(row,\n    row.columns.exists(col,\n      col.type == 'Number' &&\n      col.float == '1'\n)))\n";
@@ -136,7 +137,7 @@ async fn binding_policies(client: &Client, policy: &str) -> Vec<BindingPolicy> {
 
 /// Waits until the BindingPolicies `policy` owns are exactly those of `stages`.
 async fn wait_placed(client: &Client, policy: &str, stages: &[&str]) {
-    let mut wanted: Vec<String> = stages.iter().map(|s| format!("{policy}-{s}")).collect();
+    let mut wanted: Vec<String> = stages.iter().map(|s| format!("{policy}.{s}")).collect();
     wanted.sort();
     poll_until(&format!("BindingPolicies {wanted:?}"), Deadline::default(), || async {
         let mut names: Vec<String> = binding_policies(client, policy)
@@ -190,7 +191,7 @@ async fn the_seed_rollout_moves_from_dev_to_prod_when_the_aggregator_reports_1()
     })
     .await;
     let dev = &bps[0];
-    assert_eq!(dev.name_any(), format!("{name}-dev"));
+    assert_eq!(dev.name_any(), format!("{name}.dev"));
     assert_eq!(
         dev.spec.cluster_selectors[0].match_labels.as_ref().unwrap()["env"],
         "dev"
@@ -250,7 +251,7 @@ async fn soak_time_keep_mode_approval_and_suspend() {
         .await
         .unwrap();
     wait_stage(&env.client, &name, "dev").await;
-    report_ready(&env, &format!("{name}-dev"), "1").await;
+    report_ready(&env, &format!("{name}.dev"), "1").await;
     let soaking = wait_condition(&env.client, &name, "Progressing", "Soaking").await;
     let met = soaking.history[0]
         .condition_met
@@ -322,7 +323,7 @@ async fn a_missed_deadline_pauses_or_rolls_back() {
             .await
             .unwrap();
         wait_stage(&env.client, &name, "dev").await;
-        report_ready(&env, &format!("{name}-dev"), "1").await;
+        report_ready(&env, &format!("{name}.dev"), "1").await;
         wait_stage(&env.client, &name, "test").await;
         // test never reports 1: after 3 s the stage fails.
         let failed = wait_condition(
@@ -383,7 +384,7 @@ async fn bad_expressions_stop_the_rollout_and_runtime_errors_count_as_not_met() 
         .await
         .unwrap();
     wait_stage(&env.client, &name, "dev").await;
-    report_ready(&env, &format!("{name}-dev"), "1").await;
+    report_ready(&env, &format!("{name}.dev"), "1").await;
     let status = wait_condition(&env.client, &name, "Progressing", "ConditionError").await;
     assert_eq!(status.active_stage.as_deref(), Some("dev"));
     assert_eq!(condition(&status, "Ready").0, "True");
@@ -407,7 +408,7 @@ async fn a_restart_mid_rollout_skips_and_repeats_nothing_and_deletion_collects_p
         .await
         .unwrap();
     wait_stage(&env.client, &name, "dev").await;
-    report_ready(&env, &format!("{name}-dev"), "1").await;
+    report_ready(&env, &format!("{name}.dev"), "1").await;
     wait_stage(&env.client, &name, "test").await;
     controller.stop().await;
     let controller = start(&env);
@@ -418,7 +419,7 @@ async fn a_restart_mid_rollout_skips_and_repeats_nothing_and_deletion_collects_p
     assert_eq!(status.active_stage.as_deref(), Some("test"));
     assert!(condition(&status, "Progressing").2.contains("No such key: rows"));
     assert_eq!(status.history.iter().filter(|r| r.name == "dev").count(), 1);
-    report_ready(&env, &format!("{name}-test"), "1").await;
+    report_ready(&env, &format!("{name}.test"), "1").await;
     let status = wait_condition(&env.client, &name, "Complete", "RolloutComplete").await;
     let order: Vec<&str> = status.history.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(order, ["dev", "test", "prod"]);
@@ -455,7 +456,7 @@ async fn editing_the_spec_continues_from_the_active_stage_or_restarts_if_it_was_
             .await
             .unwrap();
         wait_stage(&env.client, &name, "dev").await;
-        report_ready(&env, &format!("{name}-dev"), "1").await;
+        report_ready(&env, &format!("{name}.dev"), "1").await;
         wait_stage(&env.client, &name, "test").await;
     }
 
@@ -501,5 +502,292 @@ async fn editing_the_spec_continues_from_the_active_stage_or_restarts_if_it_was_
         .collect();
     assert_eq!(outcomes[..2], [("dev", "Fulfilled"), ("test", "Removed")]);
     assert_eq!(outcomes[2].0, "dev", "{outcomes:?}");
+    controller.stop().await;
+}
+
+/// Waits for a Warning Event `reason` about policy `name` and returns its note.
+async fn warning_about(env: &TestEnv, name: &str, reason: &str) -> String {
+    poll_until(
+        &format!("a Warning Event {reason} about {name}"),
+        Deadline::default(),
+        || async {
+            let list = Api::<Event>::all(env.client.clone())
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                        && e.reason.as_deref() == Some(reason)
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .and_then(|e| e.note)
+                .ok_or_else(|| "none yet".to_string())
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_policy_cannot_take_over_or_collect_a_binding_policy_it_does_not_control() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    let as_controller = access::as_controller(&env, staged_binding::controller::NAME)
+        .await
+        .unwrap();
+    let controller = InProcess::start(
+        as_controller,
+        &env.namespace,
+        staged_binding::controller::NAME,
+        staged_binding::run,
+    );
+
+    // Another team's BindingPolicies, made by someone allowed to: one at a name a stage can
+    // still ask for (`<policy>.<stage>`), one at a name the old `<policy>-<stage>` reached.
+    let reachable = format!("{}-shop.web", env.namespace);
+    let old_style = format!("{}-team-prod", env.namespace);
+    let admin_bps = Api::<BindingPolicy>::all(env.client.clone());
+    for name in [&reachable, &old_style] {
+        let bp: BindingPolicy = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"team": "victim"}},
+            "spec": {"clusterSelectors": [{"matchLabels": {"env": "prod"}}],
+                     "downsync": [{"objectSelectors": [{"matchLabels": {"app": "victim"}}]}]}
+        }))
+        .unwrap();
+        admin_bps.create(&PostParams::default(), &bp).await.unwrap();
+    }
+    let victims_before = [
+        admin_bps.get(&reachable).await.unwrap(),
+        admin_bps.get(&old_style).await.unwrap(),
+    ];
+
+    // Someone allowed only to create (and delete) StagedBindingPolicies.
+    let attacker = format!("{}-placer", env.namespace);
+    access::grant(
+        &env,
+        &attacker,
+        None,
+        json!([{"apiGroups": ["placement.orrery.dev"], "resources": ["stagedbindingpolicies"], "verbs": ["create", "delete"]}]),
+    )
+    .await
+    .unwrap();
+    let as_attacker = access::client_as(&env, &attacker).unwrap();
+    match Api::<BindingPolicy>::all(as_attacker.clone())
+        .patch(
+            &reachable,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}})),
+        )
+        .await
+    {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("the attacker may not write BindingPolicies directly: {other:?}"),
+    }
+    let stage = |name: &str| json!([{"name": name, "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}]);
+    let attacker_policies = Api::<StagedBindingPolicy>::all(as_attacker);
+    // `shop` + `web` is the other team's `shop.web`; `team` + `prod` was `team-prod`.
+    let shop = format!("{}-shop", env.namespace);
+    let team = format!("{}-team", env.namespace);
+    // `shop` has a second stage: a refused stage must not count as fulfilled and move on.
+    let shop_stages = json!([
+        {"name": "web", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]},
+        {"name": "next", "clusterSelectors": [{"matchLabels": {"env": "dev"}}]}
+    ]);
+    for (short, stages) in [("shop", shop_stages), ("team", stage("prod"))] {
+        attacker_policies
+            .create(&PostParams::default(), &policy(&env, short, stages, json!({})))
+            .await
+            .unwrap();
+    }
+
+    let refused = wait_condition(&env.client, &shop, "Ready", "BindingPolicyConflict").await;
+    let (ready, _, message) = condition(&refused, "Ready");
+    assert_eq!(ready, "False");
+    assert!(
+        message.contains(&format!(
+            "BindingPolicy {reachable} already exists and is not controlled by this StagedBindingPolicy"
+        )),
+        "{message}"
+    );
+    assert_eq!(condition(&refused, "Progressing").1, "BindingPolicyConflict");
+    let note = warning_about(&env, &shop, "BindingPolicyConflict").await;
+    assert!(note.contains(&reachable), "{note}");
+    // `team` places its own `team.prod`, beside the other team's `team-prod`.
+    wait_placed(&env.client, &team, &["prod"]).await;
+    // Reconciled again (a spec change, as an admin makes it), the refused stage stays where
+    // it is: its name is looked up again, not taken to be free.
+    let admin_policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    admin_policies
+        .patch(
+            &shop,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"progressDeadlineSeconds": 600}})),
+        )
+        .await
+        .unwrap();
+    let again = poll_until("shop's status for generation 2", Deadline::default(), || async {
+        let status = status_of(&env.client, &shop).await;
+        if status.observed_generation == Some(2) {
+            Ok(status)
+        } else {
+            Err(format!("{:?}", status.observed_generation))
+        }
+    })
+    .await;
+    assert_eq!(again.active_stage.as_deref(), Some("web"));
+    assert_eq!(condition(&again, "Ready").1, "BindingPolicyConflict");
+    assert!(binding_policies(&env.client, &shop).await.is_empty());
+
+    let unchanged = |when: &str| {
+        let admin_bps = admin_bps.clone();
+        let victims_before = victims_before.clone();
+        let when = when.to_owned();
+        async move {
+            for before in &victims_before {
+                let now = admin_bps
+                    .get(&before.name_any())
+                    .await
+                    .unwrap_or_else(|err| panic!("{when}: the other team's {} is gone: {err}", before.name_any()));
+                assert_eq!(
+                    now.resource_version(),
+                    before.resource_version(),
+                    "{when}: {} was written",
+                    before.name_any()
+                );
+                assert_eq!(now.spec, before.spec, "{when}");
+                assert_eq!(now.labels(), before.labels(), "{when}");
+                assert!(
+                    now.owner_references().is_empty(),
+                    "{when}: {:?}",
+                    now.owner_references()
+                );
+            }
+        }
+    };
+    unchanged("while the attacker's policies exist").await;
+
+    // Deleting the policies collects what they placed and nothing else.
+    for name in [&shop, &team] {
+        let uid = admin_policies.get(name).await.unwrap().uid();
+        attacker_policies.delete(name, &DeleteParams::default()).await.unwrap();
+        poll_until(&format!("{name} to be gone"), Deadline::default(), || async {
+            match admin_policies.get_opt(name).await {
+                Ok(Some(p)) if p.uid() == uid => Err("still there".to_string()),
+                Ok(_) => Ok(()),
+                Err(err) => Err(err.to_string()),
+            }
+        })
+        .await;
+    }
+    // The garbage collector learns of new CRDs on its discovery resync (every 30 s).
+    poll_until(
+        "team.prod to be garbage-collected",
+        Deadline(std::time::Duration::from_secs(90)),
+        || async {
+            let left = binding_policies(&env.client, &team).await.len();
+            if left == 0 { Ok(()) } else { Err(format!("{left} left")) }
+        },
+    )
+    .await;
+    unchanged("after the attacker's policies were deleted and collected").await;
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn names_that_collided_now_differ_and_binding_policies_under_old_names_are_replaced() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    let controller = start(&env);
+    let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    let stage = |name: &str| json!([{"name": name, "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}]);
+
+    // `a` + `b-c` and `a-b` + `c` were both `a-b-c`.
+    let a = format!("{}-a", env.namespace);
+    let a_b = format!("{}-a-b", env.namespace);
+    policies
+        .create(&PostParams::default(), &policy(&env, "a", stage("b-c"), json!({})))
+        .await
+        .unwrap();
+    policies
+        .create(&PostParams::default(), &policy(&env, "a-b", stage("c"), json!({})))
+        .await
+        .unwrap();
+    wait_placed(&env.client, &a, &["b-c"]).await;
+    wait_placed(&env.client, &a_b, &["c"]).await;
+    for (policy_name, bp_name) in [(&a, format!("{a}.b-c")), (&a_b, format!("{a_b}.c"))] {
+        let uid = policies.get(policy_name).await.unwrap().uid();
+        let bp = Api::<BindingPolicy>::all(env.client.clone())
+            .get(&bp_name)
+            .await
+            .unwrap();
+        let controller_uid = bp
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone());
+        assert_eq!(controller_uid, uid, "{bp_name} is controlled by {policy_name}");
+        let status = wait_condition(&env.client, policy_name, "Complete", "RolloutComplete").await;
+        assert_eq!(condition(&status, "Ready").0, "True");
+    }
+
+    // Its own BindingPolicy is updated in place when the stage changes (over the version the
+    // controller checked, taking back the fields its create wrote).
+    let placed = Api::<BindingPolicy>::all(env.client.clone())
+        .get(&format!("{a}.b-c"))
+        .await
+        .unwrap();
+    policies
+        .patch(
+            &a,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"stages": [{"name": "b-c", "clusterSelectors": [{"matchLabels": {"env": "test"}}]}]}}),
+            ),
+        )
+        .await
+        .unwrap();
+    poll_until("a.b-c to select env=test", Deadline::default(), || async {
+        let bp = Api::<BindingPolicy>::all(env.client.clone())
+            .get(&format!("{a}.b-c"))
+            .await
+            .map_err(|e| e.to_string())?;
+        let selected = bp.spec.cluster_selectors[0]
+            .match_labels
+            .as_ref()
+            .and_then(|l| l.get("env").cloned());
+        if selected.as_deref() == Some("test") && bp.uid() == placed.uid() {
+            Ok(())
+        } else {
+            Err(format!("{selected:?}, uid {:?}", bp.uid()))
+        }
+    })
+    .await;
+
+    // A BindingPolicy the previous version placed under `<policy>-<stage>` (labelled and
+    // controlled by the policy) is pruned; the new name stays.
+    let old = policies.get(&a).await.unwrap();
+    let old_name = format!("{a}-b-c");
+    let mut previous: BindingPolicy = serde_json::from_value(json!({
+        "metadata": {"name": old_name, "labels": {
+            staged_binding::plan::POLICY_LABEL: a, staged_binding::plan::STAGE_LABEL: "b-c"}},
+        "spec": {"clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
+    }))
+    .unwrap();
+    previous.metadata.owner_references = Some(vec![old.controller_owner_ref(&()).unwrap()]);
+    Api::<BindingPolicy>::all(env.client.clone())
+        .create(&PostParams::default(), &previous)
+        .await
+        .unwrap();
+    wait_placed(&env.client, &a, &["b-c"]).await;
+
+    // A name too long to be a label value is refused at admission.
+    let long = policy(&env, &"x".repeat(64), stage("dev"), json!({}));
+    match policies.create(&PostParams::default(), &long).await {
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            assert!(status.message.contains("at most 63 characters"), "{}", status.message);
+        }
+        other => panic!("a 64-character name should be refused: {other:?}"),
+    }
     controller.stop().await;
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use orrery_e2e::pod_simulator::{self, PodSimulator, Unannotated};
-use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
+use orrery_e2e::{Deadline, InProcess, TestEnv, access, poll_until};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -966,5 +966,159 @@ async fn a_cel_join_condition_decides_on_the_predecessors_results_and_a_bad_one_
         message.contains("predecessors.build.phase ==") && message.contains("1:"),
         "{message}"
     );
+    workflow.stop().await;
+}
+
+#[tokio::test]
+async fn a_tasks_actions_act_only_in_its_own_namespace() {
+    let team_a = TestEnv::new().await;
+    let team_b = TestEnv::new().await;
+    let (a, b) = (team_a.namespace.clone(), team_b.namespace.clone());
+    let _kubelet = PodSimulator::start(team_a.client.clone(), Some(&a)).await.unwrap();
+    let as_controller = access::as_controller(&team_a, task_workflow::controller::NAME)
+        .await
+        .unwrap();
+    // The operator lets the annotate action patch ConfigMaps, as the README says to: with the
+    // chart's own rule on TaskRuns, task-workflow may patch both in team B's namespace, so
+    // only its own refusal stands between team A's Task and team B's objects.
+    let controller_user = access::service_account_user(&a, task_workflow::controller::NAME);
+    access::grant(
+        &team_a,
+        &controller_user,
+        None,
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["patch"]}]),
+    )
+    .await
+    .unwrap();
+    for (group, resource) in [("workflow.orrery.dev", "taskruns"), ("", "configmaps")] {
+        assert!(
+            access::allowed(&team_a.client, &controller_user, "patch", group, resource, &b)
+                .await
+                .unwrap(),
+            "task-workflow may patch {resource} in {b}"
+        );
+    }
+    let workflow = InProcess::start(as_controller, &a, task_workflow::controller::NAME, task_workflow::run);
+
+    // Team B's objects, and team A's ConfigMap for the legitimate use.
+    let settings: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "settings", "labels": {"team": "b"}}})).unwrap();
+    team_b
+        .namespaced::<ConfigMap>()
+        .create(&PostParams::default(), &settings)
+        .await
+        .unwrap();
+    team_b
+        .namespaced::<TaskRun>()
+        .create(&PostParams::default(), &manual_run("deploy", "deploy-1"))
+        .await
+        .unwrap();
+    let b_before = (
+        team_b.namespaced::<ConfigMap>().get("settings").await.unwrap(),
+        team_b.namespaced::<TaskRun>().get("deploy-1").await.unwrap(),
+    );
+    let marker: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "marker"}})).unwrap();
+    team_a
+        .namespaced::<ConfigMap>()
+        .create(&PostParams::default(), &marker)
+        .await
+        .unwrap();
+
+    // Someone allowed only to create Tasks in team A's namespace.
+    let author = format!("{a}-author");
+    access::grant(
+        &team_a,
+        &author,
+        Some(&a),
+        json!([{"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks"], "verbs": ["create"]}]),
+    )
+    .await
+    .unwrap();
+    let as_author = access::client_as(&team_a, &author).unwrap();
+    let spec = json!({"successActions": [
+        {"name": "annotate", "parameters": {"apiVersion": "workflow.orrery.dev/v1alpha1", "kind": "TaskRun", "name": "deploy-1", "namespace": b,
+            "annotations": {crd_types::workflow::CANCEL_ANNOTATION: "taken over"}}},
+        {"name": "annotate", "parameters": {"apiVersion": "v1", "kind": "ConfigMap", "name": "settings", "namespace": b, "labels": {"team": "a"}}},
+        {"name": "annotate", "parameters": {"apiVersion": "v1", "kind": "Namespace", "name": b, "labels": {"team": "a"}}},
+        {"name": "annotate", "parameters": {"apiVersion": "workflow.orrery.dev/v1alpha1", "kind": "TaskRun", "name": "$(TASKRUN)",
+            "annotations": {crd_types::workflow::CANCEL_ANNOTATION: "by an action"}}},
+        {"name": "annotate", "parameters": {"apiVersion": "v1", "kind": "ConfigMap", "name": "marker", "labels": {"built-by": "$(TASKRUN)"}}}
+    ]});
+    Api::<Task>::namespaced(as_author, &a)
+        .create(&PostParams::default(), &task("reach", spec))
+        .await
+        .unwrap();
+    // A teammate runs it.
+    team_a
+        .namespaced::<TaskRun>()
+        .create(&PostParams::default(), &manual_run("reach", "reach-1"))
+        .await
+        .unwrap();
+    let run = wait_run(&team_a, "reach-1", TaskRunPhase::Succeeded).await;
+    let results = run.status.clone().unwrap().action_results;
+    let outcomes: Vec<(&str, &str)> = results.iter().map(|r| (r.name.as_str(), r.outcome.as_str())).collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("annotate", "Failed"),
+            ("annotate", "Failed"),
+            ("annotate", "Failed"),
+            ("annotate", "Failed"),
+            ("annotate", "Succeeded")
+        ],
+        "{results:?}"
+    );
+    let message = |i: usize| results[i].message.clone().unwrap_or_default();
+    let elsewhere =
+        format!("namespace {b:?} is not the run's namespace {a:?}: annotate acts only in the run's namespace");
+    assert_eq!(message(0), elsewhere);
+    assert_eq!(message(1), elsewhere);
+    assert!(message(2).starts_with("Namespace is cluster-scoped"), "{}", message(2));
+    assert!(
+        message(3).starts_with("annotate does not act on workflow.orrery.dev objects (TaskRun)"),
+        "{}",
+        message(3)
+    );
+    assert!(
+        !run.annotations().contains_key(crd_types::workflow::CANCEL_ANNOTATION),
+        "{:?}",
+        run.annotations()
+    );
+
+    // Team B's objects are as they were.
+    let settings = team_b.namespaced::<ConfigMap>().get("settings").await.unwrap();
+    assert_eq!(settings.resource_version(), b_before.0.resource_version());
+    assert_eq!(settings.labels().get("team").map(String::as_str), Some("b"));
+    let deploy = team_b.namespaced::<TaskRun>().get("deploy-1").await.unwrap();
+    assert_eq!(deploy.resource_version(), b_before.1.resource_version());
+    assert!(
+        !deploy
+            .annotations()
+            .contains_key(crd_types::workflow::CANCEL_ANNOTATION)
+    );
+    let namespace = Api::<k8s_openapi::api::core::v1::Namespace>::all(team_a.client.clone())
+        .get(&b)
+        .await
+        .unwrap();
+    assert_eq!(namespace.labels().get("team"), None);
+    // The legitimate use still works: team A's own ConfigMap.
+    let marker = team_a.namespaced::<ConfigMap>().get("marker").await.unwrap();
+    assert_eq!(marker.labels().get("built-by").map(String::as_str), Some("reach-1"));
+    // The refusals are also a Warning Event on the run: the first one's note, counted four
+    // times (one Event series per reason).
+    let first_refusal = format!("action annotate failed: {elsewhere}");
+    poll_until("the ActionFailed Event", Deadline::default(), || async {
+        let events = events_for(&team_a, "reach-1", "ActionFailed").await;
+        let seen: Vec<(Option<String>, Option<String>, Option<i32>)> = events
+            .iter()
+            .map(|e| (e.type_.clone(), e.note.clone(), e.series.as_ref().map(|s| s.count)))
+            .collect();
+        if seen == [(Some("Warning".into()), Some(first_refusal.clone()), Some(4))] {
+            Ok(())
+        } else {
+            Err(format!("{seen:?}"))
+        }
+    })
+    .await;
     workflow.stop().await;
 }

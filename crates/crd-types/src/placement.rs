@@ -34,7 +34,8 @@ pub const APPROVE_ANNOTATION: &str = "placement.orrery.dev/approve";
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
-    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "AGE", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a StagedBindingPolicy's name is at most 63 characters: it is a label value on the BindingPolicies it places, named <policy>.<stage>")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StagedBindingPolicySpec {
@@ -72,7 +73,8 @@ pub struct StagedBindingPolicySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Stage {
-    /// The stage's name, e.g. `dev`.
+    /// The stage's name, e.g. `dev`: a DNS label (no dots), so `<policy>.<stage>`, the name of
+    /// the stage's BindingPolicy, cannot be another policy's and stage's.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
     /// The clusters of this stage, as in BindingPolicy's `clusterSelectors`.

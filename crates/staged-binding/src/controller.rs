@@ -1,7 +1,7 @@
 //! The I/O around [`plan`]: watch StagedBindingPolicies, the BindingPolicies they own,
 //! KubeStellar's Bindings and CombinedStatuses; apply and delete BindingPolicies; write status.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use crd_types::kubestellar::{Binding, BindingPolicy, CombinedStatus, combined_st
 use crd_types::placement::StagedBindingPolicy;
 use futures::StreamExt;
 use jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
@@ -18,7 +18,7 @@ pub use orrery_runtime::Error;
 use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched_and_cached, watcher_config};
 
 use crate::expressions::{StageExpressions, compile};
-use crate::plan::{Observed, POLICY_LABEL, binding_policy_name, plan};
+use crate::plan::{Observed, POLICY_LABEL, Plan, controlled_by, placed_by, plan};
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "staged-binding";
@@ -53,16 +53,15 @@ impl State {
 
 /// The policy one of whose stages a BindingPolicy (or its Binding) named `name` places.
 fn policy_placing(policies: &Store<StagedBindingPolicy>, name: &str) -> Option<ObjectRef<StagedBindingPolicy>> {
+    let (policy, stage) = placed_by(name)?;
+    let reference = ObjectRef::new(policy);
     policies
-        .state()
-        .into_iter()
-        .find(|p| {
-            p.spec
-                .stages
-                .iter()
-                .any(|s| binding_policy_name(&p.name_any(), &s.name) == name)
-        })
-        .map(|p| ObjectRef::from_obj(p.as_ref()))
+        .get(&reference)?
+        .spec
+        .stages
+        .iter()
+        .any(|s| s.name == stage)
+        .then_some(reference)
 }
 
 /// Runs the controller until the context's shutdown signal. Every cache a reconcile reads is
@@ -133,56 +132,123 @@ fn error_policy(_: Arc<StagedBindingPolicy>, error: &Error, _: Arc<State>) -> Ac
 
 async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, Error> {
     let name = policy.name_any();
-    let owned: Vec<Arc<BindingPolicy>> = state
+    let uid = policy.uid().unwrap_or_default();
+    let mut found: Vec<Arc<BindingPolicy>> = state
         .binding_policies
         .state()
         .into_iter()
         .filter(|bp| bp.labels().get(POLICY_LABEL) == Some(&name))
         .collect();
-    let owned_names: Vec<String> = owned.iter().map(|bp| bp.name_any()).collect();
-    let bindings: Vec<Arc<Binding>> = owned_names
-        .iter()
-        .filter_map(|n| state.bindings.get(&ObjectRef::new(n)))
-        .collect();
-    let combined: Vec<Arc<CombinedStatus>> = state
-        .combined
-        .state()
-        .into_iter()
-        .filter(|cs| {
-            cs.labels()
-                .get(combined_status_labels::BINDING_POLICY)
-                .is_some_and(|bp| owned_names.contains(bp))
-        })
-        .collect();
     let expressions = state.expressions(policy);
     let now = Timestamp::now();
-    let planned = plan(&Observed {
-        now,
-        policy,
-        expressions: match &expressions {
-            Ok(e) => Ok(e.as_slice()),
-            Err(err) => Err(err.as_str()),
-        },
-        owned: owned.iter().map(Arc::as_ref).collect(),
-        bindings: bindings
+    let plan_with = |found: &[Arc<BindingPolicy>]| -> Plan {
+        // Only the Bindings and statuses of BindingPolicies this policy controls count.
+        let controlled: Vec<String> = found
             .iter()
-            .map(|b| (b.name_any(), b.as_ref()))
-            .collect::<BTreeMap<_, _>>(),
-        combined: combined.iter().map(Arc::as_ref).collect(),
-    });
+            .filter(|bp| controlled_by(bp, &uid))
+            .map(|bp| bp.name_any())
+            .collect();
+        let bindings: Vec<Arc<Binding>> = controlled
+            .iter()
+            .filter_map(|n| state.bindings.get(&ObjectRef::new(n)))
+            .collect();
+        let combined: Vec<Arc<CombinedStatus>> = state
+            .combined
+            .state()
+            .into_iter()
+            .filter(|cs| {
+                cs.labels()
+                    .get(combined_status_labels::BINDING_POLICY)
+                    .is_some_and(|bp| controlled.contains(bp))
+            })
+            .collect();
+        plan(&Observed {
+            now,
+            policy,
+            expressions: match &expressions {
+                Ok(e) => Ok(e.as_slice()),
+                Err(err) => Err(err.as_str()),
+            },
+            found: found.iter().map(Arc::as_ref).collect(),
+            bindings: bindings
+                .iter()
+                .map(|b| (b.name_any(), b.as_ref()))
+                .collect::<BTreeMap<_, _>>(),
+            combined: combined.iter().map(Arc::as_ref).collect(),
+        })
+    };
+    let mut planned = plan_with(&found);
 
     let bps: Api<BindingPolicy> = Api::all(state.context.client.clone());
+    // The cache holds only labelled BindingPolicies: look up every name the plan took to be
+    // free, and while one is taken, plan again knowing by whom. Each round looks up new names
+    // only, and a policy has at most 16 stages.
+    let mut looked_up = BTreeSet::new();
+    loop {
+        let mut taken = false;
+        for name in std::mem::take(&mut planned.unknown) {
+            if !looked_up.insert(name.clone()) {
+                continue;
+            }
+            if let Some(existing) = bps
+                .get_opt(&name)
+                .await
+                .map_err(Error::api(format!("reading BindingPolicy {name}")))?
+            {
+                found.push(Arc::new(existing));
+                taken = true;
+            }
+        }
+        if !taken {
+            break;
+        }
+        planned = plan_with(&found);
+    }
+    for bp in &planned.create {
+        // A create, not an apply: it fails if the name was taken since we looked.
+        match bps
+            .create(
+                &PostParams {
+                    dry_run: false,
+                    field_manager: Some(NAME.into()),
+                },
+                bp,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                return Err(Error::Conflict(format!("BindingPolicy {}", bp.name_any())));
+            }
+            Err(source) => return Err(Error::api(format!("creating BindingPolicy {}", bp.name_any()))(source)),
+        }
+    }
+    // Only over BindingPolicies this policy controls, at the version seen: `force` takes back
+    // fields someone else edited on them (and those our own create wrote as an update).
     let apply = PatchParams::apply(NAME).force();
     for bp in &planned.apply {
-        bps.patch(&bp.name_any(), &apply, &Patch::Apply(bp))
-            .await
-            .map_err(Error::api(format!("applying BindingPolicy {}", bp.name_any())))?;
+        match bps.patch(&bp.name_any(), &apply, &Patch::Apply(bp)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {
+                return Err(Error::Conflict(format!("BindingPolicy {}", bp.name_any())));
+            }
+            Err(source) => return Err(Error::api(format!("applying BindingPolicy {}", bp.name_any()))(source)),
+        }
     }
-    for name in &planned.delete {
-        match bps.delete(name, &DeleteParams::background()).await {
+    for prune in &planned.delete {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: Some(prune.uid.clone()),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match bps.delete(&prune.name, &params).await {
             Ok(_) => {}
             Err(err) if is_not_found(&err) => {}
-            Err(source) => return Err(Error::api(format!("deleting BindingPolicy {name}"))(source)),
+            // Another object under that name now: not ours to delete.
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(source) => return Err(Error::api(format!("deleting BindingPolicy {}", prune.name))(source)),
         }
     }
     if Some(&planned.status) != policy.status.as_ref() {

@@ -3,8 +3,13 @@
 //! exist, whether the active stage is fulfilled, and what the status says.
 //!
 //! Rules (documented in the README):
-//! - One BindingPolicy per placed stage, named `<policy>-<stage>`, owned by the policy.
-//!   `placementMode: Move` keeps only the active stage's; `Keep` keeps every stage reached.
+//! - One BindingPolicy per placed stage, named `<policy>.<stage>`, controlled by the policy
+//!   (owner reference with `controller: true` to its uid). `placementMode: Move` keeps only the
+//!   active stage's; `Keep` keeps every stage reached.
+//! - A BindingPolicy the policy does not control is never written or deleted: one already at a
+//!   name a stage needs is a conflict (Ready=False `BindingPolicyConflict`), looked at again
+//!   every [`CONFLICT_RECHECK`]. Controlled ones at other names (the old `<policy>-<stage>`
+//!   scheme, a removed stage) are pruned.
 //! - A stage is fulfilled when its `condition` holds for the CombinedStatus of every workload
 //!   object its `filter` picks from the Binding (at least one), continuously for `soakSeconds`.
 //!   A stage without a condition is fulfilled once placed.
@@ -45,6 +50,16 @@ pub const COMPLETE: &str = "Complete";
 /// A stage missed its deadline.
 pub const FAILED: &str = "Failed";
 
+/// Ready=False reason: a BindingPolicy a stage needs exists and is not this policy's.
+pub const BINDING_POLICY_CONFLICT: &str = "BindingPolicyConflict";
+/// Ready=False reason: the policy's name cannot label its BindingPolicies.
+pub const NAME_TOO_LONG: &str = "NameTooLong";
+/// How often a conflict is looked at again: the controller watches only BindingPolicies
+/// labelled as a policy's, so it does not see the other one go away.
+pub const CONFLICT_RECHECK: SignedDuration = SignedDuration::from_secs(60);
+/// The longest policy name: it is a label value on its BindingPolicies.
+pub const MAX_POLICY_NAME: usize = 63;
+
 /// What the controller sees.
 #[derive(Debug)]
 pub struct Observed<'a> {
@@ -54,9 +69,12 @@ pub struct Observed<'a> {
     pub policy: &'a StagedBindingPolicy,
     /// Its expressions, compiled, or the compile error.
     pub expressions: Result<&'a [StageExpressions], &'a str>,
-    /// The BindingPolicies it owns.
-    pub owned: Vec<&'a BindingPolicy>,
-    /// KubeStellar's Bindings, by name (a Binding is named after its BindingPolicy).
+    /// The BindingPolicies labelled as this policy's, and any the controller found at a name
+    /// the policy would create (see [`Plan::create`]). Only those it controls
+    /// ([`controlled_by`]) are its own; the others are never written or deleted.
+    pub found: Vec<&'a BindingPolicy>,
+    /// KubeStellar's Bindings of the BindingPolicies it controls, by name (a Binding is named
+    /// after its BindingPolicy).
     pub bindings: BTreeMap<String, &'a Binding>,
     /// CombinedStatuses of its BindingPolicies.
     pub combined: Vec<&'a CombinedStatus>,
@@ -73,24 +91,63 @@ pub struct PlannedEvent {
     pub note: String,
 }
 
+/// A BindingPolicy this policy controls, to delete: the uid is the delete's precondition, so a
+/// BindingPolicy made again under the same name by someone else is not the one deleted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prune {
+    /// Its name.
+    pub name: String,
+    /// Its uid.
+    pub uid: String,
+}
+
 /// What to do.
 #[derive(Debug, Default)]
 pub struct Plan {
     /// The status to write.
     pub status: StagedBindingPolicyStatus,
-    /// BindingPolicies to create or update (server-side apply).
+    /// Names this plan took to be free because nothing was found there (the active stage's,
+    /// those to create). The controller's cache holds only labelled BindingPolicies: it looks
+    /// each name up and plans again with what it finds, until nothing new turns up.
+    pub unknown: Vec<String>,
+    /// BindingPolicies at names where nothing was found, to create (a create, which fails if
+    /// one appeared since the controller looked).
+    pub create: Vec<BindingPolicy>,
+    /// BindingPolicies this policy controls, to update (server-side apply), each carrying
+    /// the resourceVersion found as the apply's precondition.
     pub apply: Vec<BindingPolicy>,
-    /// Owned BindingPolicies to delete.
-    pub delete: Vec<String>,
+    /// BindingPolicies this policy controls and no longer wants.
+    pub delete: Vec<Prune>,
     /// Events.
     pub events: Vec<PlannedEvent>,
     /// When to look again (soak or deadline), besides watch events.
     pub wake_at: Option<Timestamp>,
 }
 
-/// The BindingPolicy of `stage` of `policy`.
+/// The BindingPolicy of `stage` of `policy`: `<policy>.<stage>`. A stage name is a DNS label
+/// (no dot), so the last dot splits a name back into its policy and stage: two policies never
+/// share a BindingPolicy name. At most 63 + 1 + 63 characters, within a name's 253.
 pub fn binding_policy_name(policy: &str, stage: &str) -> String {
-    format!("{policy}-{stage}")
+    format!("{policy}.{stage}")
+}
+
+/// The policy and stage a BindingPolicy (or its Binding) named `name` would place.
+pub fn placed_by(name: &str) -> Option<(&str, &str)> {
+    name.rsplit_once('.')
+}
+
+/// Whether `bp` is controlled by the StagedBindingPolicy with `uid`: only then may the
+/// controller write or delete it.
+pub fn controlled_by(bp: &BindingPolicy, uid: &str) -> bool {
+    bp.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid && o.kind == StagedBindingPolicy::kind(&()))
+}
+
+/// Whether `current`, a BindingPolicy this policy controls, already says what `desired` does.
+fn up_to_date(current: &BindingPolicy, desired: &BindingPolicy) -> bool {
+    let labels = current.labels();
+    current.spec == desired.spec && desired.labels().iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// The BindingPolicy placing stage `index`.
@@ -140,11 +197,27 @@ fn combined_for<'a>(combined: &[&'a CombinedStatus], bp: &str, clause: &Downsync
 }
 
 fn evaluate(observed: &Observed<'_>, index: usize, expressions: &StageExpressions) -> Verdict {
+    let policy = observed.policy;
+    let bp = binding_policy_name(&policy.name_any(), &policy.spec.stages[index].name);
+    // A stage whose name is another's BindingPolicy is not placed, so never fulfilled; that
+    // BindingPolicy's Binding says nothing about this rollout.
+    let uid = policy.uid().unwrap_or_default();
+    if observed
+        .found
+        .iter()
+        .any(|b| b.name_any() == bp && !controlled_by(b, &uid))
+    {
+        return Verdict::NotMet {
+            reason: BINDING_POLICY_CONFLICT,
+            message: format!(
+                "stage {:?} cannot be placed: BindingPolicy {bp} is not this policy's",
+                policy.spec.stages[index].name
+            ),
+        };
+    }
     let Some(condition) = &expressions.condition else {
         return Verdict::Met;
     };
-    let policy = observed.policy;
-    let bp = binding_policy_name(&policy.name_any(), &policy.spec.stages[index].name);
     let Some(binding) = observed.bindings.get(&bp) else {
         return Verdict::NotMet {
             reason: "AwaitingBinding",
@@ -355,6 +428,10 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
             progressing = (false, "Suspended".into(), "suspended: stages do not advance".into());
         } else if let Some(expressions) = expressions {
             let stage = spec.stages[index].clone();
+            let evaluated = binding_policy_name(&policy.name_any(), &stage.name);
+            if !observed.found.iter().any(|bp| bp.name_any() == evaluated) {
+                plan.unknown.push(evaluated);
+            }
             match evaluate(observed, index, &expressions[index]) {
                 Verdict::Met => {
                     let record = active_record(&mut status, &stage.name).map(|r| {
@@ -482,21 +559,64 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         (Some(index), PlacementMode::Move) => vec![index],
         (Some(index), PlacementMode::Keep) => (0..=index).collect(),
     };
-    let owned: BTreeMap<String, &BindingPolicy> = observed.owned.iter().map(|bp| (bp.name_any(), *bp)).collect();
-    for index in &wanted {
-        let desired = stage_binding_policy(policy, *index);
-        if owned
-            .get(&desired.name_any())
-            .is_none_or(|current| current.spec != desired.spec)
-        {
-            plan.apply.push(desired);
+    let uid = policy.uid().unwrap_or_default();
+    let found: BTreeMap<String, &BindingPolicy> = observed.found.iter().map(|bp| (bp.name_any(), *bp)).collect();
+    let mut conflicts = Vec::new();
+    if policy.name_any().len() > MAX_POLICY_NAME {
+        ready = (
+            false,
+            NAME_TOO_LONG.into(),
+            format!(
+                "the name is longer than {MAX_POLICY_NAME} characters, so it cannot label its BindingPolicies; nothing is placed"
+            ),
+        );
+    } else {
+        for index in &wanted {
+            let desired = stage_binding_policy(policy, *index);
+            match found.get(&desired.name_any()) {
+                None => {
+                    if !plan.unknown.contains(&desired.name_any()) {
+                        plan.unknown.push(desired.name_any());
+                    }
+                    plan.create.push(desired);
+                }
+                Some(current) if controlled_by(current, &uid) => {
+                    if !up_to_date(current, &desired) {
+                        let mut desired = desired;
+                        desired.metadata.resource_version = current.resource_version();
+                        plan.apply.push(desired);
+                    }
+                }
+                Some(_) => conflicts.push(desired.name_any()),
+            }
         }
     }
     let wanted_names: Vec<String> = wanted
         .iter()
         .map(|i| binding_policy_name(&policy.name_any(), &spec.stages[*i].name))
         .collect();
-    plan.delete = owned.keys().filter(|n| !wanted_names.contains(n)).cloned().collect();
+    plan.delete = found
+        .values()
+        .filter(|bp| controlled_by(bp, &uid) && !wanted_names.contains(&bp.name_any()))
+        .map(|bp| Prune {
+            name: bp.name_any(),
+            uid: bp.uid().unwrap_or_default(),
+        })
+        .collect();
+    if !conflicts.is_empty() {
+        let message = format!(
+            "BindingPolicy {} already exists and is not controlled by this StagedBindingPolicy; it is left as it is. Rename the stage or the policy, or remove that BindingPolicy",
+            conflicts.join(", ")
+        );
+        if ready.0 {
+            ready = (false, BINDING_POLICY_CONFLICT.into(), message.clone());
+        }
+        if progressing.0 {
+            progressing = (false, BINDING_POLICY_CONFLICT.into(), message);
+        }
+        let recheck = observed.now.checked_add(CONFLICT_RECHECK).unwrap_or(observed.now);
+        plan.wake_at = Some(plan.wake_at.map_or(recheck, |at| at.min(recheck)));
+    }
 
     for (type_, (value, reason, message)) in [
         (READY, ready),
@@ -593,7 +713,7 @@ mod tests {
     struct World {
         bindings: Vec<Binding>,
         combined: Vec<CombinedStatus>,
-        owned: Vec<BindingPolicy>,
+        found: Vec<BindingPolicy>,
     }
 
     fn run(policy: &StagedBindingPolicy, world: &World, now: &str) -> Plan {
@@ -605,10 +725,14 @@ mod tests {
                 Ok(e) => Ok(e.as_slice()),
                 Err(e) => Err(e.as_str()),
             },
-            owned: world.owned.iter().collect(),
+            found: world.found.iter().collect(),
             bindings: world.bindings.iter().map(|b| (b.name_any(), b)).collect(),
             combined: world.combined.iter().collect(),
         })
+    }
+
+    fn names(pruned: &[Prune]) -> Vec<&str> {
+        pruned.iter().map(|p| p.name.as_str()).collect()
     }
 
     fn reason(plan: &Plan, type_: &str) -> String {
@@ -621,44 +745,47 @@ mod tests {
         let empty = World {
             bindings: vec![],
             combined: vec![],
-            owned: vec![],
+            found: vec![],
         };
         let first = run(&policy, &empty, "2026-01-01T00:00:00Z");
         assert_eq!(first.status.active_stage.as_deref(), Some("dev"));
-        assert_eq!(first.apply.len(), 1);
-        assert_eq!(first.apply[0].name_any(), "p-dev");
+        assert_eq!(first.create.len(), 1);
+        assert_eq!(first.create[0].name_any(), "p.dev");
         assert_eq!(reason(&first, PROGRESSING), "AwaitingBinding");
 
         policy.status = Some(first.status.clone());
         let mut world = World {
-            bindings: vec![binding("p-dev")],
-            combined: vec![combined("p-dev", "0")],
-            owned: first.apply.clone(),
+            bindings: vec![binding("p.dev")],
+            combined: vec![combined("p.dev", "0")],
+            found: first.create.clone(),
         };
         let not_yet = run(&policy, &world, "2026-01-01T00:00:05Z");
         assert_eq!(reason(&not_yet, PROGRESSING), "ConditionNotMet");
-        assert!(not_yet.apply.is_empty(), "the placed BindingPolicy is already right");
+        assert!(
+            not_yet.apply.is_empty() && not_yet.create.is_empty(),
+            "the placed BindingPolicy is already right"
+        );
 
-        world.combined = vec![combined("p-dev", "1")];
+        world.combined = vec![combined("p.dev", "1")];
         let advanced = run(&policy, &world, "2026-01-01T00:00:10Z");
         assert_eq!(advanced.status.active_stage.as_deref(), Some("prod"));
-        assert_eq!(advanced.apply[0].name_any(), "p-prod");
+        assert_eq!(advanced.create[0].name_any(), "p.prod");
         assert_eq!(
-            advanced.delete,
-            vec!["p-dev"],
+            names(&advanced.delete),
+            ["p.dev"],
             "Move leaves only the active stage placed"
         );
         assert_eq!(advanced.status.history[0].outcome, "Fulfilled");
 
         policy.status = Some(advanced.status.clone());
-        world.owned = advanced.apply.clone();
+        world.found = advanced.create.clone();
         let done = run(&policy, &world, "2026-01-01T00:00:11Z");
         assert_eq!(reason(&done, COMPLETE), "RolloutComplete");
         // Steady state: nothing to write, apply or delete.
         policy.status = Some(done.status.clone());
         let rest = run(&policy, &world, "2026-01-01T00:10:00Z");
         assert_eq!(Some(&rest.status), policy.status.as_ref());
-        assert!(rest.apply.is_empty() && rest.delete.is_empty() && rest.events.is_empty());
+        assert!(rest.apply.is_empty() && rest.create.is_empty() && rest.delete.is_empty() && rest.events.is_empty());
     }
 
     #[test]
@@ -670,24 +797,24 @@ mod tests {
             &World {
                 bindings: vec![],
                 combined: vec![],
-                owned: vec![],
+                found: vec![],
             },
             "2026-01-01T00:00:00Z",
         );
         policy.status = Some(start.status);
         let world = World {
-            bindings: vec![binding("p-dev")],
-            combined: vec![combined("p-dev", "1")],
-            owned: vec![],
+            bindings: vec![binding("p.dev")],
+            combined: vec![combined("p.dev", "1")],
+            found: vec![],
         };
         let soaking = run(&policy, &world, "2026-01-01T00:00:10Z");
         assert_eq!(reason(&soaking, PROGRESSING), "Soaking");
         assert_eq!(soaking.wake_at, Some(t("2026-01-01T00:01:10Z")));
         policy.status = Some(soaking.status);
         let broke = World {
-            bindings: vec![binding("p-dev")],
-            combined: vec![combined("p-dev", "0")],
-            owned: vec![],
+            bindings: vec![binding("p.dev")],
+            combined: vec![combined("p.dev", "0")],
+            found: vec![],
         };
         let reset = run(&policy, &broke, "2026-01-01T00:00:30Z");
         assert_eq!(reset.status.history[0].condition_met, None);
@@ -701,17 +828,17 @@ mod tests {
         let mut policy = seed(json!({"progressDeadlineSeconds": 30, "onFailure": "Rollback"}));
         policy.spec.stages[1].condition = Some(SEED_CONDITION.into());
         let mut world = World {
-            bindings: vec![binding("p-dev")],
-            combined: vec![combined("p-dev", "1")],
-            owned: vec![],
+            bindings: vec![binding("p.dev")],
+            combined: vec![combined("p.dev", "1")],
+            found: vec![],
         };
         let start = run(&policy, &world, "2026-01-01T00:00:00Z");
         policy.status = Some(start.status);
         let advanced = run(&policy, &world, "2026-01-01T00:00:01Z");
         assert_eq!(advanced.status.active_stage.as_deref(), Some("prod"));
         policy.status = Some(advanced.status);
-        world.bindings.push(binding("p-prod"));
-        world.combined.push(combined("p-prod", "0"));
+        world.bindings.push(binding("p.prod"));
+        world.combined.push(combined("p.prod", "0"));
         let waiting = run(&policy, &world, "2026-01-01T00:00:10Z");
         assert_eq!(
             waiting.wake_at,
@@ -722,7 +849,7 @@ mod tests {
         let failed = run(&policy, &world, "2026-01-01T00:00:31Z");
         assert_eq!(failed.status.active_stage.as_deref(), Some("dev"));
         assert_eq!(reason(&failed, FAILED), "RolledBack");
-        assert_eq!(failed.apply[0].name_any(), "p-dev");
+        assert_eq!(failed.create[0].name_any(), "p.dev");
         assert!(failed.events.iter().any(|e| e.reason == "RolledBack" && e.warning));
         // Stopped until the spec changes.
         policy.status = Some(failed.status);
@@ -736,9 +863,9 @@ mod tests {
         let mut policy = seed(json!({}));
         policy.spec.stages[0].condition = Some("combinedStatus.results.exists(r, r.name ==".into());
         let world = World {
-            bindings: vec![binding("p-dev")],
-            combined: vec![combined("p-dev", "1")],
-            owned: vec![],
+            bindings: vec![binding("p.dev")],
+            combined: vec![combined("p.dev", "1")],
+            found: vec![],
         };
         let plan = run(&policy, &world, "2026-01-01T00:00:00Z");
         let ready = find_condition(&plan.status.conditions, READY).unwrap();
@@ -757,9 +884,9 @@ mod tests {
         let mut policy = seed(json!({}));
         policy.spec.stages[1].require_approval = Some(true);
         let world = World {
-            bindings: vec![binding("p-dev")],
-            combined: vec![combined("p-dev", "1")],
-            owned: vec![],
+            bindings: vec![binding("p.dev")],
+            combined: vec![combined("p.dev", "1")],
+            found: vec![],
         };
         let start = run(&policy, &world, "2026-01-01T00:00:00Z");
         policy.status = Some(start.status);
@@ -770,5 +897,192 @@ mod tests {
         policy.status = Some(gated.status);
         let approved = run(&policy, &world, "2026-01-01T00:00:02Z");
         assert_eq!(approved.status.active_stage.as_deref(), Some("prod"));
+    }
+
+    /// A BindingPolicy named `name`, controlled by the policy with `controller` (if any),
+    /// labelled as policy `labelled_for`'s (if any).
+    fn found_bp(name: &str, controller: Option<&str>, labelled_for: Option<&str>) -> BindingPolicy {
+        let mut bp = stage_binding_policy(&seed(json!({})), 0);
+        bp.metadata.name = Some(name.into());
+        bp.metadata.uid = Some(format!("uid-of-{name}"));
+        bp.metadata.resource_version = Some("42".into());
+        bp.metadata.owner_references = controller.map(|uid| {
+            let mut policy = seed(json!({}));
+            policy.metadata.uid = Some(uid.into());
+            vec![policy.controller_owner_ref(&()).unwrap()]
+        });
+        bp.metadata.labels = labelled_for.map(|p| [(POLICY_LABEL.to_string(), p.to_string())].into());
+        bp
+    }
+
+    #[test]
+    fn names_of_different_policies_and_stages_never_collide() {
+        assert_ne!(binding_policy_name("a", "b-c"), binding_policy_name("a-b", "c"));
+        assert_eq!(binding_policy_name("a", "b-c"), "a.b-c");
+        // A policy name may hold dots, a stage name may not: the last dot splits them.
+        assert_eq!(
+            placed_by(&binding_policy_name("web.team-a", "prod")),
+            Some(("web.team-a", "prod"))
+        );
+        assert_eq!(placed_by("old-style-name"), None);
+    }
+
+    #[test]
+    fn a_binding_policy_the_policy_does_not_control_is_left_alone_and_reported() {
+        let policy = seed(json!({}));
+        let now = "2026-01-01T00:00:00Z";
+        for (what, victim) in [
+            ("no owner", found_bp("p.dev", None, None)),
+            ("another policy's", found_bp("p.dev", Some("uid-q"), Some("q"))),
+            ("labelled as p's, not controlled", found_bp("p.dev", None, Some("p"))),
+        ] {
+            let world = World {
+                bindings: vec![binding("p.dev")],
+                combined: vec![combined("p.dev", "1")],
+                found: vec![victim],
+            };
+            let plan = run(&policy, &world, now);
+            assert!(
+                plan.create.is_empty() && plan.apply.is_empty() && plan.delete.is_empty(),
+                "{what}: {plan:?}"
+            );
+            let ready = find_condition(&plan.status.conditions, READY).unwrap();
+            assert_eq!(
+                (ready.status.as_str(), ready.reason.as_str()),
+                ("False", BINDING_POLICY_CONFLICT),
+                "{what}"
+            );
+            assert!(
+                ready.message.contains("BindingPolicy p.dev already exists"),
+                "{}",
+                ready.message
+            );
+            assert_eq!(reason(&plan, PROGRESSING), BINDING_POLICY_CONFLICT, "{what}");
+            assert!(
+                plan.events
+                    .iter()
+                    .any(|e| e.warning && e.reason == BINDING_POLICY_CONFLICT),
+                "{what}: {:?}",
+                plan.events
+            );
+            assert_eq!(
+                plan.wake_at,
+                Some(t(now).checked_add(CONFLICT_RECHECK).unwrap()),
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_stage_that_cannot_be_placed_is_not_fulfilled_even_without_a_condition() {
+        let mut policy = seed(json!({}));
+        policy.spec.stages[0].condition = None;
+        let world = World {
+            bindings: vec![],
+            combined: vec![],
+            found: vec![found_bp("p.dev", None, None)],
+        };
+        let start = run(&policy, &world, "2026-01-01T00:00:00Z");
+        policy.status = Some(start.status);
+        let plan = run(&policy, &world, "2026-01-01T00:00:01Z");
+        assert_eq!(plan.status.active_stage.as_deref(), Some("dev"), "does not move on");
+        assert!(plan.unknown.is_empty(), "{:?}", plan.unknown);
+        assert!(plan.create.is_empty(), "{:?}", plan.create);
+        assert_eq!(reason(&plan, PROGRESSING), BINDING_POLICY_CONFLICT);
+        assert_eq!(reason(&plan, COMPLETE), "NotComplete");
+    }
+
+    #[test]
+    fn every_name_taken_to_be_free_is_named_for_the_controller_to_look_up() {
+        // Before the controller has looked: dev has no condition, so it would move on to prod,
+        // relying on dev's name and prod's being free.
+        let mut policy = seed(json!({}));
+        policy.spec.stages[0].condition = None;
+        let empty = World {
+            bindings: vec![],
+            combined: vec![],
+            found: vec![],
+        };
+        let start = run(&policy, &empty, "2026-01-01T00:00:00Z");
+        assert_eq!(start.unknown, ["p.dev", "p.prod"]);
+        assert_eq!(start.create[0].name_any(), "p.prod");
+        policy.status = Some(start.status);
+        let placed = World {
+            bindings: vec![],
+            combined: vec![],
+            found: vec![stage_binding_policy(&policy, 1)],
+        };
+        let steady = run(&policy, &placed, "2026-01-01T00:00:01Z");
+        assert!(steady.unknown.is_empty(), "{:?}", steady.unknown);
+    }
+
+    #[test]
+    fn a_conflict_clears_once_the_other_binding_policy_is_gone() {
+        let mut policy = seed(json!({}));
+        let world = World {
+            bindings: vec![],
+            combined: vec![],
+            found: vec![found_bp("p.dev", None, None)],
+        };
+        let refused = run(&policy, &world, "2026-01-01T00:00:00Z");
+        policy.status = Some(refused.status);
+        let gone = World {
+            bindings: vec![],
+            combined: vec![],
+            found: vec![],
+        };
+        let placed = run(&policy, &gone, "2026-01-01T00:01:00Z");
+        assert_eq!(placed.create.len(), 1);
+        assert_eq!(placed.create[0].name_any(), "p.dev");
+        assert_eq!(find_condition(&placed.status.conditions, READY).unwrap().status, "True");
+    }
+
+    #[test]
+    fn only_controlled_binding_policies_are_updated_or_pruned() {
+        let mut policy = seed(json!({}));
+        policy.spec.stages[0].cluster_selectors =
+            serde_json::from_value(json!([{"matchLabels": {"env": "staging"}}])).unwrap();
+        let world = World {
+            bindings: vec![],
+            combined: vec![],
+            found: vec![
+                // Ours, under the new name, with an old spec: updated over the version seen.
+                found_bp("p.dev", Some("uid-p"), Some("p")),
+                // Ours, under the old `<policy>-<stage>` name: pruned.
+                found_bp("p-dev", Some("uid-p"), Some("p")),
+                // Labelled as ours but someone else's: untouched.
+                found_bp("p-prod", None, Some("p")),
+            ],
+        };
+        let plan = run(&policy, &world, "2026-01-01T00:00:00Z");
+        assert!(plan.create.is_empty());
+        assert_eq!(plan.apply.len(), 1);
+        assert_eq!(plan.apply[0].name_any(), "p.dev");
+        assert_eq!(plan.apply[0].resource_version().as_deref(), Some("42"));
+        assert_eq!(
+            plan.delete,
+            [Prune {
+                name: "p-dev".into(),
+                uid: "uid-of-p-dev".into()
+            }]
+        );
+        assert_eq!(find_condition(&plan.status.conditions, READY).unwrap().status, "True");
+    }
+
+    #[test]
+    fn a_name_too_long_to_label_places_nothing() {
+        let mut policy = seed(json!({}));
+        policy.metadata.name = Some("x".repeat(MAX_POLICY_NAME + 1));
+        let plan = run(
+            &policy,
+            &World {
+                bindings: vec![],
+                combined: vec![],
+                found: vec![],
+            },
+            "2026-01-01T00:00:00Z",
+        );
+        assert!(plan.create.is_empty() && plan.apply.is_empty());
+        assert_eq!(reason(&plan, READY), NAME_TOO_LONG);
     }
 }

@@ -1,5 +1,9 @@
 //! Success and failure actions: `[{name, parameters}]` plugins run when a TaskRun ends.
 //! Adding one is one module: implement [`Action`] and list it in [`Registry::builtin`].
+//!
+//! An action runs with task-workflow's rights, which serve every namespace's Tasks: it acts
+//! only in its run's namespace (the run itself, a Secret or an object there), never on a
+//! namespace a parameter names, and refuses what it will not do as its result's message.
 
 mod annotate;
 mod event;
