@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ResourceQuota, Secret};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use orrery_e2e::{Deadline, TestEnv, create, poll_until, serve_every_test, wait_not_ready, wait_ready};
+use orrery_e2e::{Deadline, TestEnv, access, create, poll_until, serve_every_test, wait_not_ready, wait_ready};
 use orrery_runtime::Context;
 use serde_json::{Value, json};
 
@@ -51,24 +51,13 @@ async fn start() -> TestEnv {
 /// `namespaced` rules in the test's own namespace.
 async fn user(env: &TestEnv, who: &str, rules: Value, namespaced: Value) -> Client {
     let name = format!("{}-{who}", env.namespace);
-    let grant = |kind: &str, namespace: Option<&str>, rules: &Value| {
-        let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind,
-            "metadata": {"name": name, "namespace": namespace}, "rules": rules});
-        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": format!("{kind}Binding"),
-            "metadata": {"name": name, "namespace": namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name},
-            "subjects": [{"kind": "User", "name": name, "apiGroup": "rbac.authorization.k8s.io"}]});
-        [role, binding]
-    };
-    let objects =
-        grant("ClusterRole", None, &rules)
-            .into_iter()
-            .chain(grant("Role", Some(&env.namespace), &namespaced));
-    for object in objects {
-        let object: kube::api::DynamicObject = serde_json::from_value(object).unwrap();
-        orrery_e2e::apply(&env.client, &object, false).await.unwrap();
+    if rules.as_array().is_some_and(|r| !r.is_empty()) {
+        access::grant(env, &name, None, rules).await.unwrap();
     }
-    Client::try_from(env.impersonating(&name, &["system:authenticated"])).unwrap()
+    if namespaced.as_array().is_some_and(|r| !r.is_empty()) {
+        access::grant(env, &name, Some(&env.namespace), namespaced).await.unwrap();
+    }
+    access::client_as(env, &name).unwrap()
 }
 
 /// Creates a namespace as its owner (the admin), holding a ConfigMap of data.
