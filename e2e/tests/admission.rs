@@ -49,7 +49,7 @@ async fn install_policies(env: &TestEnv) {
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "ValidatingAdmissionPolicy").count(),
-        7,
+        8,
         "one policy per rule: {kinds:?}"
     );
     for object in &policies {
@@ -67,6 +67,15 @@ async fn install_policies(env: &TestEnv) {
             {"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks"], "verbs": ["create"]},
             {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["update"], "resourceNames": ["admission-probe"]},
         ]),
+    )
+    .await;
+    // Pods only in kube-public: there a Task breaks only the rule on Secrets.
+    grant_in(
+        env,
+        &prober,
+        "kube-public",
+        "pods",
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]),
     )
     .await;
     let dry_run = PostParams {
@@ -139,6 +148,17 @@ async fn install_policies(env: &TestEnv) {
                     create::<Task>(Api::namespaced(client.clone(), "default"), "probe", task_spec(), &dry_run)
                         .await
                         .map(drop),
+                ),
+                (
+                    "task-secrets",
+                    create::<Task>(
+                        Api::namespaced(client.clone(), "kube-public"),
+                        "probe",
+                        task_posting_a_secret_url(),
+                        &dry_run,
+                    )
+                    .await
+                    .map(drop),
                 ),
             ];
             let waiting: Vec<String> = probes
@@ -350,6 +370,54 @@ async fn a_task_or_taskrun_needs_its_creator_to_create_pods_in_its_namespace() {
     .await;
     create(tasks, "hostile", task_spec(), &params).await.unwrap();
     create(runs, "by-hand", json!({"taskRef": {"name": "hostile"}}), &params)
+        .await
+        .unwrap();
+}
+
+fn task_posting_a_secret_url() -> Value {
+    let mut spec = task_spec();
+    spec["successActions"] = json!(["event", {"name": "http-post", "parameters":
+        {"urlFrom": {"secretKeyRef": {"name": "webhook", "key": "url"}}}}]);
+    spec
+}
+
+#[tokio::test]
+async fn a_task_posting_to_a_url_from_a_secret_needs_its_creator_to_read_secrets_there() {
+    let env = TestEnv::new().await;
+    install_policies(&env).await;
+    let ns = env.namespace.clone();
+    let author = grant(
+        &env,
+        "task-author",
+        json!([{"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks"], "verbs": ["create", "update"]},
+               {"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]),
+    )
+    .await;
+    let tasks = Api::<Task>::namespaced(author.client.clone(), &ns);
+    let params = PostParams::default();
+    assert_refused(
+        create(tasks.clone(), "notify", task_posting_a_secret_url(), &params).await,
+        "task-secrets",
+        &format!(
+            "Task notify has task-workflow read a Secret in namespace {ns} for an http-post URL: {} lacks get on secrets there",
+            author.name
+        ),
+    );
+    // A literal URL, or no http-post, reads no Secret: admitted.
+    let mut literal = task_spec();
+    literal["successActions"] = json!([{"name": "http-post", "parameters": {"url": "http://hooks.example/x"}}]);
+    create(tasks.clone(), "literal", literal, &params).await.unwrap();
+
+    // The legitimate use: with the right to read Secrets there, the same Task is admitted.
+    grant_in(
+        &env,
+        &author,
+        &ns,
+        "secrets",
+        json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]),
+    )
+    .await;
+    create(tasks, "notify", task_posting_a_secret_url(), &params)
         .await
         .unwrap();
 }

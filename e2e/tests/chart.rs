@@ -161,7 +161,8 @@ fn each_controller_brings_only_its_crds_and_least_privilege_rbac() {
         // The admission policies come with the controller they protect, one per rule.
         let policies = match controller {
             "hierarchy-executor" => 5,
-            "staged-binding" | "task-workflow" => 1,
+            "task-workflow" => 2,
+            "staged-binding" => 1,
             _ => 0,
         };
         for _ in 0..policies {
