@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding};
 use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::{Api, Client, Config};
 use serde_json::{Value, json};
 
 use crate::{Deadline, TestEnv, helm, poll_until};
@@ -105,6 +105,12 @@ pub fn client_as(env: &TestEnv, user: &str) -> anyhow::Result<Client> {
 /// A client acting as ServiceAccount `controller` of the test's namespace, bound cluster-wide
 /// to exactly the rules of the chart's ClusterRole for that controller.
 pub async fn as_controller(env: &TestEnv, controller: &str) -> anyhow::Result<Client> {
+    Ok(Client::try_from(controller_config(env, controller).await?)?)
+}
+
+/// [`as_controller`]'s configuration, for a client made on another runtime (a client's
+/// connections live on the runtime that made it).
+pub async fn controller_config(env: &TestEnv, controller: &str) -> anyhow::Result<Config> {
     let objects = crate::yaml_objects(&helm::controller_only(controller)?)?;
     let role = objects
         .into_iter()
@@ -112,12 +118,12 @@ pub async fn as_controller(env: &TestEnv, controller: &str) -> anyhow::Result<Cl
         .context("the chart renders no ClusterRole")?;
     let user = service_account_user(&env.namespace, controller);
     grant(env, &user, None, role.data["rules"].clone()).await?;
-    Ok(Client::try_from(env.impersonating(
+    Ok(env.impersonating(
         &user,
         &[
             "system:serviceaccounts",
             &format!("system:serviceaccounts:{}", env.namespace),
             "system:authenticated",
         ],
-    ))?)
+    ))
 }

@@ -3,7 +3,8 @@
 //! not do directly, and the executor refuses with a condition saying why, while the owner's
 //! objects stay as they were. Admission policies (the chart's, tested in `admission.rs`) would
 //! refuse most of these earlier; here the controller's own checks are shown to hold without
-//! them. Each case also shows the legitimate use still working.
+//! them. The controllers act with exactly the chart's RBAC. Each case also shows the
+//! legitimate use still working.
 
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,13 +29,26 @@ use serde_json::{Value, json};
 const RELEASE_NAMESPACE: &str = "orrery-system";
 
 /// hierarchy-executor (protecting [`RELEASE_NAMESPACE`]) and policy-runner, cluster-wide as
-/// deployed, serve every test of this file; each test names its objects after its namespace.
+/// deployed and each acting as its chart ServiceAccount with exactly the chart's rules, serve
+/// every test of this file; each test names its objects after its namespace.
 async fn start() -> TestEnv {
     static STARTED: OnceLock<()> = OnceLock::new();
     let env = TestEnv::new().await;
-    serve_every_test(&STARTED, |client| async move {
-        let (executor, _stop_executor) = Context::standalone(client.clone(), hierarchy_executor::controller::NAME);
-        let (runner, _stop_runner) = Context::standalone(client, policy_runner::NAME);
+    if STARTED.get().is_some() {
+        return env;
+    }
+    let executor_config = access::controller_config(&env, hierarchy_executor::controller::NAME)
+        .await
+        .unwrap();
+    let runner_config = access::controller_config(&env, policy_runner::NAME).await.unwrap();
+    serve_every_test(&STARTED, move |_admin| async move {
+        // Made here: a client's connections live on the runtime that made it.
+        let (executor_client, runner_client) = (
+            Client::try_from(executor_config).unwrap(),
+            Client::try_from(runner_config).unwrap(),
+        );
+        let (executor, _stop_executor) = Context::standalone(executor_client, hierarchy_executor::controller::NAME);
+        let (runner, _stop_runner) = Context::standalone(runner_client, policy_runner::NAME);
         let protected = Protected::new([RELEASE_NAMESPACE.to_owned()]);
         let (executed, ran) = tokio::join!(
             hierarchy_executor::controller::run_with(executor, Registry::builtin(), protected),
@@ -55,7 +69,9 @@ async fn user(env: &TestEnv, who: &str, rules: Value, namespaced: Value) -> Clie
         access::grant(env, &name, None, rules).await.unwrap();
     }
     if namespaced.as_array().is_some_and(|r| !r.is_empty()) {
-        access::grant(env, &name, Some(&env.namespace), namespaced).await.unwrap();
+        access::grant(env, &name, Some(&env.namespace), namespaced)
+            .await
+            .unwrap();
     }
     access::client_as(env, &name).unwrap()
 }
