@@ -92,39 +92,29 @@ async fn owners_namespace(env: &TestEnv, name: &str) {
 
 /// Objects in `namespace` marked as made by the hierarchy executor for anything.
 async fn orrery_objects_in(env: &TestEnv, namespace: &str) -> Vec<String> {
-    let marked = ListParams::default().labels(OWNER_LABEL);
-    let mut found = Vec::new();
-    let bindings = Api::<RoleBinding>::namespaced(env.client.clone(), namespace);
-    found.extend(
-        bindings
-            .list(&marked)
+    async fn marked<K>(env: &TestEnv, namespace: &str) -> Vec<String>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let objects = Api::<K>::namespaced(env.client.clone(), namespace)
+            .list(&ListParams::default().labels(OWNER_LABEL))
             .await
-            .unwrap()
+            .unwrap();
+        objects
             .items
             .iter()
-            .map(|b| format!("RoleBinding {}", b.name_any())),
-    );
-    let quotas = Api::<ResourceQuota>::namespaced(env.client.clone(), namespace);
-    found.extend(
-        quotas
-            .list(&marked)
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .map(|q| format!("ResourceQuota {}", q.name_any())),
-    );
-    let deployments = Api::<Deployment>::namespaced(env.client.clone(), namespace);
-    found.extend(
-        deployments
-            .list(&marked)
-            .await
-            .unwrap()
-            .items
-            .iter()
-            .map(|d| format!("Deployment {}", d.name_any())),
-    );
-    found
+            .map(|o| format!("{} {}", K::kind(&()), o.name_any()))
+            .collect()
+    }
+    [
+        marked::<RoleBinding>(env, namespace).await,
+        marked::<ResourceQuota>(env, namespace).await,
+        marked::<Deployment>(env, namespace).await,
+    ]
+    .concat()
 }
 
 /// An object's spec and labels, and when and how each manager last wrote it: equal before
