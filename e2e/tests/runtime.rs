@@ -237,3 +237,61 @@ async fn watches_stream_their_initial_objects_where_the_api_server_offers_it() {
     assert_eq!(fallback.initial_list_strategy, InitialListStrategy::ListWatch);
     assert_eq!(fallback.list_semantic, ListSemantic::Any);
 }
+
+/// The workspace's build directory, where `cargo test --workspace` puts every binary.
+fn built_binaries() -> std::path::PathBuf {
+    std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("debug")
+}
+
+/// Every controller binary (not a probe) answers `/healthz` from the start and turns
+/// `/readyz` to 200 once every cache it made through the runtime has listed: readiness comes
+/// from the runtime, so no controller can forget to report it.
+#[tokio::test]
+async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
+    let env = TestEnv::new().await;
+    let binaries = [
+        "ignitor-scheduler",
+        "task-workflow",
+        "staged-binding",
+        "hierarchy-executor",
+        "policy-runner",
+        "example-executor",
+    ];
+    for binary in binaries {
+        let path = built_binaries().join(binary);
+        assert!(
+            path.exists(),
+            "{} is not built: `cargo test --workspace` builds it (or `cargo build --workspace`)",
+            path.display()
+        );
+        let port = free_port();
+        let log = std::fs::File::create(env.plane().dir().join(format!("{binary}-ready.log"))).unwrap();
+        let child = Command::new(&path)
+            .arg("--kubeconfig")
+            .arg(env.plane().kubeconfig_path())
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--leader-elect=false")
+            .args(["--watch-namespace", &env.namespace])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|err| panic!("spawn {binary}: {err}"));
+        let controller = Probe { child, port };
+        poll_until(&format!("{binary}'s /readyz"), Deadline::default(), || async {
+            let (health, _) = get(controller.port, "/healthz").await?;
+            assert_eq!(health, 200, "{binary}'s /healthz while starting");
+            match get(controller.port, "/readyz").await? {
+                (200, body) if body.contains("caches synced") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        assert_eq!(get(controller.port, "/healthz").await.unwrap().0, 200, "{binary}");
+    }
+}

@@ -43,7 +43,7 @@ pub const EXAMPLE: Executor = Executor {
 /// Runs until the context's shutdown signal.
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher_config(&context.api::<Application>()).await;
-    let (applications, trigger) = watched_and_cached(context.api::<Application>(), config);
+    let (applications, trigger) = watched_and_cached(&context.readiness, context.api::<Application>(), config);
     let state = Arc::new((context.clone(), Registry::of(&[EXAMPLE])));
     Controller::for_stream(trigger, applications)
         .with_config(context.controller_config())

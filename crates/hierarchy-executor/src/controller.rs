@@ -30,8 +30,8 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 pub use orrery_runtime::Error;
 use orrery_runtime::{
-    BoxError, Context, apply_status, has_finalizer, is_not_found, set_finalizer, wait_synced, watched,
-    watched_and_cached, watched_and_cached_slim, watcher_config,
+    BoxError, Context, apply_status, has_finalizer, is_not_found, set_finalizer, watched, watched_and_cached,
+    watched_and_cached_slim, watcher_config,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -119,12 +119,23 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
     let client = context.client.clone();
     let config = watcher_config(&Api::<Project>::all(client.clone())).await;
     // Each controller has its own watches: a cache it reads is fed by a stream it is triggered by.
-    let (projects, project_trigger) = watched_and_cached(Api::<Project>::all(client.clone()), config.clone());
-    let (clusters, cluster_trigger) = watched_and_cached(Api::<Cluster>::all(client.clone()), config.clone());
-    let (virtual_clusters, vc_trigger) = watched_and_cached(Api::<VirtualCluster>::all(client.clone()), config.clone());
-    let (applications, app_trigger) = watched_and_cached(Api::<Application>::all(client.clone()), config.clone());
+    let (projects, project_trigger) =
+        watched_and_cached(&context.readiness, Api::<Project>::all(client.clone()), config.clone());
+    let (clusters, cluster_trigger) =
+        watched_and_cached(&context.readiness, Api::<Cluster>::all(client.clone()), config.clone());
+    let (virtual_clusters, vc_trigger) = watched_and_cached(
+        &context.readiness,
+        Api::<VirtualCluster>::all(client.clone()),
+        config.clone(),
+    );
+    let (applications, app_trigger) = watched_and_cached(
+        &context.readiness,
+        Api::<Application>::all(client.clone()),
+        config.clone(),
+    );
     // What parents read of their children: names, parent references, finalizers, conditions.
     let (project_clusters, project_clusters_trigger) = watched_and_cached_slim(
+        &context.readiness,
         Api::<Cluster>::all(client.clone()),
         config.clone(),
         |c: &mut Cluster| {
@@ -138,6 +149,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         },
     );
     let (cluster_virtual_clusters, cluster_vcs_trigger) = watched_and_cached_slim(
+        &context.readiness,
         Api::<VirtualCluster>::all(client.clone()),
         config.clone(),
         |v: &mut VirtualCluster| {
@@ -153,6 +165,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         },
     );
     let (virtual_cluster_applications, vc_apps_trigger) = watched_and_cached_slim(
+        &context.readiness,
         Api::<Application>::all(client.clone()),
         config.clone(),
         |a: &mut Application| {
@@ -167,19 +180,6 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
             });
         },
     );
-    let readiness = context.readiness.clone();
-    let caches = (
-        projects.clone(),
-        clusters.clone(),
-        virtual_clusters.clone(),
-        applications.clone(),
-    );
-    tokio::spawn(async move {
-        let (p, c, v, a) = caches;
-        if wait_synced(&p).await && wait_synced(&c).await && wait_synced(&v).await && wait_synced(&a).await {
-            readiness.set_synced();
-        }
-    });
     let state = Arc::new(State {
         context: context.clone(),
         registry,

@@ -10,7 +10,7 @@ use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, Resource, ResourceExt};
 pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, apply_status, watcher_config};
+use orrery_runtime::{BoxError, Context, apply_status, watched_and_cached, watcher_config};
 use tracing::info;
 
 use crate::plan::{Observed, plan};
@@ -26,10 +26,8 @@ struct State {
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let api: Api<Ignitor> = context.api();
     let config = watcher_config(&api).await;
-    let controller = Controller::new(api, config);
-    let store = controller.store();
-    let readiness = context.readiness.clone();
-    tokio::spawn(async move { readiness.set_synced_when_ready(&[store]).await });
+    let (store, trigger) = watched_and_cached(&context.readiness, api, config);
+    let controller = Controller::for_stream(trigger, store);
     let shutdown = context.shutdown_signal();
     controller
         .with_config(context.controller_config())

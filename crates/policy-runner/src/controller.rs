@@ -87,7 +87,7 @@ async fn run_kind<K: Subject>(
     api: Api<K>,
     config: watcher::Config,
 ) {
-    let (cache, trigger) = watched_and_cached(api, config);
+    let (cache, trigger) = watched_and_cached(&context.readiness, api, config);
     let state = Arc::new(State {
         context: context.clone(),
         registry: registry.clone(),

@@ -280,7 +280,7 @@ where
         metrics.leader.set(1);
         leadership = Some((leader_rx, task));
     }
-    readiness.set_starting();
+    readiness.set_leading();
 
     let context = Context {
         recorder: Recorder::new(client.clone(), name, identity),

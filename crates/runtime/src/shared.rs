@@ -1,7 +1,8 @@
 //! Watches and caches for controllers. A cache a reconcile reads from is filled by the very
 //! stream that triggers the reconcile, so a trigger never arrives before its change is cached.
 //! A stream is shared only by controllers of one process that read the same cache, whose
-//! queues take each trigger at once (one slow consumer would hold up the others). `managedFields` and
+//! queues take each trigger at once (one slow consumer would hold up the others). Every cache
+//! is tracked by the replica's [`Readiness`]: `/readyz` waits for all of them. `managedFields` and
 //! `kubectl apply`'s last-applied-configuration annotation (a second copy of the object) are
 //! dropped on the way in: together they are most of an object's metadata and no controller
 //! reads them.
@@ -14,6 +15,8 @@ use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
+
+use crate::health::Readiness;
 
 fn stripped<K>(
     api: Api<K>,
@@ -51,15 +54,21 @@ where
 
 /// [`watched_and_cached`], each object trimmed by `slim` before it is cached: for a cache that
 /// needs only a few fields of many objects (a parent rolling up its children's conditions).
-pub fn watched_and_cached_slim<K>(
+pub fn watched_and_cached_slim<K, S>(
+    readiness: &Readiness,
     api: Api<K>,
     config: watcher::Config,
-    slim: impl FnMut(&mut K) + Send + 'static,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
+    slim: S,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + use<K, S>,
+)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    S: FnMut(&mut K) + Send + 'static,
 {
     let (store, writer) = reflector::store();
+    readiness.track(&store);
     (
         store,
         stripped(api, config).modify(slim).reflect(writer).applied_objects(),
@@ -72,32 +81,41 @@ where
 /// stays in memory, and the resourceVersion tells whether a copy read earlier is still current.
 /// `observe` sees every event whole first, to keep whatever index of the objects' contents the
 /// controllers need.
-pub fn watched_and_cached_metadata_shared<K>(
+pub fn watched_and_cached_metadata_shared<K, O>(
+    readiness: &Readiness,
     api: Api<K>,
     config: watcher::Config,
-    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
+    observe: O,
     controllers: usize,
-) -> SharedCache<PartialObjectMeta<K>, impl Future<Output = ()> + Send>
+) -> SharedCache<PartialObjectMeta<K>, impl Future<Output = ()> + Send + use<K, O>>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    O: FnMut(&watcher::Event<K>) + Send + 'static,
 {
-    watched_and_cached_as_shared(api, config, observe, metadata_of, controllers)
+    watched_and_cached_as_shared(readiness, api, config, observe, metadata_of, controllers)
 }
 
 /// A watch of `api` whose cache keeps each object as `cached(object)`: a lighter type holding
 /// the few fields the controller reads, when even a slimmed object is mostly empty space (a
 /// `Pod` takes 2.4 KiB before any of its contents). `observe` sees every event whole first.
-pub fn watched_and_cached_as<K, C>(
+pub fn watched_and_cached_as<K, C, O, F>(
+    readiness: &Readiness,
     api: Api<K>,
     config: watcher::Config,
-    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
-    cached: impl FnMut(K) -> C + Send + 'static,
-) -> (Store<C>, impl Stream<Item = Result<C, watcher::Error>> + Send)
+    observe: O,
+    cached: F,
+) -> (
+    Store<C>,
+    impl Stream<Item = Result<C, watcher::Error>> + Send + use<K, C, O, F>,
+)
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     C: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    O: FnMut(&watcher::Event<K>) + Send + 'static,
+    F: FnMut(K) -> C + Send + 'static,
 {
     let (store, writer) = reflector::store();
+    readiness.track(&store);
     let events = events_as(api, config, observe, cached);
     (store, events.reflect(writer).applied_objects())
 }
@@ -128,22 +146,26 @@ where
 /// [`watched_and_cached_as`] for several controllers of one process: one watch and one copy of
 /// each object rather than one per controller, with one trigger per controller (`controllers`
 /// of them).
-pub fn watched_and_cached_as_shared<K, C>(
+pub fn watched_and_cached_as_shared<K, C, O, F>(
+    readiness: &Readiness,
     api: Api<K>,
     config: watcher::Config,
-    observe: impl FnMut(&watcher::Event<K>) + Send + 'static,
-    cached: impl FnMut(K) -> C + Send + 'static,
+    observe: O,
+    cached: F,
     controllers: usize,
-) -> SharedCache<C, impl Future<Output = ()> + Send>
+) -> SharedCache<C, impl Future<Output = ()> + Send + use<K, C, O, F>>
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
     C: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    O: FnMut(&watcher::Event<K>) + Send + 'static,
+    F: FnMut(K) -> C + Send + 'static,
 {
     use futures::StreamExt;
 
     // Room for a burst of changes while a controller's queue takes them in.
     const BUFFERED: usize = 1024;
     let (store, writer) = reflector::store_shared(BUFFERED);
+    readiness.track(&store);
     let triggers = (0..controllers).filter_map(|_| writer.subscribe()).collect();
     let watch = events_as(api, config, observe, cached)
         .reflect_shared(writer)
@@ -203,13 +225,15 @@ fn metadata_of<K: Resource>(mut object: K) -> PartialObjectMeta<K> {
 /// A watch of `api` that also fills the returned cache: the trigger of the controller whose
 /// main kind it is (`Controller::for_stream`).
 pub fn watched_and_cached<K>(
+    readiness: &Readiness,
     api: Api<K>,
     config: watcher::Config,
-) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send)
+) -> (Store<K>, impl Stream<Item = Result<K, watcher::Error>> + Send + use<K>)
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store();
+    readiness.track(&store);
     (store, stripped(api, config).reflect(writer).applied_objects())
 }
 

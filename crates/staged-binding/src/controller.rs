@@ -15,7 +15,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, apply_status, is_not_found, wait_synced, watched_and_cached, watcher_config};
+use orrery_runtime::{BoxError, Context, apply_status, is_not_found, watched_and_cached, watcher_config};
 
 use crate::expressions::{StageExpressions, compile};
 use crate::plan::{Observed, POLICY_LABEL, Plan, controlled_by, placed_by, plan};
@@ -69,29 +69,23 @@ fn policy_placing(policies: &Store<StagedBindingPolicy>, name: &str) -> Option<O
 pub async fn run(context: Context) -> Result<(), BoxError> {
     let client = context.client.clone();
     let config = watcher_config(&Api::<StagedBindingPolicy>::all(client.clone())).await;
-    let (policies, policy_trigger) =
-        watched_and_cached(Api::<StagedBindingPolicy>::all(client.clone()), config.clone());
+    let (policies, policy_trigger) = watched_and_cached(
+        &context.readiness,
+        Api::<StagedBindingPolicy>::all(client.clone()),
+        config.clone(),
+    );
     let (binding_policies, bp_trigger) = watched_and_cached(
+        &context.readiness,
         Api::<BindingPolicy>::all(client.clone()),
         config.clone().labels(POLICY_LABEL),
     );
-    let (bindings, binding_trigger) = watched_and_cached(Api::<Binding>::all(client.clone()), config.clone());
+    let (bindings, binding_trigger) =
+        watched_and_cached(&context.readiness, Api::<Binding>::all(client.clone()), config.clone());
     let (combined, combined_trigger) = watched_and_cached(
+        &context.readiness,
         Api::<CombinedStatus>::all(client),
         config.labels(combined_status_labels::BINDING_POLICY),
     );
-    let readiness = context.readiness.clone();
-    let (p, b, bd, c) = (
-        policies.clone(),
-        binding_policies.clone(),
-        bindings.clone(),
-        combined.clone(),
-    );
-    tokio::spawn(async move {
-        if wait_synced(&p).await && wait_synced(&b).await && wait_synced(&bd).await && wait_synced(&c).await {
-            readiness.set_synced();
-        }
-    });
     let state = Arc::new(State {
         context: context.clone(),
         binding_policies,

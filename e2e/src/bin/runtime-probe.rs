@@ -64,9 +64,7 @@ async fn controllers(context: Context) -> Result<(), BoxError> {
     let api: Api<ConfigMap> = Api::all(context.client.clone());
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| NAME.into());
     let controller = Controller::new(api.clone(), watcher::Config::default().labels("orrery.dev/probe"));
-    let store = controller.store();
-    let readiness = context.readiness.clone();
-    tokio::spawn(async move { readiness.set_synced_when_ready(&[store]).await });
+    context.readiness.track(&controller.store());
     let shutdown = context.shutdown_signal();
     let state = Arc::new(State { api, identity, context });
     controller

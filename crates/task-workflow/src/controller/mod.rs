@@ -208,6 +208,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         triggers: task_triggers,
         watch: task_watch,
     } = watched_and_cached_metadata_shared(
+        &context.readiness,
         context.api::<Task>(),
         config.clone(),
         move |event| index.apply(event),
@@ -219,6 +220,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         triggers: run_triggers,
         watch: run_watch,
     } = watched_and_cached_as_shared(
+        &context.readiness,
         context.api::<TaskRun>(),
         config.clone(),
         |_| {},
@@ -230,8 +232,9 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         2,
     );
     let [task_run_trigger, run_trigger] = shared(run_triggers)?;
-    let (ignitors, ignitor_trigger) = watched_and_cached(context.api::<Ignitor>(), config.clone());
+    let (ignitors, ignitor_trigger) = watched_and_cached(&context.readiness, context.api::<Ignitor>(), config.clone());
     let (pods, pod_trigger) = watched_and_cached_as(
+        &context.readiness,
         context.api::<Pod>(),
         config.clone().labels(TASKRUN_LABEL),
         |_| {},
@@ -251,16 +254,6 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         joins: JoinConditions::default(),
         action_results: std::sync::Mutex::default(),
         run_written_over: Mutex::default(),
-    });
-
-    // Ready once every cache has its first full list.
-    let readiness = context.readiness.clone();
-    let caches = state.clone();
-    tokio::spawn(async move {
-        while !caches.synced() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        readiness.set_synced();
     });
 
     let tasks_for_ignitor = triggers.clone();
