@@ -38,6 +38,7 @@ build:
 test: lint
     bash e2e/control-plane/build.sh > /dev/null
     bash e2e/helm/fetch.sh > /dev/null
+    cargo build --workspace --bins
     cargo test --workspace --all-targets --no-fail-fast
 
 # Formatting, clippy with warnings as errors, and generated CRDs up to date.

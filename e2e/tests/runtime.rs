@@ -238,7 +238,7 @@ async fn watches_stream_their_initial_objects_where_the_api_server_offers_it() {
     assert_eq!(fallback.list_semantic, ListSemantic::Any);
 }
 
-/// The workspace's build directory, where `cargo test --workspace` puts every binary.
+/// Where `cargo build --workspace --bins` puts every controller binary.
 fn built_binaries() -> std::path::PathBuf {
     std::env::var("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
@@ -264,7 +264,7 @@ async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
         let path = built_binaries().join(binary);
         assert!(
             path.exists(),
-            "{} is not built: `cargo test --workspace` builds it (or `cargo build --workspace`)",
+            "{} is not built: `cargo build --workspace --bins` builds it (`just test` does)",
             path.display()
         );
         let port = free_port();
