@@ -197,29 +197,27 @@ async fn a_virtual_cluster_takes_no_system_release_or_unconsenting_namespace() {
         "{message}"
     );
 
-    // The legitimate use: the namespace's owner consents, and a VirtualCluster of theirs adopts
-    // it, data and all.
-    Api::<VirtualCluster>::all(env.client.clone())
-        .delete(&format!("{name}-victim"), &DeleteParams::default())
-        .await
-        .unwrap();
-    orrery_e2e::wait_gone(&vcs, &format!("{name}-victim")).await;
+    // The legitimate use: the namespace's owner consents to a VirtualCluster of its own
+    // choosing, which then adopts it, data and all, with nothing changed on the VirtualCluster.
     let owned = format!("{name}-owned");
-    let consent = json!({"metadata": {"annotations": {ADOPTABLE_BY_ANNOTATION: owned}}});
-    Api::<Namespace>::all(env.client.clone())
-        .patch(&victim, &PatchParams::default(), &Patch::Merge(consent))
-        .await
-        .unwrap();
     create(
         &vcs,
         json!({"metadata": {"name": owned}, "spec": {"cluster": cluster, "namespace": victim, "quota": {"pods": "5"}}}),
     )
     .await;
+    wait_not_ready(&vcs, &owned, "NamespaceNotAdoptable").await;
+    let consent = json!({"metadata": {"annotations": {ADOPTABLE_BY_ANNOTATION: owned}}});
+    Api::<Namespace>::all(env.client.clone())
+        .patch(&victim, &PatchParams::default(), &Patch::Merge(consent))
+        .await
+        .unwrap();
     wait_ready(&vcs, &owned).await;
     assert_eq!(
         orrery_objects_in(&env, &victim).await,
         vec!["ResourceQuota orrery-quota"]
     );
+    // Mallory's, named in no consent, is still refused: the namespace is now the other's.
+    wait_not_ready(&vcs, &format!("{name}-victim"), "NamespaceConflict").await;
     let data = Api::<ConfigMap>::namespaced(env.client.clone(), &victim)
         .get("data")
         .await

@@ -67,6 +67,10 @@ const WRITE_RETRY: Duration = Duration::from_secs(10);
 /// Changes of readiness or reason are written at once.
 const MESSAGE_ONLY_EVERY: Duration = Duration::from_secs(5);
 
+/// How often a resource refused for something outside it (a namespace without its owner's
+/// consent, an object of someone else's in the way) looks again.
+const REFUSED_RECHECK: Duration = Duration::from_secs(15);
+
 /// The reason of a resource whose parent does not exist.
 const PARENT_NOT_FOUND: &str = "ParentNotFound";
 
@@ -662,6 +666,12 @@ where
         object.meta().generation,
         &outcome.readiness,
     );
+    let outcome = Outcome {
+        recheck: outcome
+            .recheck
+            .or_else(|| tenancy::cleared_by_others(&outcome.readiness).then_some(REFUSED_RECHECK)),
+        ..outcome
+    };
     let comparable = previous.cloned().map(|mut p| {
         p.common_mut().policy = None;
         p

@@ -48,6 +48,21 @@ impl Protected {
     }
 }
 
+/// An existing namespace its owner has not let this VirtualCluster adopt.
+pub const NAMESPACE_NOT_ADOPTABLE: &str = "NamespaceNotAdoptable";
+/// A namespace another VirtualCluster holds.
+pub const NAMESPACE_CONFLICT: &str = "NamespaceConflict";
+/// An object of the name an executor would write that is not the resource's own.
+pub const OWNERSHIP_CONFLICT: &str = "OwnershipConflict";
+
+/// Whether `readiness` is a refusal that someone else's change may clear (the namespace's
+/// owner consenting, the other object going away): nothing the executor watches changes when
+/// that happens, so the resource has to look again by itself.
+pub fn cleared_by_others(readiness: &Readiness) -> bool {
+    matches!(readiness, Readiness::NotReady { reason, .. }
+        if [NAMESPACE_NOT_ADOPTABLE, NAMESPACE_CONFLICT, OWNERSHIP_CONFLICT].contains(&reason.as_str()))
+}
+
 fn refused(reason: &str, message: String) -> Readiness {
     Readiness::NotReady {
         reason: reason.into(),
@@ -73,12 +88,12 @@ pub fn namespace_refusal(
     match existing.labels().get(OWNER_LABEL) {
         Some(holder) if Some(holder) == vc.metadata.uid.as_ref() => None,
         Some(holder) => Some(refused(
-            "NamespaceConflict",
+            NAMESPACE_CONFLICT,
             format!("namespace {namespace} belongs to another VirtualCluster (uid {holder})"),
         )),
         None if existing.annotations().get(ADOPTABLE_BY_ANNOTATION) == Some(&vc.name_any()) => None,
         None => Some(refused(
-            "NamespaceNotAdoptable",
+            NAMESPACE_NOT_ADOPTABLE,
             format!(
                 "namespace {namespace} exists and is not this VirtualCluster's; its owner may let it be adopted with \
                  `kubectl annotate namespace {namespace} {ADOPTABLE_BY_ANNOTATION}={}`",
@@ -117,7 +132,7 @@ pub fn ownership_refusal(kind: &str, name: &str, labels: &BTreeMap<String, Strin
     let holder = labels.get(OWNER_LABEL);
     (holder.map(String::as_str) != Some(owner)).then(|| {
         refused(
-            "OwnershipConflict",
+            OWNERSHIP_CONFLICT,
             match holder {
                 Some(holder) => format!("{kind} {name} exists and belongs to another resource (uid {holder})"),
                 None => format!("{kind} {name} exists and was not made by Orrery for this resource: it is left alone"),
@@ -288,6 +303,20 @@ mod tests {
             reason(namespace_refusal(&team, Some(&theirs), &protected)).as_deref(),
             Some("NamespaceConflict")
         );
+    }
+
+    #[test]
+    fn refusals_someone_else_may_clear_are_looked_at_again() {
+        let team = vc("team-a", "u1", Some("shop"));
+        let unconsenting = namespace_refusal(&team, Some(&namespace(json!({}), json!({}))), &Protected::default());
+        assert!(cleared_by_others(&unconsenting.unwrap()));
+        let theirs = BTreeMap::from([(OWNER_LABEL.to_owned(), "u2".to_owned())]);
+        assert!(cleared_by_others(
+            &ownership_refusal("Deployment", "x", &theirs, "u1").unwrap()
+        ));
+        let protected = namespace_refusal(&vc("a", "u1", Some("kube-system")), None, &Protected::default());
+        assert!(!cleared_by_others(&protected.unwrap()), "only a spec change clears it");
+        assert!(!cleared_by_others(&Readiness::Ready));
     }
 
     #[test]
