@@ -303,6 +303,15 @@ fn assert_refused<T: std::fmt::Debug>(result: Result<T, kube::Error>, rule: &str
     }
 }
 
+/// A refused object was not stored.
+async fn assert_not_stored<K>(api: &Api<K>, name: &str)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let stored = api.get_opt(name).await.unwrap();
+    assert!(stored.is_none(), "{} {name} was stored", K::kind(&()));
+}
+
 fn staged_spec() -> Value {
     json!({
         "downsync": [{"objectSelectors": [{"matchLabels": {"app": "web"}}]}],
@@ -463,7 +472,7 @@ async fn a_virtualcluster_cannot_take_a_namespace_its_creator_may_not_update() {
         &format!("{} lacks update on namespaces/{}", mallory.name, env.namespace),
     );
     let admin_view = Api::<VirtualCluster>::all(env.client.clone());
-    assert!(admin_view.get_opt(&name).await.unwrap().is_none(), "nothing was stored");
+    assert_not_stored(&admin_view, &name).await;
 
     // An existing VirtualCluster (a platform admin's) cannot be moved onto a namespace either,
     // while a change that moves nothing (a label) needs no right on the namespace.
@@ -564,13 +573,7 @@ async fn a_virtualcluster_cannot_grant_a_role_its_creator_may_not_bind() {
         "virtualcluster-access",
         &format!("{} lacks bind on clusterroles/view in namespace {team}", mallory.name),
     );
-    assert!(
-        Api::<VirtualCluster>::all(env.client.clone())
-            .get_opt(&team)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_not_stored(&Api::<VirtualCluster>::all(env.client.clone()), &team).await;
 
     // A platform admin (create VirtualClusters, manage namespaces, bind admin and view; not
     // system:masters) creates the same VirtualCluster granting access to a team.
@@ -738,7 +741,7 @@ async fn an_application_needs_its_creator_to_create_its_workloads_there() {
         ),
     );
     let apps = env.namespaced::<Application>();
-    assert!(apps.get_opt("shop").await.unwrap().is_none(), "nothing was stored");
+    assert_not_stored(&apps, "shop").await;
 
     // The tenant: `admin` in its namespace (Deployments, Services, ...) and `create` on
     // Applications there, creates its own Application. This control plane runs no ClusterRole
@@ -883,13 +886,7 @@ async fn a_projects_templates_ask_nothing_its_creator_could_not_do_directly() {
         let refused = create_project(&mallory, &project, templates.clone(), &PostParams::default()).await;
         assert_refused(refused, "project-templates", &says);
     }
-    assert!(
-        Api::<Project>::all(env.client.clone())
-            .get_opt(&project)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_not_stored(&Api::<Project>::all(env.client.clone()), &project).await;
 
     // Without `create` on a templated kind, the Project may not create it either.
     let nobody = grant(
@@ -1085,13 +1082,7 @@ async fn a_staged_binding_policy_needs_its_creator_to_create_binding_policies() 
             mallory.name
         ),
     );
-    assert!(
-        Api::<StagedBindingPolicy>::all(env.client.clone())
-            .get_opt(&name)
-            .await
-            .unwrap()
-            .is_none()
-    );
+    assert_not_stored(&Api::<StagedBindingPolicy>::all(env.client.clone()), &name).await;
 
     // Whoever may create BindingPolicies directly may have them created in stages.
     let placer = grant(
