@@ -30,8 +30,20 @@ impl ControlPlane {
         Self::start_with(true)
     }
 
-    /// Starts one, with or without kube-controller-manager.
+    /// Starts one, with or without kube-controller-manager. A start whose process exits before
+    /// it is ready is tried once more: seen once on a clean clone, with its log already removed
+    /// with its directory, so the second attempt's error is the one reported.
     pub fn start_with(controller_manager: bool) -> anyhow::Result<Self> {
+        match Self::start_once(controller_manager) {
+            Err(first) if first.to_string().starts_with("control plane exited") => {
+                eprintln!("warning: {first:#}; starting it again");
+                Self::start_once(controller_manager)
+            }
+            other => other,
+        }
+    }
+
+    fn start_once(controller_manager: bool) -> anyhow::Result<Self> {
         let binary = binary()?;
         let dir = tempfile::Builder::new().prefix("orrery-control-plane-").tempdir()?;
         let log = std::fs::File::create(dir.path().join("control-plane.log"))?;
