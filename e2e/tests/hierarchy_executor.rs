@@ -451,8 +451,8 @@ async fn layer_by_layer_with_parent_references_builds_the_same_tree() {
     })
     .await;
 
-    // Someone else scales v1 by hand: that field is theirs now. At the Application's next
-    // change the executor does not take it back; the Application says why it cannot apply.
+    // Someone scales v1 by hand: the executor owns that field and takes it back, and the
+    // Application says what it restored.
     deployments
         .patch(
             "shop-v1",
@@ -461,24 +461,22 @@ async fn layer_by_layer_with_parent_references_builds_the_same_tree() {
         )
         .await
         .unwrap();
-    apps.patch(
-        "shop",
-        &PatchParams::default(),
-        &Patch::Merge(
-            json!({"spec": {"versions": [{"name": "v1", "image": "shop:1.1"}, {"name": "v2", "image": "shop:2"}]}}),
-        ),
-    )
-    .await
-    .unwrap();
-    let message = wait_not_ready(&apps, "shop", "WriteFailed").await;
-    assert!(
-        message.contains("Deployment shop-v1") && message.contains("conflict"),
-        "{message}"
-    );
-    assert_eq!(
-        deployments.get("shop-v1").await.unwrap().spec.unwrap().replicas,
-        Some(3)
-    );
+    let repair = poll_until("v1 scaled back", Deadline::default(), || async {
+        let replicas = deployments
+            .get("shop-v1")
+            .await
+            .map_err(|e| e.to_string())?
+            .spec
+            .unwrap()
+            .replicas;
+        let app = apps.get("shop").await.map_err(|e| e.to_string())?;
+        match app.status.and_then(|s| s.common.last_repair) {
+            Some(repair) if replicas == Some(1) => Ok(repair),
+            other => Err(format!("replicas {replicas:?}, last repair {other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(repair.message, "restored Deployment shop-v1 (spec.replicas changed)");
 
     // Deleting the Application removes its objects; the finalizer holds it until they are gone.
     apps.delete("shop", &DeleteParams::default()).await.unwrap();

@@ -67,9 +67,11 @@ is rendered with the rules, so the manifests say why too.
 # cluster it makes namespaces with their guardrails (quota, limits, network policy, access
 # RoleBindings to the admin and view ClusterRoles), Deployments, Services and HTTPRoutes, and
 # installs the Gateway API CRDs when a Cluster asks; it reads the kubeconfig Secrets Clusters
-# name and lists Applications' pods for their restart counts; Events. It reads (`get`) each
-# object before writing it, and writes only those marked as made for the resource at hand. A
-# remote cluster's kubeconfig needs the same rules there.
+# name and lists Applications' pods for their restart counts; Events. It watches every kind it
+# makes (only objects carrying its owner label), so one deleted or edited by hand is put back.
+# It reads (`get`) each object before writing it, and writes only those marked as made for the
+# resource at hand. A remote cluster's kubeconfig needs the same rules there (`list` stands in
+# for the watch: it looks again every 15 s).
 - apiGroups: ["hierarchy.orrery.dev"]
   resources: ["projects", "clusters", "virtualclusters", "applications"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
@@ -81,16 +83,16 @@ is rendered with the rules, so the manifests say why too.
   verbs: ["get"]
 - apiGroups: [""]
   resources: ["namespaces"]
-  verbs: ["get", "create", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["resourcequotas", "limitranges"]
-  verbs: ["get", "create", "patch", "delete", "deletecollection"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create", "patch", "delete", "deletecollection"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["rolebindings"]
-  verbs: ["get", "list", "create", "patch", "delete", "deletecollection"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
 # RoleBindings may grant only these two ClusterRoles.
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["clusterroles"]
@@ -101,14 +103,14 @@ is rendered with the rules, so the manifests say why too.
   verbs: ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch", "delete", "deletecollection"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
 # Read only: an Application's versions report their containers' restarts.
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
-  verbs: ["get", "create", "patch", "deletecollection"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete", "deletecollection"]
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]
   verbs: ["get", "create", "patch"]

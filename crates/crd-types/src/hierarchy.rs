@@ -47,6 +47,21 @@ pub struct HierarchyStatus {
     /// The policy pipeline's latest result, written by policy-runner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy: Option<PolicyPipelineStatus>,
+    /// The last time the executor found objects it made deleted or changed by someone else,
+    /// and put them back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repair: Option<Repair>,
+}
+
+/// Objects an executor found deleted or changed, and restored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Repair {
+    /// When they were restored.
+    pub time: Time,
+    /// What was found, e.g. `Service shop-v2 (deleted), ResourceQuota orrery-quota
+    /// (spec.hard.pods changed)`.
+    pub message: String,
 }
 
 /// What the policy pipeline computed. The executor applies `output` only when `complete` is

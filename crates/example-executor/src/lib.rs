@@ -86,7 +86,7 @@ async fn reconcile(app: Arc<Application>, state: Arc<(Context, Registry)>) -> Re
             observed_generation: generation,
             conditions,
             executor: Some(NAME.into()),
-            policy: None,
+            ..HierarchyStatus::default()
         },
         ..ApplicationStatus::default()
     };

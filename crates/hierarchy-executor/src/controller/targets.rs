@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config, ResourceExt};
 
+use super::made::Target;
 use crate::plan::{Readiness, as_applied, tenancy};
 
 /// Builds and keeps one client per remote Cluster, rebuilt when its Secret changes.
@@ -25,12 +26,24 @@ impl Targets {
         }
     }
 
-    /// A client for `cluster`, or why there is none (as the readiness to report).
-    pub(super) async fn client_for(&self, cluster: &Cluster) -> Result<Client, Readiness> {
+    /// The target `cluster` stands for, or why there is none (as the readiness to report).
+    pub(super) async fn target_for(&self, cluster: &Cluster) -> Result<Target, Readiness> {
+        let client = self.remote_client(cluster).await?;
+        Ok(match client {
+            Some(client) => Target { client, local: false },
+            None => Target {
+                client: self.local.clone(),
+                local: true,
+            },
+        })
+    }
+
+    /// A client for `cluster` when it is remote (`None` for this cluster), or why there is none.
+    async fn remote_client(&self, cluster: &Cluster) -> Result<Option<Client>, Readiness> {
         // Its policies may choose the kubeconfig (a credentials broker, a freeze on switching).
         let cluster = as_applied(cluster)?;
         let Some(reference) = cluster.spec.kubeconfig_secret_ref.as_ref() else {
-            return Ok(self.local.clone());
+            return Ok(None);
         };
         let not_ready = |reason: &str, message: String| Readiness::NotReady {
             reason: reason.into(),
@@ -62,7 +75,7 @@ impl Targets {
         if let Some((built_from, client)) = self.remote.lock().unwrap_or_else(|p| p.into_inner()).get(&name)
             && *built_from == version
         {
-            return Ok(client.clone());
+            return Ok(Some(client.clone()));
         }
         let data = secret
             .data
@@ -100,6 +113,6 @@ impl Targets {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name, (version, client.clone()));
-        Ok(client)
+        Ok(Some(client))
     }
 }

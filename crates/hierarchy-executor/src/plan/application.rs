@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use crd_types::hierarchy::{Application, RouteMatch, TrafficDocument, VersionStatus, VersionWeight};
+use crd_types::hierarchy::{Application, ApplicationStatus, RouteMatch, TrafficDocument, VersionStatus, VersionWeight};
 use gateway_api::httproutes::{
     HttpRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs, HttpRouteRulesMatches,
     HttpRouteRulesMatchesHeaders, HttpRouteRulesMatchesHeadersType, HttpRouteSpec,
@@ -328,16 +328,15 @@ pub fn readiness(versions: &[VersionStatus]) -> Readiness {
     }
 }
 
-/// Deployments and Services of versions no longer in the spec: to delete.
-pub fn removed_versions(app: &Application, observed_deployments: &[Deployment]) -> Vec<String> {
-    let name = app.name_any();
-    observed_deployments
-        .iter()
-        .filter(|d| d.labels().get(APP_LABEL) == Some(&name))
-        .filter_map(|d| d.labels().get(VERSION_LABEL))
-        .filter(|v| !app.spec.versions.iter().any(|version| &version.name == *v))
-        .map(|v| version_object_name(&name, v))
-        .collect()
+/// After a write refused before the route was applied (`status` has no weights yet): the
+/// traffic in force stays in status, or the next reconcile would fall back to the baseline.
+pub fn keep_traffic_in_force(status: &mut ApplicationStatus, previous: Option<&ApplicationStatus>) {
+    if status.weights.is_empty()
+        && let Some(previous) = previous
+    {
+        status.weights.clone_from(&previous.weights);
+        status.matches.clone_from(&previous.matches);
+    }
 }
 
 #[cfg(test)]
@@ -560,12 +559,23 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_version_is_deleted() {
-        let app = app(json!({"versions": [{"name": "v2", "image": "shop:2"}]}));
-        let observed = [
-            deployment("shop-v1", "v1", 1, 1, 1),
-            deployment("shop-v2", "v2", 1, 1, 1),
-        ];
-        assert_eq!(removed_versions(&app, &observed), ["shop-v1"]);
+    fn a_failed_write_keeps_the_traffic_in_force() {
+        let weight = |w: i32| VersionWeight {
+            version: "v1".into(),
+            weight: w,
+        };
+        let previous = ApplicationStatus {
+            weights: vec![weight(80)],
+            ..ApplicationStatus::default()
+        };
+        let mut failed = ApplicationStatus::default();
+        keep_traffic_in_force(&mut failed, Some(&previous));
+        assert_eq!(failed.weights, [weight(80)]);
+        let mut routed = ApplicationStatus {
+            weights: vec![weight(100)],
+            ..ApplicationStatus::default()
+        };
+        keep_traffic_in_force(&mut routed, Some(&previous));
+        assert_eq!(routed.weights, [weight(100)]);
     }
 }

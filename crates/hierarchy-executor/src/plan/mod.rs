@@ -2,7 +2,9 @@
 //! wants and its readiness. No I/O here.
 
 pub mod application;
+pub mod drift;
 pub mod project;
+pub mod status;
 pub mod tenancy;
 pub mod virtual_cluster;
 

@@ -150,7 +150,7 @@ pub fn objects(vc: &VirtualCluster, owner: &str, adopted: bool) -> VirtualCluste
 }
 
 /// `orrery-<role>-<kind>-<hash>`: stable for the same entry, whatever the subject's name holds.
-fn role_binding_name(role: &str, kind: &str, subject: &str) -> String {
+pub fn role_binding_name(role: &str, kind: &str, subject: &str) -> String {
     let mut hash: u32 = 0x811c_9dc5;
     for byte in subject.bytes() {
         hash = (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193);

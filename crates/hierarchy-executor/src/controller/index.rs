@@ -1,0 +1,193 @@
+//! Caches with an index: a cache's objects by a key of theirs (a parent's name, an owner's
+//! uid), kept by the watch that fills the cache, so a parent reads its children and a
+//! resource its objects without scanning the whole cache.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use futures::{Stream, StreamExt};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Api, Resource};
+use orrery_runtime::Readiness;
+use serde::de::DeserializeOwned;
+
+/// Objects of kind `K` by one key of theirs.
+pub(super) struct Index<K: Resource<DynamicType = ()>> {
+    key: fn(&K) -> Option<String>,
+    inner: Mutex<Inner<K>>,
+}
+
+struct Inner<K: Resource<DynamicType = ()>> {
+    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
+    key_of: HashMap<ObjectRef<K>, String>,
+    /// While a watch lists again (after it expired): the objects listed so far. The index
+    /// keeps answering from the last complete list until this one is done.
+    relisting: Option<Vec<(ObjectRef<K>, String)>>,
+}
+
+impl<K: Resource<DynamicType = ()>> Index<K> {
+    /// An index by `key` (objects for which it is `None` are left out).
+    pub(super) fn by(key: fn(&K) -> Option<String>) -> Arc<Self> {
+        Arc::new(Index {
+            key,
+            inner: Mutex::new(Inner {
+                by_key: HashMap::new(),
+                key_of: HashMap::new(),
+                relisting: None,
+            }),
+        })
+    }
+
+    /// The objects whose key is `key`, by namespace and name.
+    pub(super) fn get(&self, key: &str) -> Vec<ObjectRef<K>> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refs: Vec<ObjectRef<K>> = inner
+            .by_key
+            .get(key)
+            .map(|refs| refs.iter().cloned().collect())
+            .unwrap_or_default();
+        refs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        refs
+    }
+
+    /// Takes in one event of the watch filling the cache.
+    fn observe(&self, event: &Event<K>) {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let keyed = |object: &K| Some((ObjectRef::from_obj(object), (self.key)(object)?));
+        match event {
+            Event::Init => inner.relisting = Some(Vec::new()),
+            Event::InitApply(object) => {
+                if let (Some(listed), Some(entry)) = (inner.relisting.as_mut(), keyed(object)) {
+                    listed.push(entry);
+                }
+            }
+            Event::InitDone => {
+                let listed = inner.relisting.take().unwrap_or_default();
+                inner.by_key.clear();
+                inner.key_of.clear();
+                for (reference, key) in listed {
+                    inner.insert(reference, key);
+                }
+            }
+            Event::Apply(object) => {
+                let reference = ObjectRef::from_obj(object);
+                inner.remove(&reference);
+                if let Some(key) = (self.key)(object) {
+                    inner.insert(reference, key);
+                }
+            }
+            Event::Delete(object) => inner.remove(&ObjectRef::from_obj(object)),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()>> Inner<K> {
+    fn insert(&mut self, reference: ObjectRef<K>, key: String) {
+        self.by_key.entry(key.clone()).or_default().insert(reference.clone());
+        self.key_of.insert(reference, key);
+    }
+
+    fn remove(&mut self, reference: &ObjectRef<K>) {
+        let Some(key) = self.key_of.remove(reference) else {
+            return;
+        };
+        if let Some(refs) = self.by_key.get_mut(&key) {
+            refs.remove(reference);
+            if refs.is_empty() {
+                self.by_key.remove(&key);
+            }
+        }
+    }
+}
+
+/// The objects of `store` whose `index` key is `key`.
+pub(super) fn lookup<K>(store: &Store<K>, index: &Index<K>, key: &str) -> Vec<Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    index.get(key).iter().filter_map(|r| store.get(r)).collect()
+}
+
+/// A watch of `api` filling a cache (tracked by `readiness` when given: a cache whose kind may
+/// not be installed is not) and `indexes`, each object trimmed by `slim` once indexed. Its
+/// events are yielded once cached and indexed; take `applied_objects()` or, for a trigger that
+/// must also see deletions, `touched_objects()`.
+pub(super) fn indexed<K, S>(
+    readiness: Option<&Readiness>,
+    api: Api<K>,
+    config: watcher::Config,
+    indexes: Vec<Arc<Index<K>>>,
+    slim: S,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<Event<K>, watcher::Error>> + Send + use<K, S>,
+)
+where
+    S: FnMut(&mut K) + Send + 'static,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store();
+    if let Some(readiness) = readiness {
+        readiness.track(&store);
+    }
+    let events = watcher(api, config)
+        .default_backoff()
+        .modify(orrery_runtime::strip::<K>)
+        .map(move |event| {
+            if let Ok(event) = &event {
+                for index in &indexes {
+                    index.observe(event);
+                }
+            }
+            event
+        })
+        .modify(slim)
+        .reflect(writer);
+    (store, events)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::ResourceExt;
+
+    fn object(name: &str, owner: &str) -> ConfigMap {
+        let mut map = ConfigMap::default();
+        map.metadata.name = Some(name.into());
+        map.metadata.namespace = Some("ns".into());
+        map.labels_mut().insert("owner".into(), owner.into());
+        map
+    }
+
+    fn names(index: &Index<ConfigMap>, key: &str) -> Vec<String> {
+        index.get(key).into_iter().map(|r| r.name).collect()
+    }
+
+    #[test]
+    fn objects_move_between_keys_and_a_relist_replaces_the_index_when_done() {
+        let index = Index::by(|m: &ConfigMap| m.labels().get("owner").cloned());
+        index.observe(&Event::Apply(object("a", "x")));
+        index.observe(&Event::Apply(object("b", "x")));
+        assert_eq!(names(&index, "x"), ["a", "b"]);
+        index.observe(&Event::Apply(object("b", "y")));
+        assert_eq!(
+            (names(&index, "x"), names(&index, "y")),
+            (vec!["a".into()], vec!["b".into()])
+        );
+        index.observe(&Event::Delete(object("a", "x")));
+        assert!(names(&index, "x").is_empty());
+
+        index.observe(&Event::Init);
+        index.observe(&Event::InitApply(object("c", "x")));
+        assert_eq!(
+            names(&index, "y"),
+            ["b"],
+            "answers from the last list until the new one is done"
+        );
+        index.observe(&Event::InitDone);
+        assert_eq!((names(&index, "x"), names(&index, "y")), (vec!["c".into()], vec![]));
+    }
+}
