@@ -6,7 +6,9 @@
 //!   Applications' pods are);
 //! - API writes the executor sent to get there, per hierarchy resource and per object made;
 //! - RSS of the executor holding the converged trees;
-//! - API writes per minute once converged.
+//! - API writes per minute once converged;
+//! - time to repair drift: every VirtualCluster's quota and every version's Service deleted
+//!   by hand at once, until all are back.
 //!
 //! The executor runs as its release binary (`just bench` builds it) with default settings.
 
@@ -19,8 +21,9 @@ use std::time::{Duration, Instant};
 use crd_types::common::{CONDITION_READY, find_condition};
 use crd_types::hierarchy::Project;
 use gateway_api::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{ResourceQuota, Service};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use orrery_e2e::bench::{Controller, control_plane, env_usize, invoked_as_benchmark};
 use orrery_e2e::pod_simulator::PodSimulator;
 use serde_json::json;
@@ -164,5 +167,56 @@ async fn main() -> anyhow::Result<()> {
     controller
         .report_at_rest("hierarchy-executor", "the converged trees", at_rest)
         .await;
+    repair(&client, count, virtual_clusters, applications).await
+}
+
+/// Deletes every quota and every version's Service by hand, and prints how long the executor
+/// takes to put all of them back.
+async fn repair(
+    client: &kube::Client,
+    count: usize,
+    virtual_clusters: usize,
+    applications: usize,
+) -> anyhow::Result<()> {
+    let owned = ListParams::default().labels(crd_types::hierarchy::OWNER_LABEL);
+    let quotas: Api<ResourceQuota> = Api::all(client.clone());
+    let services: Api<Service> = Api::all(client.clone());
+    let (quotas_wanted, services_wanted) = (count * virtual_clusters, count * virtual_clusters * applications * 2);
+    let start = Instant::now();
+    for i in 0..count {
+        for v in 0..virtual_clusters {
+            let namespace = format!("p{i}-vc{v}");
+            Api::<ResourceQuota>::namespaced(client.clone(), &namespace)
+                .delete("orrery-quota", &DeleteParams::default())
+                .await?;
+            let services = Api::<Service>::namespaced(client.clone(), &namespace);
+            for a in 0..applications {
+                services
+                    .delete(&format!("p{i}-vc{v}-a{a}-v1"), &DeleteParams::default())
+                    .await?;
+            }
+        }
+    }
+    let deleting = start.elapsed();
+    loop {
+        let quotas_there = quotas.list_metadata(&owned).await.map_or(0, |l| l.items.len());
+        let services_there = services.list_metadata(&owned).await.map_or(0, |l| l.items.len());
+        if quotas_there == quotas_wanted && services_there == services_wanted {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(600),
+            "after 10 min, {quotas_there}/{quotas_wanted} quotas and {services_there}/{services_wanted} Services"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "  drift: {} quotas and {} Services deleted by hand (taking {:.1}s to delete): all back {:.1}s after the \
+         first deletion",
+        count * virtual_clusters,
+        count * virtual_clusters * applications,
+        deleting.as_secs_f64(),
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
