@@ -344,7 +344,8 @@ async fn the_orca_readme_example_end_to_end() {
         .iter()
         .find(|r| r["cells"][0] == "task1")
         .unwrap();
-    assert_eq!(row["cells"][1], "Succeeded");
+    // As in ORCA's README: waiting for its next trigger.
+    assert_eq!(row["cells"][1], "Pending");
     assert_eq!(row["cells"][4], 11);
     assert_eq!(row["cells"][5], json!(["ignitor1"]).to_string());
     assert_eq!(row["cells"][7], json!(["task1"]).to_string());
@@ -682,6 +683,59 @@ async fn retries_back_off_and_deadlines_stop_runs() {
         }
     })
     .await;
+    workflow.stop().await;
+}
+
+#[tokio::test]
+async fn a_finished_run_goes_when_its_time_to_live_ends_and_the_task_waits_pending() {
+    let env = TestEnv::new().await;
+    let _kubelet = PodSimulator::start(env.client.clone(), Some(&env.namespace))
+        .await
+        .unwrap();
+    let workflow = start_workflow(&env);
+    let tasks = env.namespaced::<Task>();
+    let runs = env.namespaced::<TaskRun>();
+    tasks
+        .create(
+            &PostParams::default(),
+            &task("brief", json!({"ttlSecondsAfterFinished": 3})),
+        )
+        .await
+        .unwrap();
+    runs.create(&PostParams::default(), &manual_run("brief", "brief-1"))
+        .await
+        .unwrap();
+    let finished = wait_run(&env, "brief-1", TaskRunPhase::Succeeded).await;
+    let completed = finished.status.and_then(|s| s.completion_time).unwrap();
+    // As ORCA shows it: the task waits for its next trigger; the run's end has its own column.
+    poll_until(
+        "the task Pending with its success counted",
+        Deadline::default(),
+        || async {
+            let status = tasks
+                .get("brief")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            match (status.state.as_deref(), status.success_count, status.last_success) {
+                (Some("Pending"), 1, Some(_)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    poll_until("the finished run deleted", Deadline::default(), || async {
+        match runs.get_opt("brief-1").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    })
+    .await;
+    let gone_after = k8s_openapi::jiff::Timestamp::now().duration_since(completed.0);
+    assert!(gone_after.as_secs() >= 3, "deleted {gone_after:?} after it completed");
+    let status = task_status(&env, "brief").await;
+    assert_eq!((status.success_count, status.state.as_deref()), (1, Some("Pending")));
     workflow.stop().await;
 }
 

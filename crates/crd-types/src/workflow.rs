@@ -315,6 +315,13 @@ pub struct TaskSpec {
     /// While true, triggers do not start this task (runs created by hand still run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
+
+    /// Seconds a finished TaskRun (and its pod) is kept after it completed, as a Job's
+    /// `ttlSecondsAfterFinished`; unset keeps it until the history limits remove it. Its
+    /// result stays counted in the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 31_536_000))]
+    pub ttl_seconds_after_finished: Option<i32>,
 }
 
 /// How a task's triggers combine.
@@ -439,7 +446,8 @@ pub struct TaskStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
-    /// `Pending` (waiting for a trigger), `Running`, `Succeeded` or `Failed` (the latest run's end).
+    /// `Pending` while waiting for a trigger, `Running` while a run is active (as ORCA shows
+    /// it); how the latest run ended is in `lastSuccess`, `lastFailure` and `lastRun`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
     /// When a run last succeeded.

@@ -66,6 +66,8 @@ pub struct TaskPlan {
     pub cancel: Vec<String>,
     /// Runs to delete, once `status` (which counts them) is written.
     pub delete: Vec<String>,
+    /// When the next finished run's time to live ends: look again then.
+    pub next_expiry: Option<Timestamp>,
     /// Events.
     pub events: Vec<TaskEvent>,
 }
@@ -176,18 +178,10 @@ pub fn summarize(stored: &TaskStatus, runs: &[&TaskRun]) -> TaskStatus {
         .iter()
         .max_by_key(|r| (r.creation_timestamp().map(|t| t.0), r.name_any()));
     status.last_run = newest.map(|r| r.name_any()).or(stored.last_run.clone());
-    status.state = Some(
-        if runs.iter().any(|r| is_active(r)) {
-            "Running"
-        } else {
-            match finished.last().and_then(|r| phase(r)) {
-                Some(TaskRunPhase::Succeeded) => "Succeeded",
-                Some(TaskRunPhase::Failed) => "Failed",
-                _ => "Pending",
-            }
-        }
-        .into(),
-    );
+    // As ORCA shows it: waiting for its next trigger or running; how the last run ended has
+    // its own columns (LASTSUCCESS, LASTFAILURE).
+    let running = runs.iter().any(|r| is_active(r));
+    status.state = Some(if running { "Running" } else { "Pending" }.into());
     status
 }
 
@@ -270,7 +264,7 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
         status.state = Some("Running".into());
     }
 
-    plan.delete = prune(task, &mut status, &view.runs);
+    (plan.delete, plan.next_expiry) = prune(task, &mut status, &view.runs, view.now);
     // Conditions.
     let missing: Vec<String> = view
         .ignitors
@@ -389,7 +383,10 @@ fn set_cursor(cursors: &mut Vec<IgnitionCursor>, name: &str, sequence: i64) {
 
 /// Moves runs past the history limits into the pruned tally and returns them for deletion.
 /// Only runs that finished and handed off are pruned; the oldest go first.
-fn prune(task: &Task, status: &mut TaskStatus, runs: &[&TaskRun]) -> Vec<String> {
+/// The runs to delete: past the history limits, or finished longer ago than the time to
+/// live; each counted in `status.pruned` so the counts stay whole. Also when the time to live
+/// of the next finished run ends.
+fn prune(task: &Task, status: &mut TaskStatus, runs: &[&TaskRun], now: Timestamp) -> (Vec<String>, Option<Timestamp>) {
     let mut pruned = status.pruned.clone().unwrap_or_default();
     let present: BTreeSet<String> = runs.iter().map(|r| r.name_any()).collect();
     // Deletions that completed no longer need remembering.
@@ -397,6 +394,12 @@ fn prune(task: &Task, status: &mut TaskStatus, runs: &[&TaskRun]) -> Vec<String>
     let mut delete: Vec<String> = pruned.deleting.clone();
 
     let keep = |limit: Option<i32>| limit.unwrap_or(DEFAULT_HISTORY).max(0) as usize;
+    let ttl = task
+        .spec
+        .ttl_seconds_after_finished
+        .map(|seconds| k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds.max(0))));
+    let expires = |run: &TaskRun| Some(completed_at(run)? + ttl?);
+    let mut next_expiry: Option<Timestamp> = None;
     for (wanted, limit) in [
         (TaskRunPhase::Succeeded, keep(task.spec.successful_runs_history_limit)),
         (TaskRunPhase::Failed, keep(task.spec.failed_runs_history_limit)),
@@ -410,7 +413,15 @@ fn prune(task: &Task, status: &mut TaskStatus, runs: &[&TaskRun]) -> Vec<String>
             .collect();
         candidates.sort_by_key(|r| (completed_at(r), r.name_any()));
         let excess = candidates.len().saturating_sub(limit);
-        for run in candidates.into_iter().take(excess) {
+        let mut expired = Vec::new();
+        for (i, run) in candidates.into_iter().enumerate() {
+            if i < excess || expires(run).is_some_and(|at| at <= now) {
+                expired.push(run);
+            } else {
+                next_expiry = next_expiry.into_iter().chain(expires(run)).min();
+            }
+        }
+        for run in expired {
             match wanted {
                 TaskRunPhase::Succeeded => {
                     pruned.succeeded += 1;
@@ -433,7 +444,7 @@ fn prune(task: &Task, status: &mut TaskStatus, runs: &[&TaskRun]) -> Vec<String>
         }
     }
     status.pruned = (pruned != PrunedRuns::default()).then_some(pruned);
-    delete
+    (delete, next_expiry)
 }
 
 #[cfg(test)]
@@ -599,8 +610,28 @@ mod tests {
         let plan = plan_task(&view(&task, runs.iter().collect(), &[]));
         assert_eq!((plan.status.failures_count, plan.status.success_count), (2, 1));
         assert_eq!(plan.status.consecutive_failures, 0);
-        assert_eq!(plan.status.state.as_deref(), Some("Succeeded"));
+        assert_eq!(plan.status.state.as_deref(), Some("Pending"));
         assert!(plan.status.last_success > plan.status.last_failure);
+    }
+
+    #[test]
+    fn a_finished_run_goes_when_its_time_to_live_ends_and_stays_counted() {
+        let mut task = simple_task("task1");
+        task.spec.ttl_seconds_after_finished = Some(600);
+        // Now is 3600 s after the runs' epoch: the first ended 2600 s ago, the second 100 s ago.
+        let runs = [
+            finished("task1", "old", TaskRunPhase::Failed, 1000, ""),
+            finished("task1", "recent", TaskRunPhase::Succeeded, 3500, ""),
+        ];
+        let plan = plan_task(&view(&task, runs.iter().collect(), &[]));
+        assert_eq!(plan.delete, ["old"]);
+        assert_eq!((plan.status.failures_count, plan.status.success_count), (1, 1));
+        let expiry = Timestamp::from_second(1_767_225_600 + 3500 + 600).unwrap();
+        assert_eq!(plan.next_expiry, Some(expiry));
+
+        task.spec.ttl_seconds_after_finished = None;
+        let plan = plan_task(&view(&task, runs.iter().collect(), &[]));
+        assert!(plan.delete.is_empty() && plan.next_expiry.is_none());
     }
 
     #[test]

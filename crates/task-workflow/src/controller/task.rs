@@ -120,10 +120,14 @@ async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Resu
     // again now and then rather than rely on that.
     let waiting = crd_types::common::find_condition(&plan.status.conditions, crd_types::CONDITION_READY)
         .is_some_and(|c| c.reason == "MissingTriggers");
-    Ok(if waiting {
-        Action::requeue(std::time::Duration::from_secs(5))
-    } else {
-        Action::await_change()
+    // A finished run whose time to live ends goes then, whether or not anything changes.
+    let expiry = plan
+        .next_expiry
+        .map(|at| std::time::Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default());
+    Ok(match (waiting, expiry) {
+        (true, _) => Action::requeue(std::time::Duration::from_secs(5)),
+        (false, Some(after)) => Action::requeue(after + std::time::Duration::from_secs(1)),
+        (false, None) => Action::await_change(),
     })
 }
 
