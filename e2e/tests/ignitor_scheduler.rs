@@ -217,3 +217,176 @@ async fn schedules_the_schema_cannot_judge_are_reported_with_the_parsers_message
     }
     scheduler.stop().await;
 }
+
+fn from_spec(name: &str, spec: serde_json::Value) -> Ignitor {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("ignitor literal")
+}
+
+/// Waits until `seconds` have passed since `from`, checking all along that `unchanged` holds:
+/// the wait is for time to pass (a schedule's occurrences), not for anything to happen.
+async fn while_time_passes<F, Fut>(from: Timestamp, seconds: i64, unchanged: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    poll_until(
+        &format!("{seconds} s to pass with nothing changing"),
+        Deadline(std::time::Duration::from_secs(seconds as u64 + 30)),
+        || async {
+            unchanged().await.map_err(|changed| format!("changed: {changed}"))?;
+            if Timestamp::now().duration_since(from) >= SignedDuration::from_secs(seconds) {
+                Ok(())
+            } else {
+                Err("time has not passed yet".into())
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_seeds_five_field_cron_fires_within_its_minute_in_its_time_zone() {
+    let env = TestEnv::new().await;
+    let api = env.namespaced::<Ignitor>();
+    let scheduler = start_scheduler(&env);
+    // The seed's own form, minute first. Kolkata is UTC+05:30: minute 5 there is minute 35 in
+    // UTC, which shows the zone is applied.
+    let zone = json!("Asia/Kolkata");
+    api.create(
+        &PostParams::default(),
+        &from_spec("hourly", json!({"scheduled": "5 * * * *", "timeZone": zone})),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &from_spec("minutely", json!({"scheduled": "* * * * *", "timeZone": zone})),
+    )
+    .await
+    .unwrap();
+    let next = poll_until("hourly's next ignition", Deadline::default(), || async {
+        let ignitor = api.get("hourly").await.map_err(|e| e.to_string())?;
+        ignitor
+            .status
+            .and_then(|s| s.next_ignition)
+            .ok_or_else(|| "no nextIgnition yet".to_owned())
+    })
+    .await;
+    let utc = next.0.to_zoned(jiff::tz::TimeZone::UTC);
+    assert_eq!((utc.minute(), utc.second()), (35, 0), "{next:?}");
+    assert!(next.0.duration_since(Timestamp::now()) <= SignedDuration::from_hours(1));
+
+    // Every minute: it fires within the minute, on its second 0.
+    let first = poll_until(
+        "minutely to fire",
+        Deadline(std::time::Duration::from_secs(75)),
+        || async {
+            let ignitor = api.get("minutely").await.map_err(|e| e.to_string())?;
+            ignitor
+                .status
+                .and_then(|s| s.last_ignition)
+                .ok_or_else(|| "not fired yet".to_owned())
+        },
+    )
+    .await;
+    let scheduled = first.scheduled_time.expect("a scheduled firing").0;
+    assert_eq!((first.reason.as_str(), scheduled.as_second() % 60), ("Schedule", 0));
+    let delay = first.time.0.duration_since(scheduled);
+    assert!(delay < SignedDuration::from_secs(1), "fired {delay:#} late");
+    scheduler.stop().await;
+}
+
+#[tokio::test]
+async fn suspended_it_skips_its_firings_and_resumed_it_fires_on_schedule() {
+    let env = TestEnv::new().await;
+    let api = env.namespaced::<Ignitor>();
+    let scheduler = start_scheduler(&env);
+    api.create(
+        &PostParams::default(),
+        &from_spec("paused", json!({"scheduled": "*/2 * * * * *", "suspend": true})),
+    )
+    .await
+    .unwrap();
+    poll_until("paused to say it is suspended", Deadline::default(), || async {
+        let status = api
+            .get("paused")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        let reason = crd_types::common::find_condition(&status.conditions, "Ready").map(|c| c.reason.clone());
+        match reason.as_deref() {
+            Some("Suspended") if status.next_ignition.is_none() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // Three occurrences pass: none fires, none counts as missed.
+    while_time_passes(Timestamp::now(), 6, || async {
+        let status = api
+            .get("paused")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .unwrap_or_default();
+        match (status.ignitions_count, status.missed_count) {
+            (0, 0) => Ok(()),
+            counts => Err(format!("{counts:?}")),
+        }
+    })
+    .await;
+    let resumed = Timestamp::now();
+    api.patch(
+        "paused",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .unwrap();
+    let (ignition, ignitor) = ignition_at_least(&api, "paused", 1).await;
+    assert_eq!(
+        ignition.reason, "Schedule",
+        "what passed while suspended is not caught up"
+    );
+    assert!(ignition.scheduled_time.unwrap().0 >= resumed.checked_sub(SignedDuration::from_secs(1)).unwrap());
+    assert_eq!(ignitor.status.unwrap().missed_count, 0);
+    scheduler.stop().await;
+}
+
+#[tokio::test]
+async fn firings_missed_while_away_are_caught_up_once_or_skipped_as_asked() {
+    let env = TestEnv::new().await;
+    let api = env.namespaced::<Ignitor>();
+    let scheduler = start_scheduler(&env);
+    for (name, policy) in [("catch-up", "FireOnce"), ("skip", "Skip")] {
+        let spec = json!({"scheduled": "*/2 * * * * *", "startingDeadlineSeconds": 1, "missedFiringPolicy": policy});
+        api.create(&PostParams::default(), &from_spec(name, spec))
+            .await
+            .unwrap();
+    }
+    let (catch_up, _) = ignition_at_least(&api, "catch-up", 1).await;
+    let (skip, _) = ignition_at_least(&api, "skip", 1).await;
+    scheduler.stop().await;
+
+    // Away for three occurrences and more: the next one after the restart is late past its
+    // deadline of 1 s for both.
+    while_time_passes(Timestamp::now(), 7, || async { Ok(()) }).await;
+    let restarted = Timestamp::now();
+    let scheduler = start_scheduler(&env);
+
+    // FireOnce: one catch-up firing at once, the others counted as missed.
+    let (caught, ignitor) = ignition_at_least(&api, "catch-up", catch_up.sequence + 1).await;
+    assert_eq!(caught.sequence, catch_up.sequence + 1);
+    assert_eq!(caught.reason, "CatchUp");
+    assert!(caught.time.0.duration_since(restarted) < SignedDuration::from_secs(5));
+    assert!(ignitor.status.unwrap().missed_count >= 2);
+
+    // Skip: no catch-up; every occurrence passed is counted as missed, and the next firing is
+    // an on-time one after the restart.
+    let (next, ignitor) = ignition_at_least(&api, "skip", skip.sequence + 1).await;
+    assert_eq!(next.sequence, skip.sequence + 1);
+    assert_eq!(next.reason, "Schedule");
+    assert!(next.scheduled_time.unwrap().0 >= restarted);
+    assert!(ignitor.status.unwrap().missed_count >= 3);
+    scheduler.stop().await;
+}

@@ -55,6 +55,9 @@ pub struct Plan {
     pub wake_at: Option<Timestamp>,
 }
 
+/// The reason of a suspended Ignitor's `Ready` condition.
+const SUSPENDED: &str = "Suspended";
+
 /// Decides what happens now. At most one firing per plan: when a manual fire and a scheduled
 /// one are both due, the manual fire goes first and `wake_at` asks to come straight back.
 pub fn plan(observed: &Observed<'_>) -> Plan {
@@ -119,7 +122,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                     &mut status,
                     observed,
                     true,
-                    "Suspended",
+                    SUSPENDED,
                     "suspended; it fires once resumed",
                 );
             } else if at.is_some_and(|at| at > now) {
@@ -159,9 +162,13 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                 .map(|t| t.0)
                 .unwrap_or(observed.created);
             let (due, latest) = schedule.due_between(since, now, MISSED_COUNT_CAP);
+            // Nothing runs while suspended (no wake-ups to note each skipped occurrence): the
+            // reconcile that sees it resumed skips what passed meanwhile, as it would have.
+            let resuming = !suspended
+                && find_condition(&observed.status.conditions, CONDITION_READY).is_some_and(|c| c.reason == SUSPENDED);
             match latest {
                 Some(_) if fired.is_some() => wake_at = Some(now),
-                Some(latest) if suspended => {
+                Some(latest) if suspended || resuming => {
                     // Skipped on purpose while suspended: not missed, not fired.
                     status.last_schedule_time = Some(seconds(latest));
                 }
@@ -198,7 +205,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                     &mut status,
                     observed,
                     true,
-                    "Suspended",
+                    SUSPENDED,
                     "suspended; scheduled firings are skipped",
                 );
             } else {
@@ -454,6 +461,20 @@ mod tests {
         assert_eq!(plan.status.next_ignition, None);
         assert_eq!(plan.wake_at, None, "nothing to wake up for while suspended");
         assert_eq!(ready(&plan), ("True".into(), "Suspended".into()));
+    }
+
+    #[test]
+    fn resumed_it_skips_what_passed_while_suspended_and_fires_on_schedule() {
+        let mut spec = spec("* * * * *");
+        spec.suspend = Some(true);
+        let suspended = run(&spec, &IgnitorStatus::default(), "2026-01-01T00:10:30Z", None);
+        spec.suspend = Some(false);
+        // Resumed twenty minutes later: twenty occurrences passed, none missed, none caught up.
+        let resumed = run(&spec, &suspended.status, "2026-01-01T00:30:30Z", None);
+        assert_eq!((resumed.fired, resumed.status.missed_count), (None, 0));
+        assert_eq!(resumed.wake_at, Some(t("2026-01-01T00:31:00Z")));
+        let on_time = run(&spec, &resumed.status, "2026-01-01T00:31:00Z", None);
+        assert_eq!(on_time.fired.map(|i| i.reason), Some("Schedule".into()));
     }
 
     #[test]
