@@ -17,7 +17,7 @@ use orrery_runtime::{apply_status, delete_if_exists, requeue_at};
 
 use super::{Error, NAME, Read, State};
 use crate::actions::ActionContext;
-use crate::handoff::{Successor, successors};
+use crate::handoff::{JOIN_CONDITION_ERROR, Successor, successors};
 use crate::naming::pod_name;
 use crate::run_plan::{RunView, plan_run, rejected};
 
@@ -235,7 +235,7 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
                     publish(
                         state,
                         &successor.object_ref(&()),
-                        reason == "JoinConditionError",
+                        reason == JOIN_CONDITION_ERROR,
                         reason,
                         note,
                     )

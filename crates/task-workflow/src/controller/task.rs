@@ -16,7 +16,7 @@ use serde_json::json;
 use orrery_runtime::{apply_status, delete_if_exists, is_not_found};
 
 use super::{Error, NAME, Read, State};
-use crate::task_plan::{TaskView, plan_task};
+use crate::task_plan::{MISSING_TRIGGERS, TaskView, plan_task};
 
 pub(crate) async fn reconcile(task: Arc<PartialObjectMeta<Task>>, state: Arc<State>) -> Result<Action, Error> {
     state
@@ -117,7 +117,7 @@ async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Resu
     // Triggers that do not exist yet are announced to the other controller's cache; look
     // again now and then rather than rely on that.
     let waiting = crd_types::common::find_condition(&plan.status.conditions, crd_types::CONDITION_READY)
-        .is_some_and(|c| c.reason == "MissingTriggers");
+        .is_some_and(|c| c.reason == MISSING_TRIGGERS);
     Ok(if waiting {
         Action::requeue(std::time::Duration::from_secs(5))
     } else {
