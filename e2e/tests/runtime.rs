@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -136,20 +135,18 @@ fn metric(metrics: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn stop(probe: &mut Probe) -> std::process::ExitStatus {
+async fn stop(probe: &mut Probe) -> std::process::ExitStatus {
     let pid = probe.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = probe.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the probe did not exit within 30s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until("the probe to exit after SIGTERM", Deadline::default(), || {
+        let exited = match probe.child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("still running".to_owned()),
+            Err(err) => Err(err.to_string()),
+        };
+        std::future::ready(exited)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -201,7 +198,7 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
         "the standby must not take the Lease"
     );
 
-    let status = stop(&mut first);
+    let status = stop(&mut first).await;
     assert!(status.success(), "SIGTERM is a clean exit, got {status}");
     poll_until("probe-b to hold the Lease", Deadline::default(), || async {
         match lease_holder(&env).await {
@@ -213,7 +210,7 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
     wait_ready(&second, "leading, caches synced").await;
     probed_by(&env, "two", "probe-b").await;
 
-    let status = stop(&mut second);
+    let status = stop(&mut second).await;
     assert!(status.success(), "SIGTERM is a clean exit, got {status}");
 }
 
