@@ -2,7 +2,7 @@
 //! Bindings and CombinedStatuses, and the time, decide which stages' BindingPolicies should
 //! exist, whether the active stage is fulfilled, and what the status says.
 //!
-//! Rules (documented in the README):
+//! Rules (documented in docs/staged-binding.md):
 //! - One BindingPolicy per placed stage, named `<policy>.<stage>`, controlled by the policy
 //!   (owner reference with `controller: true` to its uid). `placementMode: Move` keeps only the
 //!   active stage's; `Keep` keeps every stage reached.
