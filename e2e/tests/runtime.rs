@@ -292,3 +292,48 @@ async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
         assert_eq!(get(controller.port, "/healthz").await.unwrap().0, 200, "{binary}");
     }
 }
+
+/// A controller without the right to list what it watches says so in its log, as a warning
+/// naming the controller, and keeps retrying: a watch error is never dropped silently.
+#[tokio::test]
+async fn a_missing_watch_permission_is_logged() {
+    let env = TestEnv::new().await;
+    let mut kubeconfig = kube::config::Kubeconfig::from_yaml(&env.plane().kubeconfig_inline().unwrap()).unwrap();
+    for named in &mut kubeconfig.auth_infos {
+        if let Some(user) = named.auth_info.as_mut() {
+            // A user no role is bound to.
+            user.impersonate = Some("nobody-at-all".into());
+        }
+    }
+    let dir = env.plane().dir();
+    let kubeconfig_path = dir.join(format!("{}-nobody.kubeconfig", env.namespace));
+    std::fs::write(&kubeconfig_path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    let log_path = dir.join(format!("{}-nobody.log", env.namespace));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(built_binaries().join("ignitor-scheduler"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig_path)
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--leader-elect=false")
+        .args(["--watch-namespace", &env.namespace])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _controller = Probe { child, port: 0 };
+    poll_until("a logged watch error", Deadline::default(), || async {
+        let logged = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
+        let warning = logged
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains("watch failed") && l.contains("ignitor-scheduler"));
+        match warning {
+            Some(line) if line.contains("forbidden") => Ok(()),
+            Some(line) => Err(format!("a watch warning without the server's refusal: {line}")),
+            None => Err(format!("log so far:\n{logged}")),
+        }
+    })
+    .await;
+}
