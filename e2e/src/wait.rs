@@ -31,7 +31,21 @@ pub struct TimedOut {
 /// Polls `check` every 50 ms until it returns `Ok`, and returns that; after `deadline`, the
 /// last observation (`check`'s `Err`) as [`TimedOut`]. The one polling loop of the tests and
 /// their harness: [`poll_until`] panics with it, library code returns it.
-pub async fn until<T, F, Fut>(what: &str, deadline: Deadline, mut check: F) -> Result<T, TimedOut>
+pub async fn until<T, F, Fut>(what: &str, deadline: Deadline, check: F) -> Result<T, TimedOut>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    until_every(what, deadline, EVERY, check).await
+}
+
+/// [`until`], looking every `every`: for a benchmark timing what it waits for.
+pub async fn until_every<T, F, Fut>(
+    what: &str,
+    deadline: Deadline,
+    every: Duration,
+    mut check: F,
+) -> Result<T, TimedOut>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -43,7 +57,7 @@ where
             Ok(value) => return Ok(value),
             Err(observed) => last = observed,
         }
-        tokio::time::sleep(EVERY).await;
+        tokio::time::sleep(every).await;
     }
     Err(TimedOut {
         what: what.to_owned(),
