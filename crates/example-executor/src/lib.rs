@@ -50,7 +50,7 @@ impl Failure for Error {
 
     fn is_conflict(&self) -> bool {
         let (Error::ConfigMap(request) | Error::Status(request)) = self;
-        matches!(request, orrery_runtime::Error::Conflict(_))
+        request.is_conflict()
     }
 }
 

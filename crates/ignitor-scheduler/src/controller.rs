@@ -34,7 +34,8 @@ impl Failure for Error {
     }
 
     fn is_conflict(&self) -> bool {
-        matches!(self, Error::Status(orrery_runtime::Error::Conflict(_)))
+        let Error::Status(request) = self;
+        request.is_conflict()
     }
 }
 

@@ -23,7 +23,7 @@ pub struct ControllerLabels {
 pub struct FailureLabels {
     /// The controller.
     pub controller: String,
-    /// The error's stable reason, as in conditions and Events.
+    /// The failure's stable reason: the variant of the controller's error ([`crate::Failure`]).
     pub reason: String,
 }
 

@@ -35,7 +35,7 @@ impl Failure for crate::Error {
     }
 
     fn is_conflict(&self) -> bool {
-        matches!(self, crate::Error::Conflict(_))
+        crate::Error::is_conflict(self)
     }
 }
 

@@ -37,6 +37,11 @@ impl Error {
         }
     }
 
+    /// Whether the object changed between our read and our write (read it again at once).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict(_))
+    }
+
     /// Wraps a failed request, saying what was being done.
     pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let action = action.into();

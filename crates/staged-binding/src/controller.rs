@@ -58,7 +58,7 @@ impl Failure for Error {
     }
 
     fn is_conflict(&self) -> bool {
-        matches!(self.request(), orrery_runtime::Error::Conflict(_))
+        self.request().is_conflict()
     }
 }
 

@@ -78,7 +78,7 @@ impl Failure for Error {
     }
 
     fn is_conflict(&self) -> bool {
-        matches!(self.request(), orrery_runtime::Error::Conflict(_))
+        self.request().is_conflict()
     }
 }
 
@@ -367,4 +367,24 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         () = forget_unused => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_counted_under_what_its_request_was_about_and_a_conflict_as_conflict() {
+        let refused = || kube::Error::TlsRequired;
+        assert_eq!(Error::api(Error::Pod, "creating pod p")(refused()).reason(), "Pod");
+        assert_eq!(
+            Error::api(Error::TaskRun, "creating TaskRun r")(refused()).reason(),
+            "TaskRun"
+        );
+        assert_eq!(Error::api(Error::Task, "reading Task t")(refused()).reason(), "Task");
+        let conflict = Error::Status(orrery_runtime::Error::Conflict("TaskRun r".into()));
+        assert_eq!(conflict.reason(), "Conflict");
+        assert!(conflict.is_conflict());
+        assert!(!Error::api(Error::Status, "writing")(refused()).is_conflict());
+    }
 }
