@@ -203,11 +203,7 @@ pub fn percentiles(mut samples: Vec<f64>) -> String {
 /// Polls `done` every 20 ms until it holds; how long that took, or an error after `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    while !done() {
-        if start.elapsed() > limit {
-            anyhow::bail!("{what}: not done after {limit:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let check = || std::future::ready(if done() { Ok(()) } else { Err("not yet".to_owned()) });
+    crate::wait::until_every(what, crate::Deadline(limit), Duration::from_millis(20), check).await?;
     Ok(start.elapsed())
 }

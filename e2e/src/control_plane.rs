@@ -249,24 +249,26 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<Vec<String>> {
             .with_context(|| format!("applying CRD {name}"))?;
         names.push(name);
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
     for name in &names {
-        loop {
-            let crd = api.get(name).await?;
-            let established = crd
-                .status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True");
-            if established {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("CRD {name} not Established after 30s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        crate::wait::until(
+            &format!("CRD {name} Established"),
+            crate::Deadline::default(),
+            || async {
+                let crd = api.get(name).await.map_err(|e| e.to_string())?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                if established {
+                    Ok(())
+                } else {
+                    Err("not Established".to_owned())
+                }
+            },
+        )
+        .await?;
     }
     Ok(names)
 }

@@ -265,31 +265,29 @@ pub async fn report(
 ) -> anyhow::Result<()> {
     let api: Api<CombinedStatus> = Api::namespaced(client.clone(), namespace);
     let selector = format!("{}={binding_policy},{}={name}", labels::BINDING_POLICY, labels::NAME);
-    let start = std::time::Instant::now();
-    loop {
-        if let Some(status) = api
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items
-            .into_iter()
-            .next()
-        {
-            let mut results = status.spec.results.clone();
-            for result in results.iter_mut().filter(|r| r.name == collector) {
-                result.column_names = vec!["value".into()];
-                result.rows = vec![crd_types::kubestellar::StatusCombinationRow {
-                    columns: vec![value.clone()],
-                }];
-            }
-            let patch = json!({"results": results});
-            api.patch(&status.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-            return Ok(());
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(30),
-            "no CombinedStatus for {namespace}/{name} under {binding_policy}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let status = crate::wait::until(
+        &format!("a CombinedStatus for {namespace}/{name} under {binding_policy}"),
+        crate::Deadline::default(),
+        || async {
+            api.list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .next()
+                .ok_or_else(|| "none yet".to_owned())
+        },
+    )
+    .await?;
+    let mut results = status.spec.results.clone();
+    for result in results.iter_mut().filter(|r| r.name == collector) {
+        result.column_names = vec!["value".into()];
+        result.rows = vec![crd_types::kubestellar::StatusCombinationRow {
+            columns: vec![value.clone()],
+        }];
     }
+    let patch = json!({"results": results});
+    api.patch(&status.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }

@@ -13,9 +13,39 @@ impl Default for Deadline {
     }
 }
 
-/// Polls `check` every 50 ms until it returns `Some`, or panics with `what` and the last
-/// observation after `deadline`.
-pub async fn poll_until<T, F, Fut>(what: &str, deadline: Deadline, mut check: F) -> T
+/// How often every helper here looks again.
+const EVERY: Duration = Duration::from_millis(50);
+
+/// What was awaited did not happen in time.
+#[derive(Debug, thiserror::Error)]
+#[error("timed out after {waited:?} waiting for {what}; last observed: {last}")]
+pub struct TimedOut {
+    /// What was awaited.
+    pub what: String,
+    /// How long.
+    pub waited: Duration,
+    /// The last observation `check` reported.
+    pub last: String,
+}
+
+/// Polls `check` every 50 ms until it returns `Ok`, and returns that; after `deadline`, the
+/// last observation (`check`'s `Err`) as [`TimedOut`]. The one polling loop of the tests and
+/// their harness: [`poll_until`] panics with it, library code returns it.
+pub async fn until<T, F, Fut>(what: &str, deadline: Deadline, check: F) -> Result<T, TimedOut>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    until_every(what, deadline, EVERY, check).await
+}
+
+/// [`until`], looking every `every`: for a benchmark timing what it waits for.
+pub async fn until_every<T, F, Fut>(
+    what: &str,
+    deadline: Deadline,
+    every: Duration,
+    mut check: F,
+) -> Result<T, TimedOut>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -24,15 +54,49 @@ where
     let mut last = String::from("not checked yet");
     while start.elapsed() < deadline.0 {
         match check().await {
-            Ok(value) => return value,
+            Ok(value) => return Ok(value),
             Err(observed) => last = observed,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
-    panic!(
-        "timed out after {:?} waiting for {what}; last observed: {last}",
-        deadline.0
-    );
+    Err(TimedOut {
+        what: what.to_owned(),
+        waited: deadline.0,
+        last,
+    })
+}
+
+/// Polls `check` every 50 ms until it returns `Ok`, or panics with `what` and the last
+/// observation after `deadline`.
+pub async fn poll_until<T, F, Fut>(what: &str, deadline: Deadline, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    match until(what, deadline, check).await {
+        Ok(value) => value,
+        Err(timed_out) => panic!("{timed_out}"),
+    }
+}
+
+/// Checks every 50 ms for all of `window` that `check` still holds, and panics with `what` and
+/// the observation the first time it does not: for "nothing happens for N s", where there is no
+/// event to wait for, only a time in which one must not come.
+pub async fn stays<F, Fut>(what: &str, window: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Err(observed) = check().await {
+            panic!("{what} stopped holding after {:?}: {observed}", start.elapsed());
+        }
+        if start.elapsed() >= window {
+            return;
+        }
+        tokio::time::sleep(EVERY).await;
+    }
 }
 
 /// The `Ready` condition of a hierarchy object, read fresh.

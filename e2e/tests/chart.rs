@@ -302,7 +302,7 @@ fn every_controller_crate_is_in_the_chart() {
         let excused = NOT_DEPLOYED.iter().any(|(name, _)| name == controller);
         assert!(
             in_chart || excused,
-            "crates/{controller} runs a controller but the chart does not deploy it: see README, Adding a controller crate"
+            "crates/{controller} runs a controller but the chart does not deploy it: see docs/development.md, Adding a controller crate"
         );
     }
     let helpers = std::fs::read_to_string(helm::chart_dir().join("templates/_helpers.tpl")).unwrap();

@@ -21,7 +21,7 @@ use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use orrery_e2e::pod_simulator::{PodSimulator, crash_loop, restart};
 use orrery_e2e::prometheus::{Exporter, Prometheus};
-use orrery_e2e::{Deadline, InProcess, TestEnv, create, poll_until, serve_every_test};
+use orrery_e2e::{Deadline, InProcess, TestEnv, create, poll_until, serve_every_test, stays};
 use orrery_runtime::Context;
 use serde_json::{Value, json};
 
@@ -568,8 +568,8 @@ async fn serve_webhook(reply: Arc<Mutex<Value>>, calls: Arc<Mutex<Vec<Value>>>) 
                 .push(serde_json::from_str::<Value>(&body).unwrap());
             let answer = reply.lock().unwrap().clone();
             if answer == json!("slow") {
-                // Slower than the policy's timeout: the runner gives up first.
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // Never answers: the runner gives up at the policy's timeout.
+                std::future::pending::<()>().await;
             }
             ([(http::header::CONTENT_TYPE, "application/json")], answer.to_string())
         }
@@ -664,9 +664,15 @@ async fn pause_resume_promote_and_abort_from_kubectl() {
     world.annotate("shop", PAUSE_ANNOTATION, Some("true")).await;
     world.wait_pipeline("shop", "Paused").await;
     let paused_at = world.canary_weight("shop").await.unwrap();
-    // An observation window longer than two intervals: a paused canary takes no step.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(world.canary_weight("shop").await, Some(paused_at));
+    // Nothing to wait for, only a time in which nothing may happen: over a window longer than
+    // two intervals, a paused canary takes no step.
+    stays("the paused canary's weight", Duration::from_secs(5), || async {
+        match world.canary_weight("shop").await {
+            Some(weight) if weight == paused_at => Ok(()),
+            other => Err(format!("{other:?}, paused at {paused_at}")),
+        }
+    })
+    .await;
     assert!(world.pipeline("shop").await.unwrap().paused);
 
     world.annotate("shop", PAUSE_ANNOTATION, None).await;
@@ -701,13 +707,19 @@ async fn a_restarted_runner_resumes_the_canary_at_the_same_step() {
     let mut seen = world.canary_weights_until("shop", 40, Duration::from_secs(120)).await;
     world.runner.take().unwrap().kill().await;
     // Down for longer than a step's interval: the restarted runner must take that step once,
-    // not twice, and not skip one.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    assert_eq!(
-        world.canary_weight("shop").await,
-        Some(40),
-        "nothing moves while it is down"
-    );
+    // not twice, and not skip one. Nothing moves while it is down, which is watched for the
+    // whole time (there is no event to wait for, only one that must not come).
+    stays(
+        "the weight while the runner is down",
+        Duration::from_secs(4),
+        || async {
+            match world.canary_weight("shop").await {
+                Some(40) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
     world.runner = Some(start_runner(&world.env));
     let rest = world.canary_weights_until("shop", 100, Duration::from_secs(120)).await;
     seen.extend(rest.into_iter().skip_while(|w| *w == 40));
@@ -748,9 +760,22 @@ async fn bad_input_is_reported_on_the_step_and_the_traffic_stays() {
     );
     let message = world.wait_pipeline("bad-cel", "InvalidExpression").await;
     assert!(message.starts_with("step 2 (cel): expression: "), "{message}");
-    // Nothing partial applied: each route carries the Application's baseline, not the first
-    // step's half, over an observation window after the failures are reported.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Nothing partial applied: no route ever carries the first step's half, watched over a
+    // window after the failures are reported (nothing to wait for, only something that must
+    // not happen); then each carries the Application's baseline.
+    stays(
+        "no route with the first step's half",
+        Duration::from_secs(3),
+        || async {
+            for app in ["unclaimed", "typo", "bad-cel"] {
+                if let Some(50) = world.canary_weight(app).await {
+                    return Err(format!("{app}'s route has v2 at 50"));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
     for (app, reason) in [
         ("unclaimed", "PolicyNotClaimed"),
         ("typo", "InvalidParameters"),

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -136,20 +135,18 @@ fn metric(metrics: &str, name_and_labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn stop(probe: &mut Probe) -> std::process::ExitStatus {
+async fn stop(probe: &mut Probe) -> std::process::ExitStatus {
     let pid = probe.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = probe.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the probe did not exit within 30s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    poll_until("the probe to exit after SIGTERM", Deadline::default(), || {
+        let exited = match probe.child.try_wait() {
+            Ok(Some(status)) => Ok(status),
+            Ok(None) => Err("still running".to_owned()),
+            Err(err) => Err(err.to_string()),
+        };
+        std::future::ready(exited)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -201,7 +198,7 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
         "the standby must not take the Lease"
     );
 
-    let status = stop(&mut first);
+    let status = stop(&mut first).await;
     assert!(status.success(), "SIGTERM is a clean exit, got {status}");
     poll_until("probe-b to hold the Lease", Deadline::default(), || async {
         match lease_holder(&env).await {
@@ -213,7 +210,7 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
     wait_ready(&second, "leading, caches synced").await;
     probed_by(&env, "two", "probe-b").await;
 
-    let status = stop(&mut second);
+    let status = stop(&mut second).await;
     assert!(status.success(), "SIGTERM is a clean exit, got {status}");
 }
 
@@ -294,4 +291,49 @@ async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
         .await;
         assert_eq!(get(controller.port, "/healthz").await.unwrap().0, 200, "{binary}");
     }
+}
+
+/// A controller without the right to list what it watches says so in its log, as a warning
+/// naming the controller, and keeps retrying: a watch error is never dropped silently.
+#[tokio::test]
+async fn a_missing_watch_permission_is_logged() {
+    let env = TestEnv::new().await;
+    let mut kubeconfig = kube::config::Kubeconfig::from_yaml(&env.plane().kubeconfig_inline().unwrap()).unwrap();
+    for named in &mut kubeconfig.auth_infos {
+        if let Some(user) = named.auth_info.as_mut() {
+            // A user no role is bound to.
+            user.impersonate = Some("nobody-at-all".into());
+        }
+    }
+    let dir = env.plane().dir();
+    let kubeconfig_path = dir.join(format!("{}-nobody.kubeconfig", env.namespace));
+    std::fs::write(&kubeconfig_path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+    let log_path = dir.join(format!("{}-nobody.log", env.namespace));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(built_binaries().join("ignitor-scheduler"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig_path)
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--leader-elect=false")
+        .args(["--watch-namespace", &env.namespace])
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _controller = Probe { child, port: 0 };
+    poll_until("a logged watch error", Deadline::default(), || async {
+        let logged = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
+        let warning = logged
+            .lines()
+            .find(|l| l.contains("WARN") && l.contains("watch failed") && l.contains("ignitor-scheduler"));
+        match warning {
+            Some(line) if line.contains("forbidden") => Ok(()),
+            Some(line) => Err(format!("a watch warning without the server's refusal: {line}")),
+            None => Err(format!("log so far:\n{logged}")),
+        }
+    })
+    .await;
 }

@@ -1032,7 +1032,7 @@ async fn a_tasks_actions_act_only_in_its_own_namespace() {
     let as_controller = access::as_controller(&team_a, task_workflow::controller::NAME)
         .await
         .unwrap();
-    // The operator lets the annotate action patch ConfigMaps, as the README says to: with the
+    // The operator lets the annotate action patch ConfigMaps, as docs/task-workflow.md says to: with the
     // chart's own rule on TaskRuns, task-workflow may patch both in team B's namespace, so
     // only its own refusal stands between team A's Task and team B's objects.
     let controller_user = access::service_account_user(&a, task_workflow::controller::NAME);

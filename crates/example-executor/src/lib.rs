@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use crd_types::common::{CONDITION_READY, Time, set_condition};
 use crd_types::hierarchy::{Application, ApplicationStatus, HierarchyStatus, OWNER_LABEL};
-use futures::StreamExt;
 use hierarchy_executor::registry::{Claim, Executor, Kind, Parameter, ParameterType, Registry};
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -24,10 +23,36 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, Error, apply_status, watched_and_cached, watcher_config};
+use orrery_runtime::{BoxError, Context, Failure, apply_status, log_results, watched_and_cached, watcher_config};
 
 /// The controller's name: its field manager, and what it writes in `status.executor`.
 pub const NAME: &str = "example-executor";
+
+/// Why a reconcile failed; the variant is the reason in `orrery_reconcile_failures`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Applying the Application's ConfigMap.
+    #[error(transparent)]
+    ConfigMap(orrery_runtime::Error),
+    /// Writing the Application's status.
+    #[error(transparent)]
+    Status(orrery_runtime::Error),
+}
+
+impl Failure for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            _ if self.is_conflict() => "Conflict",
+            Error::ConfigMap(_) => "ConfigMap",
+            Error::Status(_) => "Status",
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        let (Error::ConfigMap(request) | Error::Status(request)) = self;
+        request.is_conflict()
+    }
+}
 
 /// The one executor this controller claims.
 pub const EXAMPLE: Executor = Executor {
@@ -45,24 +70,33 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let config = watcher_config(&context.api::<Application>()).await;
     let (applications, trigger) = watched_and_cached(&context.readiness, context.api::<Application>(), config);
     let state = Arc::new((context.clone(), Registry::of(&[EXAMPLE])));
-    Controller::for_stream(trigger, applications)
+    let results = Controller::for_stream(trigger, applications)
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(reconcile, |_, error, _| error.requeue(), state)
-        .for_each(|_| async {})
-        .await;
+        .run(
+            reconcile,
+            |app, error, state| state.0.error_policy(NAME, app.as_ref(), error),
+            state,
+        );
+    log_results(NAME, results).await;
     Ok(())
 }
 
 async fn reconcile(app: Arc<Application>, state: Arc<(Context, Registry)>) -> Result<Action, Error> {
     let (context, registry) = state.as_ref();
+    context
+        .reconcile(NAME, app.as_ref(), run_example(&app, context, registry))
+        .await
+}
+
+async fn run_example(app: &Application, context: &Context, registry: &Registry) -> Result<Action, Error> {
     let (ready, reason, message) = match registry.claim(Kind::Application, app.spec.executor.as_ref()) {
         // Not ours: another executor's business.
         Claim::NotClaimed(_) => return Ok(Action::await_change()),
         Claim::InvalidParameters(message) => (false, "InvalidParameters", message),
         Claim::Claimed(parameters) => {
             let text = parameters.get("message").and_then(|m| m.as_str()).unwrap_or_default();
-            apply_config_map(context, &app, text).await?;
+            apply_config_map(context, app, text).await?;
             (true, "Ready", String::new())
         }
     };
@@ -96,7 +130,7 @@ async fn reconcile(app: Arc<Application>, state: Arc<(Context, Registry)>) -> Re
     }
     if current.as_ref() != Some(&status) {
         let api = Api::<Application>::namespaced(context.client.clone(), &app.namespace().unwrap_or_default());
-        apply_status(&api, NAME, app.as_ref(), &status).await?;
+        apply_status(&api, NAME, app, &status).await.map_err(Error::Status)?;
     }
     Ok(Action::await_change())
 }
@@ -122,6 +156,6 @@ async fn apply_config_map(context: &Context, app: &Application, message: &str) -
     Api::<ConfigMap>::namespaced(context.client.clone(), &namespace)
         .patch(&name, &PatchParams::apply(NAME), &Patch::Apply(&config_map))
         .await
-        .map_err(Error::api(format!("applying ConfigMap {name}")))?;
+        .map_err(|source| Error::ConfigMap(orrery_runtime::Error::api(format!("applying ConfigMap {name}"))(source)))?;
     Ok(())
 }

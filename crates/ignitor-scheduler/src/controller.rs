@@ -2,21 +2,42 @@
 //! controller's field manager, emit the planned Events, and sleep until the next firing.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crd_types::workflow::{FIRE_ANNOTATION, Ignitor};
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, Resource, ResourceExt};
-pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, apply_status, watched_and_cached, watcher_config};
+use orrery_runtime::{
+    BoxError, Context, Failure, apply_status, log_results, requeue_at_or_await, watched_and_cached, watcher_config,
+};
 use tracing::info;
 
 use crate::plan::{Observed, plan};
 
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "ignitor-scheduler";
+
+/// Why a reconcile failed; the variant is the reason in `orrery_reconcile_failures`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing the Ignitor's status (a firing is recorded there before anyone acts on it).
+    #[error(transparent)]
+    Status(orrery_runtime::Error),
+}
+
+impl Failure for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Status(orrery_runtime::Error::Conflict(_)) => "Conflict",
+            Error::Status(_) => "Status",
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        let Error::Status(request) = self;
+        request.is_conflict()
+    }
+}
 
 struct State {
     context: Context,
@@ -29,20 +50,18 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let (store, trigger) = watched_and_cached(&context.readiness, api, config);
     let controller = Controller::for_stream(trigger, store);
     let shutdown = context.shutdown_signal();
-    controller
+    let results = controller
         .with_config(context.controller_config())
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, Arc::new(State { context }))
-        .for_each(|_| async {})
-        .await;
+        .run(reconcile, error_policy, Arc::new(State { context }));
+    log_results(NAME, results).await;
     Ok(())
 }
 
 async fn reconcile(ignitor: Arc<Ignitor>, state: Arc<State>) -> Result<Action, Error> {
     state
         .context
-        .metrics
-        .measure(NAME, fire_if_due(&ignitor, &state.context))
+        .reconcile(NAME, ignitor.as_ref(), fire_if_due(&ignitor, &state.context))
         .await
 }
 
@@ -63,7 +82,9 @@ async fn fire_if_due(ignitor: &Ignitor, context: &Context) -> Result<Action, Err
         let api: Api<Ignitor> = Api::namespaced(context.client.clone(), &ignitor.namespace().unwrap_or_default());
         // The write is conditional on the resourceVersion read: two writers can never both
         // record the same firing, and a firing is in status before anyone acts on it.
-        apply_status(&api, NAME, ignitor, &planned.status).await?;
+        apply_status(&api, NAME, ignitor, &planned.status)
+            .await
+            .map_err(Error::Status)?;
         if let Some(ignition) = &planned.fired {
             info!(ignitor = %ignitor.name_any(), namespace = ?ignitor.namespace(), sequence = ignition.sequence, reason = %ignition.reason, "fired");
         }
@@ -83,12 +104,9 @@ async fn fire_if_due(ignitor: &Ignitor, context: &Context) -> Result<Action, Err
             .await;
     }
 
-    Ok(match planned.wake_at {
-        Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
-        None => Action::await_change(),
-    })
+    Ok(requeue_at_or_await(planned.wake_at))
 }
 
-fn error_policy(_: Arc<Ignitor>, error: &Error, _: Arc<State>) -> Action {
-    error.requeue()
+fn error_policy(ignitor: Arc<Ignitor>, error: &Error, state: Arc<State>) -> Action {
+    state.context.error_policy(NAME, ignitor.as_ref(), error)
 }

@@ -8,17 +8,18 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crd_types::hierarchy::{Application, Cluster, Project, VirtualCluster};
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use orrery_runtime::{BoxError, Context, Error, apply_status, watched_and_cached, watcher_config};
+use orrery_runtime::{
+    BoxError, Context, Failure, Lock, apply_status, log_results, until, watched_and_cached, watcher_config,
+};
 use serde::Serialize;
 use serde_json::json;
 
@@ -27,13 +28,35 @@ use crate::pipeline;
 use crate::registry::Registry;
 use crate::subject::Subject;
 
+/// Why a reconcile failed; the variant is the reason in `orrery_reconcile_failures`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing the resource's `status.policy`.
+    #[error(transparent)]
+    Status(orrery_runtime::Error),
+}
+
+impl Failure for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Error::Status(orrery_runtime::Error::Conflict(_)) => "Conflict",
+            Error::Status(_) => "Status",
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        let Error::Status(request) = self;
+        request.is_conflict()
+    }
+}
+
 struct State<K: Subject> {
     context: Context,
     registry: Registry,
     http: Http,
     cache: Store<K>,
     /// Per resource, what its pipeline last ran on and when it wanted to run again.
-    last_runs: Mutex<HashMap<ObjectRef<K>, LastRun>>,
+    last_runs: Lock<HashMap<ObjectRef<K>, LastRun>>,
 }
 
 #[derive(Clone, Copy)]
@@ -93,22 +116,25 @@ async fn run_kind<K: Subject>(
         registry: registry.clone(),
         http: http.clone(),
         cache: cache.clone(),
-        last_runs: Mutex::default(),
+        last_runs: Lock::default(),
     });
-    Controller::for_stream(trigger, cache)
+    let runner = registry.runner;
+    let results = Controller::for_stream(trigger, cache)
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(reconcile, |_, error, _| error.requeue(), state)
-        .for_each(|_| async {})
-        .await;
+        .run(
+            reconcile,
+            move |subject, error, state| state.context.error_policy(runner, subject.as_ref(), error),
+            state,
+        );
+    log_results(runner, results).await;
 }
 
 async fn reconcile<K: Subject>(subject: Arc<K>, state: Arc<State<K>>) -> Result<Action, Error> {
     let runner = state.registry.runner;
     state
         .context
-        .metrics
-        .measure(runner, run_pipeline(subject.as_ref(), state.as_ref()))
+        .reconcile(runner, subject.as_ref(), run_pipeline(subject.as_ref(), state.as_ref()))
         .await
 }
 
@@ -128,7 +154,9 @@ async fn run_pipeline<K: Subject>(subject: &K, state: &State<K>) -> Result<Actio
         // nothing under our field manager removes exactly our fields.
         let ours = recorded == Some(runner) || (recorded.is_none() && registry.is_default());
         if current.is_some() && ours && (policies.is_empty() || recorded == Some(runner)) {
-            apply_status(&api, runner, subject, &json!({})).await?;
+            apply_status(&api, runner, subject, &json!({}))
+                .await
+                .map_err(Error::Status)?;
         }
         return Ok(Action::await_change());
     }
@@ -136,12 +164,7 @@ async fn run_pipeline<K: Subject>(subject: &K, state: &State<K>) -> Result<Actio
     let key = ObjectRef::from_obj(subject);
     let inputs = inputs_of(subject);
     let now = Timestamp::now();
-    let last = state
-        .last_runs
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&key)
-        .copied();
+    let last = state.last_runs.lock().get(&key).copied();
     if let Some(last) = last.filter(|l| l.inputs == inputs && l.wake_at.is_none_or(|w| now < w)) {
         return Ok(after(last.wake_at));
     }
@@ -149,7 +172,9 @@ async fn run_pipeline<K: Subject>(subject: &K, state: &State<K>) -> Result<Actio
     let wake_at = planned.as_ref().and_then(|p| p.wake_at);
     if let Some(planned) = planned {
         if current != Some(&planned.status) {
-            apply_status(&api, runner, subject, &json!({ "policy": planned.status })).await?;
+            apply_status(&api, runner, subject, &json!({ "policy": planned.status }))
+                .await
+                .map_err(Error::Status)?;
         }
         let reference = subject.object_ref(&());
         for notice in planned.notices {
@@ -172,7 +197,7 @@ async fn run_pipeline<K: Subject>(subject: &K, state: &State<K>) -> Result<Actio
 
 /// Records a run, forgetting resources that are gone once there are many of them.
 fn remember<K: Subject>(state: &State<K>, key: ObjectRef<K>, run: LastRun) {
-    let mut last_runs = state.last_runs.lock().unwrap_or_else(|p| p.into_inner());
+    let mut last_runs = state.last_runs.lock();
     last_runs.insert(key, run);
     if last_runs.len() > 2 * state.cache.len() + 64 {
         last_runs.retain(|key, _| state.cache.get(key).is_some());
@@ -204,7 +229,5 @@ fn after(wake_at: Option<Timestamp>) -> Action {
 
 /// How long until `at`, at least a second: a wake time already past never spins.
 fn wait_until(at: Timestamp) -> Duration {
-    Duration::try_from(at.duration_since(Timestamp::now()))
-        .unwrap_or(Duration::ZERO)
-        .max(Duration::from_secs(1))
+    until(at).max(Duration::from_secs(1))
 }

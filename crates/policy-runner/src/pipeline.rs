@@ -22,6 +22,9 @@ use crate::subject::Subject;
 /// How soon a step that failed outside is tried again.
 const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(10);
 
+/// The phase of a step that failed (an error, not a policy's verdict).
+pub const STEP_FAILED: &str = "Failed";
+
 /// Performs what policies ask for: the only I/O a pipeline does.
 pub trait Outside: Sync {
     /// Fetches `request`'s answer.
@@ -318,11 +321,11 @@ fn stopped<D: Document>(
             if i == index {
                 PolicyStepStatus {
                     name: reference.name.clone(),
-                    phase: "Failed".into(),
+                    phase: STEP_FAILED.into(),
                     message: Some(failure.message.clone()),
                     state: before.and_then(|b| b.state.clone()),
                     last_transition_time: match before {
-                        Some(b) if b.phase == "Failed" => b.last_transition_time.clone(),
+                        Some(b) if b.phase == STEP_FAILED => b.last_transition_time.clone(),
                         _ => Some(seconds(now)),
                     },
                 }

@@ -19,9 +19,10 @@ pub struct RuntimeArgs {
     #[arg(long, global = true)]
     pub context: Option<String>,
 
-    /// Watch only this namespace (namespaced kinds); all namespaces by default.
-    #[arg(long, env = "ORRERY_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Watch only this namespace: the namespaced kinds in it, and none of the cluster-scoped
+    /// kinds a controller reconciles; all namespaces by default (or when empty).
+    #[arg(long, env = "ORRERY_WATCH_NAMESPACE", value_parser = parse_namespace)]
+    pub watch_namespace: Option<WatchNamespace>,
 
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "ORRERY_LOG_FORMAT")]
@@ -57,8 +58,9 @@ pub struct RuntimeArgs {
     #[arg(long, default_value_t = 400)]
     pub burst: u32,
 
-    /// Reconciles run at once, per controller. Each holds an API connection while it writes;
-    /// more rarely helps, as the request limit above is shared.
+    /// Reconciles run at once by each controller of this binary: each kind it reconciles
+    /// (e.g. Task and TaskRun) has its own queue, of this many. Each reconcile holds an API
+    /// connection while it writes; more rarely helps, as the request limit above is shared.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
 
@@ -79,6 +81,36 @@ impl RuntimeArgs {
     /// Grace period after SIGTERM.
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+
+    /// The one namespace to watch (`--watch-namespace`), or `None` for all of them.
+    pub fn namespace(&self) -> Option<String> {
+        self.watch_namespace.as_ref().and_then(|n| n.0.clone())
+    }
+}
+
+/// `--watch-namespace`: a namespace name, or empty for all namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchNamespace(pub Option<String>);
+
+/// A namespace's name is a DNS label: at most 63 lowercase letters, digits and '-', starting
+/// and ending with a letter or digit. Empty means every namespace.
+fn parse_namespace(value: &str) -> Result<WatchNamespace, String> {
+    if value.is_empty() {
+        return Ok(WatchNamespace(None));
+    }
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let valid = value.len() <= 63
+        && value.chars().all(|c| alphanumeric(c) || c == '-')
+        && value.starts_with(alphanumeric)
+        && value.ends_with(alphanumeric);
+    if valid {
+        Ok(WatchNamespace(Some(value.to_owned())))
+    } else {
+        Err(format!(
+            "{value:?} is not a namespace name (at most 63 lowercase letters, digits and '-', \
+             starting and ending with a letter or digit)"
+        ))
     }
 }
 
@@ -121,5 +153,29 @@ mod tests {
             .collect();
         assert_eq!(shown, ["10.0.0.0/8", "169.254.169.254/32"]);
         assert!(Cli::try_parse_from(["controller", "--allowed-egress=prometheus"]).is_err());
+    }
+
+    #[test]
+    fn watch_namespace_is_a_namespace_name_or_empty_for_all() {
+        let namespace = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("controller").chain(args.iter().copied()))
+                .map(|cli| cli.runtime.namespace())
+                .map_err(|err| err.to_string())
+        };
+        assert_eq!(namespace(&[]), Ok(None));
+        assert_eq!(namespace(&["--watch-namespace="]), Ok(None));
+        assert_eq!(namespace(&["--watch-namespace", "team-a"]), Ok(Some("team-a".into())));
+        for bad in ["Team-A", "-a", "a-", "a.b", &"a".repeat(64)] {
+            let refused = namespace(&[&format!("--watch-namespace={bad}")]).unwrap_err();
+            assert!(refused.contains("is not a namespace name"), "{refused}");
+        }
+    }
+
+    #[test]
+    fn concurrency_says_it_is_per_controller() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("each controller of this binary"), "{help}");
+        assert!(Cli::try_parse_from(["controller", "--concurrency=0"]).is_err());
     }
 }

@@ -5,7 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use kube::{Client, Config};
 use tower::{Layer, Service};
 
 use crate::args::RuntimeArgs;
+use crate::lock::Lock;
 use crate::metrics::RequestMetrics;
 
 /// Loads the configuration the arguments name.
@@ -82,7 +83,7 @@ impl TokenBucket {
 /// Tower layer counting requests and applying the rate limit, if any.
 #[derive(Clone, Debug)]
 pub struct RateLimitLayer {
-    bucket: Option<Arc<Mutex<TokenBucket>>>,
+    bucket: Option<Arc<Lock<TokenBucket>>>,
     metrics: RequestMetrics,
 }
 
@@ -91,7 +92,7 @@ impl RateLimitLayer {
     /// is zero or less.
     pub fn new(qps: f64, burst: u32, metrics: RequestMetrics) -> Self {
         Self {
-            bucket: (qps > 0.0).then(|| Arc::new(Mutex::new(TokenBucket::new(qps, burst)))),
+            bucket: (qps > 0.0).then(|| Arc::new(Lock::new(TokenBucket::new(qps, burst)))),
             metrics,
         }
     }
@@ -115,7 +116,7 @@ impl<S> Layer<S> for RateLimitLayer {
 /// `poll_ready` delays dispatch without holding up responses already in flight.
 pub struct RateLimit<S> {
     inner: S,
-    bucket: Option<Arc<Mutex<TokenBucket>>>,
+    bucket: Option<Arc<Lock<TokenBucket>>>,
     metrics: RequestMetrics,
     delay: Option<Pin<Box<tokio::time::Sleep>>>,
     has_token: bool,
@@ -147,10 +148,7 @@ where
             }
             // A poisoned lock only means another thread panicked mid-update; the bucket is
             // still a valid number of tokens.
-            let taken = bucket
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .take(Instant::now());
+            let taken = bucket.lock().take(Instant::now());
             match taken {
                 Ok(()) => self.has_token = true,
                 Err(wait) => {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
@@ -17,6 +17,8 @@ use kube::api::{Patch, PatchParams, PostParams};
 pub use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client};
 use serde_json::json;
+
+use crate::lock::Lock;
 
 /// How long a published Event takes repeats into its series.
 const SERIES_WINDOW: SignedDuration = SignedDuration::from_mins(6);
@@ -28,7 +30,7 @@ pub struct Recorder {
     controller: String,
     instance: String,
     /// Hash of (object, type, reason, action, related) → the series it counts into.
-    series: Arc<Mutex<HashMap<u64, Series>>>,
+    series: Arc<Lock<HashMap<u64, Series>>>,
 }
 
 struct Series {
@@ -100,7 +102,7 @@ impl Recorder {
         let now = Timestamp::now();
         let key = series_key(event, regarding);
         let repeat = {
-            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            let mut series = self.series.lock();
             series.retain(|_, s| s.last + SERIES_WINDOW > now);
             series.get_mut(&key).map(|s| {
                 s.count += 1;
@@ -145,7 +147,7 @@ impl Recorder {
         let namespace = regarding.namespace.clone();
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), namespace.as_deref().unwrap_or("default"));
         api.create(&PostParams::default(), &k8s_event).await?;
-        self.series.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        self.series.lock().insert(
             key,
             Series {
                 namespace,

@@ -1,7 +1,7 @@
 //! /metrics, /healthz and /readyz.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,6 +11,7 @@ use axum::routing::get;
 use futures::FutureExt;
 use kube::runtime::reflector::Store;
 
+use crate::lock::Lock;
 use crate::metrics::Metrics;
 
 // Starting is the state a new Readiness is in (0).
@@ -30,7 +31,7 @@ type SyncCheck = Box<dyn Fn() -> bool + Send + Sync>;
 #[derive(Clone, Default)]
 pub struct Readiness {
     state: Arc<AtomicU8>,
-    caches: Arc<Mutex<Vec<SyncCheck>>>,
+    caches: Arc<Lock<Vec<SyncCheck>>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -62,7 +63,7 @@ impl Readiness {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<SyncCheck>> {
-        self.caches.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.caches.lock()
     }
 
     pub(crate) fn set_standby(&self) {

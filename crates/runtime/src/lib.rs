@@ -15,7 +15,9 @@ mod client;
 pub mod egress;
 pub mod events;
 mod health;
+mod lock;
 mod metrics;
+mod reconcile;
 mod shared;
 mod telemetry;
 mod write;
@@ -28,18 +30,20 @@ use kube_lease_manager::{LeaseManagerBuilder, LeaseParams};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use args::{LogFormat, RuntimeArgs};
+pub use args::{LogFormat, RuntimeArgs, WatchNamespace};
 pub use client::{RateLimitLayer, build_client, load_config};
 pub use egress::Egress;
 pub use events::Recorder;
 pub use health::{Readiness, router, wait_synced};
+pub use lock::Lock;
 pub use metrics::{Metrics, ReconcileMetrics};
+pub use reconcile::{Failure, Retries, log_results, requeue_at, requeue_at_or_await, until};
 pub use shared::{
     SharedCache, strip, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_as_shared,
     watched_and_cached_metadata_shared, watched_and_cached_slim, watcher_config,
 };
 pub use telemetry::init_tracing;
-pub use write::{Error, apply_status, has_finalizer, is_not_found, set_finalizer};
+pub use write::{Error, apply_status, delete_if_exists, has_finalizer, is_not_found, set_finalizer};
 
 /// Errors from controllers, as the runtime sees them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -88,8 +92,11 @@ pub struct Context {
     pub recorder: Recorder,
     /// Watch only this namespace (`--watch-namespace`); all namespaces when `None`.
     pub namespace: Option<String>,
-    /// Reconciles run at once, per controller (`--concurrency`).
+    /// Reconciles run at once by each controller, i.e. each kind reconciled, of this binary
+    /// (`--concurrency`): hand [`Context::controller_config`] to every one as it is.
     pub concurrency: u16,
+    /// Failures in a row per object, for [`Context::error_policy`]'s backoff.
+    pub retries: Retries,
     /// Where requests of the users' choosing may go (`--allowed-egress` and the API server's
     /// addresses): build their HTTP client with [`Egress::client`].
     pub egress: Egress,
@@ -125,9 +132,54 @@ impl std::fmt::Debug for Context {
 const DEFAULT_CONCURRENCY: u16 = 16;
 
 impl Context {
-    /// The configuration every `kube::runtime::Controller` of this binary runs with.
+    /// The configuration every `kube::runtime::Controller` of this binary runs with, each with
+    /// the whole `--concurrency`.
     pub fn controller_config(&self) -> kube::runtime::controller::Config {
         kube::runtime::controller::Config::default().concurrency(self.concurrency)
+    }
+
+    /// Runs one reconcile of `object` by `controller`: inside a span carrying the object's
+    /// kind, namespace, name and resourceVersion, counted in the reconcile metrics (a failure
+    /// under its [`Failure::reason`]), and starting its backoff over when it succeeds. Every
+    /// reconciler's entry point:
+    ///
+    /// ```ignore
+    /// async fn reconcile(object: Arc<K>, state: Arc<State>) -> Result<Action, Error> {
+    ///     state.context.reconcile(NAME, object.as_ref(), work(&object, &state)).await
+    /// }
+    /// fn error_policy(object: Arc<K>, error: &Error, state: Arc<State>) -> Action {
+    ///     state.context.error_policy(NAME, object.as_ref(), error)
+    /// }
+    /// ```
+    pub async fn reconcile<K, T, E>(
+        &self,
+        controller: &str,
+        object: &K,
+        work: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E>
+    where
+        K: kube::Resource,
+        K::DynamicType: Default,
+        E: Failure,
+    {
+        reconcile::reconcile(&self.metrics, &self.retries, controller, object, work).await
+    }
+
+    /// The error policy of every controller: a conflict is read again at once; any other
+    /// failure is logged naming the object and tried again after a pause that doubles with each
+    /// failure in a row of that object, up to a minute ([`Retries`]).
+    pub fn error_policy<K, E>(&self, controller: &str, object: &K, error: &E) -> kube::runtime::controller::Action
+    where
+        K: kube::Resource,
+        K::DynamicType: Default,
+        E: Failure,
+    {
+        self.retries.failed(controller, object, error)
+    }
+
+    /// Whether objects in `namespace` are this binary's to watch (`--watch-namespace`).
+    pub fn watches_namespace(&self, namespace: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|watched| watched == namespace)
     }
 
     /// A context for running controllers in-process without the binary's plumbing (no Lease,
@@ -143,6 +195,7 @@ impl Context {
             readiness: Readiness::default(),
             namespace: None,
             concurrency: DEFAULT_CONCURRENCY,
+            retries: Retries::default(),
             egress: Egress::default(),
             shutdown: stop_rx,
         };
@@ -287,8 +340,9 @@ where
         client,
         metrics: metrics.reconcile.clone(),
         readiness: readiness.clone(),
-        namespace: args.watch_namespace.clone(),
+        namespace: args.namespace(),
         concurrency: args.concurrency,
+        retries: Retries::default(),
         egress,
         shutdown: stop_rx,
     };

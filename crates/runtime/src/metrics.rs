@@ -23,7 +23,7 @@ pub struct ControllerLabels {
 pub struct FailureLabels {
     /// The controller.
     pub controller: String,
-    /// The error's stable reason, as in conditions and Events.
+    /// The failure's stable reason: the variant of the controller's error ([`crate::Failure`]).
     pub reason: String,
 }
 
@@ -55,25 +55,22 @@ impl Default for ReconcileMetrics {
 
 impl ReconcileMetrics {
     /// Runs one reconcile of `controller` and records it: how long it took, and its failure
-    /// reason if it failed.
-    pub async fn measure<T>(
+    /// reason if it failed. [`crate::Context::reconcile`] does this and more (a span naming the
+    /// object, backoff reset on success); this logs failures itself, without the object.
+    pub async fn measure<T, E: crate::Failure>(
         &self,
         controller: &str,
-        reconcile: impl Future<Output = Result<T, crate::Error>>,
-    ) -> Result<T, crate::Error> {
+        reconcile: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
         let started = std::time::Instant::now();
         let result = reconcile.await;
         match &result {
             // Expected under concurrent writers: read again and retried at once.
-            Err(err @ crate::Error::Conflict(_)) => tracing::debug!(controller, error = %err, "reconcile retried"),
+            Err(err) if err.is_conflict() => tracing::debug!(controller, error = %err, "reconcile retried"),
             Err(err) => tracing::warn!(controller, error = %err, "reconcile failed; retrying after a pause"),
             Ok(_) => {}
         }
-        self.observe(
-            controller,
-            started.elapsed(),
-            result.as_ref().err().map(crate::Error::reason),
-        );
+        self.observe(controller, started.elapsed(), result.as_ref().err().map(E::reason));
         result
     }
 

@@ -1,9 +1,10 @@
 //! What every controller's I/O repeats: writing status with server-side apply under a
-//! resourceVersion precondition, one error type with stable reasons, and the requeue policy.
+//! resourceVersion precondition, deleting what may be gone already, and one error type for
+//! these requests (each controller wraps it in its own, see [`crate::Failure`]).
 
 use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
@@ -36,13 +37,19 @@ impl Error {
         }
     }
 
+    /// Whether the object changed between our read and our write (read it again at once).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Conflict(_))
+    }
+
     /// Wraps a failed request, saying what was being done.
     pub fn api(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
         let action = action.into();
         move |source| Error::Api { action, source }
     }
 
-    /// Conflicts are read again at once; other failures after a pause.
+    /// Conflicts are read again at once; other failures after a pause. A fixed pause: prefer
+    /// [`crate::Context::error_policy`], which backs off per object and names it in the log.
     pub fn requeue(&self) -> Action {
         match self {
             Error::Conflict(_) => Action::requeue(Duration::from_millis(50)),
@@ -54,6 +61,24 @@ impl Error {
 /// A 404: the object is already gone, which is what a delete wanted.
 pub fn is_not_found(err: &kube::Error) -> bool {
     matches!(err, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Deletes `name` through `api` with `params`: an object already gone (404) is what a delete
+/// wanted, so it succeeds and says `false`. A failed precondition (someone else's object under
+/// that name now) is a [`Error::Conflict`].
+pub async fn delete_if_exists<K>(api: &Api<K>, name: &str, params: &DeleteParams) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, params).await {
+        Ok(_) => Ok(true),
+        Err(err) if is_not_found(&err) => Ok(false),
+        Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(format!("{} {name}", K::kind(&())))),
+        Err(source) => Err(Error::Api {
+            action: format!("deleting {} {name}", K::kind(&())),
+            source,
+        }),
+    }
 }
 
 /// Writes `status` of `object` with server-side apply as `manager`, only if the object is

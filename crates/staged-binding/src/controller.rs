@@ -2,20 +2,20 @@
 //! KubeStellar's Bindings and CombinedStatuses; apply and delete BindingPolicies; write status.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use cel_conditions::SharedExpressions;
 use crd_types::kubestellar::{Binding, BindingPolicy, CombinedStatus, combined_status_labels};
 use crd_types::placement::StagedBindingPolicy;
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
-pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, apply_status, is_not_found, watched_and_cached, watcher_config};
+use orrery_runtime::{
+    BoxError, Context, Failure, Lock, apply_status, delete_if_exists, log_results, requeue_at_or_await,
+    watched_and_cached, watcher_config,
+};
 
 use crate::expressions::{StageExpressions, compile};
 use crate::plan::{Observed, POLICY_LABEL, Plan, controlled_by, placed_by, plan};
@@ -25,13 +25,50 @@ pub const NAME: &str = "staged-binding";
 
 type Compiled = Result<Arc<Vec<StageExpressions>>, String>;
 
+/// Why a reconcile failed; the variant is the reason in `orrery_reconcile_failures`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading, creating, applying or deleting a BindingPolicy.
+    #[error(transparent)]
+    BindingPolicy(orrery_runtime::Error),
+    /// Writing the StagedBindingPolicy's status.
+    #[error(transparent)]
+    Status(orrery_runtime::Error),
+}
+
+impl Error {
+    fn request(&self) -> &orrery_runtime::Error {
+        match self {
+            Error::BindingPolicy(e) | Error::Status(e) => e,
+        }
+    }
+
+    fn binding_policy(action: String) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::BindingPolicy(orrery_runtime::Error::api(action)(source))
+    }
+}
+
+impl Failure for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            _ if self.is_conflict() => "Conflict",
+            Error::BindingPolicy(_) => "BindingPolicy",
+            Error::Status(_) => "Status",
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        self.request().is_conflict()
+    }
+}
+
 struct State {
     context: Context,
     binding_policies: Store<BindingPolicy>,
     bindings: Store<Binding>,
     combined: Store<CombinedStatus>,
     /// Expressions compiled per policy (uid) and generation.
-    expressions: Mutex<HashMap<(String, i64), Compiled>>,
+    expressions: Lock<HashMap<(String, i64), Compiled>>,
     /// Compiled expressions shared between policies with the same source.
     shared_expressions: SharedExpressions,
 }
@@ -42,7 +79,7 @@ impl State {
             policy.uid().unwrap_or_default(),
             policy.metadata.generation.unwrap_or(0),
         );
-        let mut cache = self.expressions.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.expressions.lock();
         cache.retain(|(uid, generation), _| uid != &key.0 || *generation == key.1);
         cache
             .entry(key)
@@ -91,12 +128,12 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         binding_policies,
         bindings,
         combined,
-        expressions: Mutex::default(),
+        expressions: Lock::default(),
         shared_expressions: SharedExpressions::default(),
     });
     let for_binding = policies.clone();
     let for_status = policies.clone();
-    Controller::for_stream(policy_trigger, policies)
+    let results = Controller::for_stream(policy_trigger, policies)
         .owns_stream(bp_trigger)
         // A Binding is named after its BindingPolicy.
         .watches_stream(binding_trigger, move |binding: Binding| {
@@ -110,18 +147,20 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         })
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(reconcile, error_policy, state)
-        .for_each(|_| async {})
-        .await;
+        .run(reconcile, error_policy, state);
+    log_results(NAME, results).await;
     Ok(())
 }
 
 async fn reconcile(policy: Arc<StagedBindingPolicy>, state: Arc<State>) -> Result<Action, Error> {
-    state.context.metrics.measure(NAME, advance(&policy, &state)).await
+    state
+        .context
+        .reconcile(NAME, policy.as_ref(), advance(&policy, &state))
+        .await
 }
 
-fn error_policy(_: Arc<StagedBindingPolicy>, error: &Error, _: Arc<State>) -> Action {
-    error.requeue()
+fn error_policy(policy: Arc<StagedBindingPolicy>, error: &Error, state: Arc<State>) -> Action {
+    state.context.error_policy(NAME, policy.as_ref(), error)
 }
 
 async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, Error> {
@@ -187,7 +226,7 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
             if let Some(existing) = bps
                 .get_opt(&name)
                 .await
-                .map_err(Error::api(format!("reading BindingPolicy {name}")))?
+                .map_err(Error::binding_policy(format!("reading BindingPolicy {name}")))?
             {
                 found.push(Arc::new(existing));
                 taken = true;
@@ -212,9 +251,17 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
         {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                return Err(Error::Conflict(format!("BindingPolicy {}", bp.name_any())));
+                return Err(Error::BindingPolicy(orrery_runtime::Error::Conflict(format!(
+                    "BindingPolicy {}",
+                    bp.name_any()
+                ))));
             }
-            Err(source) => return Err(Error::api(format!("creating BindingPolicy {}", bp.name_any()))(source)),
+            Err(source) => {
+                return Err(Error::binding_policy(format!(
+                    "creating BindingPolicy {}",
+                    bp.name_any()
+                ))(source));
+            }
         }
     }
     // Only over BindingPolicies this policy controls, at the version seen: `force` takes back
@@ -224,9 +271,17 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
         match bps.patch(&bp.name_any(), &apply, &Patch::Apply(bp)).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 409 => {
-                return Err(Error::Conflict(format!("BindingPolicy {}", bp.name_any())));
+                return Err(Error::BindingPolicy(orrery_runtime::Error::Conflict(format!(
+                    "BindingPolicy {}",
+                    bp.name_any()
+                ))));
             }
-            Err(source) => return Err(Error::api(format!("applying BindingPolicy {}", bp.name_any()))(source)),
+            Err(source) => {
+                return Err(Error::binding_policy(format!(
+                    "applying BindingPolicy {}",
+                    bp.name_any()
+                ))(source));
+            }
         }
     }
     for prune in &planned.delete {
@@ -237,12 +292,10 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
             }),
             ..DeleteParams::background()
         };
-        match bps.delete(&prune.name, &params).await {
-            Ok(_) => {}
-            Err(err) if is_not_found(&err) => {}
+        match delete_if_exists(&bps, &prune.name, &params).await {
             // Another object under that name now: not ours to delete.
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(source) => return Err(Error::api(format!("deleting BindingPolicy {}", prune.name))(source)),
+            Ok(_) | Err(orrery_runtime::Error::Conflict(_)) => {}
+            Err(err) => return Err(Error::BindingPolicy(err)),
         }
     }
     if Some(&planned.status) != policy.status.as_ref() {
@@ -252,7 +305,8 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
             policy,
             &planned.status,
         )
-        .await?;
+        .await
+        .map_err(Error::Status)?;
     }
     let reference = policy.object_ref(&());
     for planned_event in planned.events {
@@ -268,8 +322,5 @@ async fn advance(policy: &StagedBindingPolicy, state: &State) -> Result<Action, 
             )
             .await;
     }
-    Ok(match planned.wake_at {
-        Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
-        None => Action::await_change(),
-    })
+    Ok(requeue_at_or_await(planned.wake_at))
 }

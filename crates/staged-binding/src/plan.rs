@@ -2,7 +2,7 @@
 //! Bindings and CombinedStatuses, and the time, decide which stages' BindingPolicies should
 //! exist, whether the active stage is fulfilled, and what the status says.
 //!
-//! Rules (documented in the README):
+//! Rules (documented in docs/staged-binding.md):
 //! - One BindingPolicy per placed stage, named `<policy>.<stage>`, controlled by the policy
 //!   (owner reference with `controller: true` to its uid). `placementMode: Move` keeps only the
 //!   active stage's; `Keep` keeps every stage reached.
@@ -54,6 +54,10 @@ pub const FAILED: &str = "Failed";
 pub const BINDING_POLICY_CONFLICT: &str = "BindingPolicyConflict";
 /// Ready=False reason: the policy's name cannot label its BindingPolicies.
 pub const NAME_TOO_LONG: &str = "NameTooLong";
+/// Progressing=True reason: a stage waits for its approval annotation.
+pub const AWAITING_APPROVAL: &str = "AwaitingApproval";
+/// The outcome of the stage a rollout is in.
+pub const STAGE_ACTIVE: &str = "Active";
 /// How often a conflict is looked at again: the controller watches only BindingPolicies
 /// labelled as a policy's, so it does not see the other one go away.
 pub const CONFLICT_RECHECK: SignedDuration = SignedDuration::from_secs(60);
@@ -287,7 +291,7 @@ fn active_record<'a>(status: &'a mut StagedBindingPolicyStatus, stage: &str) -> 
         .history
         .iter_mut()
         .rev()
-        .find(|r| r.name == stage && r.outcome == "Active")
+        .find(|r| r.name == stage && r.outcome == STAGE_ACTIVE)
 }
 
 fn start_record(status: &mut StagedBindingPolicyStatus, stage: &str, now: Time, message: &str) {
@@ -296,7 +300,7 @@ fn start_record(status: &mut StagedBindingPolicyStatus, stage: &str, now: Time, 
         started: Some(now),
         condition_met: None,
         ended: None,
-        outcome: "Active".into(),
+        outcome: STAGE_ACTIVE.into(),
         message: Some(message.into()),
     });
     status.active_stage = Some(stage.into());
@@ -394,7 +398,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
     if let Some(stage) = &awaiting_approval {
         progressing = (
             true,
-            "AwaitingApproval".into(),
+            AWAITING_APPROVAL.into(),
             format!(
                 "stage {stage:?} waits for approval: kubectl annotate sbp {} {APPROVE_ANNOTATION}={stage}",
                 policy.name_any()
@@ -470,7 +474,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                         if next.require_approval.unwrap_or(false) && !approved(policy, &next.name) {
                             progressing = (
                                 true,
-                                "AwaitingApproval".into(),
+                                AWAITING_APPROVAL.into(),
                                 format!(
                                     "stage {:?} is fulfilled; stage {:?} waits for approval: kubectl annotate sbp {} {APPROVE_ANNOTATION}={}",
                                     stage.name,
@@ -629,7 +633,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
         if type_ == READY && !value && before.as_ref().map(|b| b.1.as_str()) != Some(reason.as_str()) {
             event(true, &reason, message.clone());
         }
-        if type_ == PROGRESSING && before.as_ref().is_none_or(|b| b.1 != reason) && reason == "AwaitingApproval" {
+        if type_ == PROGRESSING && before.as_ref().is_none_or(|b| b.1 != reason) && reason == AWAITING_APPROVAL {
             event(false, &reason, message.clone());
         }
         let _ = text;

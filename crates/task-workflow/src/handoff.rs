@@ -12,6 +12,9 @@ use serde_json::json;
 use crate::gate::{Gate, gate};
 use crate::task_plan::{new_run, summarize};
 
+/// Event reason: a successor's join condition failed to evaluate (a Warning).
+pub const JOIN_CONDITION_ERROR: &str = "JoinConditionError";
+
 /// Evaluates a Task's join condition over its predecessors' latest results.
 pub trait JoinCondition {
     /// `Ok(true)` to start; `Err` with a message when the condition cannot be evaluated.
@@ -171,7 +174,7 @@ pub fn successors(
                     Err(message) => {
                         out.push(Successor::Skipped {
                             task: name,
-                            reason: "JoinConditionError",
+                            reason: JOIN_CONDITION_ERROR,
                             message,
                         });
                         continue;

@@ -4,11 +4,12 @@
 //! are not kept, and a Task nothing has asked for in a while is forgotten.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crd_types::workflow::Task;
 use kube::ResourceExt;
+use orrery_runtime::Lock;
 
 /// How long a Task nothing asks for is kept.
 pub const KEPT_FOR: Duration = Duration::from_secs(60);
@@ -25,7 +26,7 @@ struct Copy {
 /// Copies of Tasks in use, by (namespace, name).
 #[derive(Debug, Default)]
 pub struct RecentTasks {
-    copies: Mutex<HashMap<(String, String), Copy>>,
+    copies: Lock<HashMap<(String, String), Copy>>,
 }
 
 impl RecentTasks {
@@ -85,7 +86,7 @@ impl RecentTasks {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Copy>> {
-        self.copies.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.copies.lock()
     }
 }
 

@@ -17,6 +17,8 @@ use crate::naming::run_name;
 
 /// Condition saying whether every action the Task names is known and well-formed.
 pub const CONDITION_ACTIONS_VALID: &str = "ActionsValid";
+/// Ready=False reason: a Task or Ignitor that starts this Task does not exist (yet).
+pub const MISSING_TRIGGERS: &str = "MissingTriggers";
 
 /// Default number of successful and of failed runs kept.
 pub const DEFAULT_HISTORY: i32 = 3;
@@ -281,7 +283,7 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
     let (ready, reason, message) = if !missing.is_empty() {
         (
             false,
-            "MissingTriggers",
+            MISSING_TRIGGERS,
             format!("waiting for {} to exist", missing.join(", ")),
         )
     } else if let Some(err) = &view.join_error {

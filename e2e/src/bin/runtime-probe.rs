@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -67,11 +66,10 @@ async fn controllers(context: Context) -> Result<(), BoxError> {
     context.readiness.track(&controller.store());
     let shutdown = context.shutdown_signal();
     let state = Arc::new(State { api, identity, context });
-    controller
+    let results = controller
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, state)
-        .for_each(|_| async {})
-        .await;
+        .run(reconcile, error_policy, state);
+    orrery_runtime::log_results(NAME, results).await;
     Ok(())
 }
 

@@ -4,22 +4,21 @@ mod run;
 mod task;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cel_conditions::{Expression, SharedExpressions};
 use crd_types::workflow::{ActionResult, Ignitor, TASKRUN_LABEL, Task, TaskRun};
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::{Api, ResourceExt};
-pub use orrery_runtime::Error;
 use orrery_runtime::egress::HttpClient;
 use orrery_runtime::{
-    BoxError, Context, SharedCache, strip, watched_and_cached, watched_and_cached_as, watched_and_cached_as_shared,
-    watched_and_cached_metadata_shared, watcher_config,
+    BoxError, Context, Failure, Lock, SharedCache, log_results, strip, watched_and_cached, watched_and_cached_as,
+    watched_and_cached_as_shared, watched_and_cached_metadata_shared, watcher_config,
 };
 
 use crate::actions::Registry;
@@ -32,6 +31,57 @@ use crate::triggers::Triggers;
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "task-workflow";
 
+/// Why a reconcile failed, by what the failed request was about; the variant is the reason in
+/// `orrery_reconcile_failures`, a conflict on any of them is `Conflict`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading a Task.
+    #[error(transparent)]
+    Task(orrery_runtime::Error),
+    /// Creating, cancelling or deleting a TaskRun.
+    #[error(transparent)]
+    TaskRun(orrery_runtime::Error),
+    /// Creating or deleting an attempt's pod.
+    #[error(transparent)]
+    Pod(orrery_runtime::Error),
+    /// Writing a Task's or a TaskRun's status.
+    #[error(transparent)]
+    Status(orrery_runtime::Error),
+}
+
+impl Error {
+    fn request(&self) -> &orrery_runtime::Error {
+        match self {
+            Error::Task(e) | Error::TaskRun(e) | Error::Pod(e) | Error::Status(e) => e,
+        }
+    }
+
+    /// Wraps a failed request about a `wrap`ped object, saying what was being done.
+    pub(crate) fn api(
+        wrap: fn(orrery_runtime::Error) -> Error,
+        action: impl Into<String>,
+    ) -> impl FnOnce(kube::Error) -> Error {
+        let failed = orrery_runtime::Error::api(action);
+        move |source| wrap(failed(source))
+    }
+}
+
+impl Failure for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            _ if self.is_conflict() => "Conflict",
+            Error::Task(_) => "Task",
+            Error::TaskRun(_) => "TaskRun",
+            Error::Pod(_) => "Pod",
+            Error::Status(_) => "Status",
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        self.request().is_conflict()
+    }
+}
+
 /// How soon a reconcile that found a cache still listing looks again.
 const SYNC_RETRY: Duration = Duration::from_millis(200);
 
@@ -41,7 +91,7 @@ type Compiled = Result<Arc<Expression>, String>;
 /// Compiled join conditions, one per Task (uid) and generation.
 #[derive(Default, Debug)]
 pub struct JoinConditions {
-    compiled: Mutex<HashMap<(String, i64), Compiled>>,
+    compiled: Lock<HashMap<(String, i64), Compiled>>,
     /// Tasks with the same condition share its compiled form.
     shared: SharedExpressions,
 }
@@ -51,7 +101,7 @@ impl JoinConditions {
     pub fn compile(&self, task: &Task) -> Option<Compiled> {
         let source = task.spec.join.as_ref()?.condition.as_ref()?;
         let key = (task.uid().unwrap_or_default(), task.metadata.generation.unwrap_or(0));
-        let mut compiled = lock(&self.compiled);
+        let mut compiled = self.compiled.lock();
         // Older generations of this task are never asked for again.
         compiled.retain(|(uid, generation), _| uid != &key.0 || *generation == key.1);
         Some(
@@ -99,11 +149,11 @@ pub(crate) struct State {
     pub joins: JoinConditions,
     /// Per TaskRun uid, the results of the actions it ran whose status write has not gone
     /// through yet: a write refused on a stale read is retried without running them again.
-    pub action_results: std::sync::Mutex<HashMap<String, Vec<ActionResult>>>,
+    pub action_results: Lock<HashMap<String, Vec<ActionResult>>>,
     /// Per TaskRun, the resourceVersion our last status write replaced, until the cache moves
     /// past it: a run cached at that version is older than what we wrote, and a write from it
     /// could only conflict. The watch brings our write, and with it the next reconcile.
-    pub run_written_over: Mutex<HashMap<ObjectRef<TaskRun>, String>>,
+    pub run_written_over: Lock<HashMap<ObjectRef<TaskRun>, String>>,
 }
 
 impl State {
@@ -128,7 +178,7 @@ impl State {
         let read_now = Api::<Task>::namespaced(self.context.client.clone(), namespace)
             .get_opt(name)
             .await
-            .map_err(Error::api(format!("reading Task {name}")))?;
+            .map_err(Error::api(Error::Task, format!("reading Task {name}")))?;
         Ok(match read_now {
             Some(task) if read == Read::Idle => Some(Arc::new(task)),
             Some(task) => Some(self.recent.keep(task, None, now)),
@@ -169,12 +219,6 @@ where
     triggers
         .try_into()
         .map_err(|_| format!("a shared cache gives {N} triggers").into())
-}
-
-/// A lock that a panic elsewhere did not leave unusable: the maps it guards are valid at every
-/// step.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn is_synced<K>(store: &Store<K>) -> bool
@@ -252,8 +296,8 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         actions: Registry::builtin(),
         http: context.egress.client()?,
         joins: JoinConditions::default(),
-        action_results: std::sync::Mutex::default(),
-        run_written_over: Mutex::default(),
+        action_results: Lock::default(),
+        run_written_over: Lock::default(),
     });
 
     let tasks_for_ignitor = triggers.clone();
@@ -279,8 +323,8 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         })
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(task::reconcile, task::error_policy, state.clone())
-        .for_each(|_| async {});
+        .run(task::reconcile, task::error_policy, state.clone());
+    let task_controller = log_results("task", task_controller);
 
     let runs_for_task = runs.clone();
     let run_controller = Controller::for_shared_stream(run_trigger, runs)
@@ -300,8 +344,8 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         })
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(run::reconcile, run::error_policy, state.clone())
-        .for_each(|_| async {});
+        .run(run::reconcile, run::error_policy, state.clone());
+    let run_controller = log_results("taskrun", run_controller);
 
     // Tasks no run has asked for in a while are dropped, and so are the writes of runs deleted
     // before the cache showed them; this ends with the controllers.
@@ -310,7 +354,10 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         loop {
             every.tick().await;
             state.recent.forget_unused(Instant::now());
-            lock(&state.run_written_over).retain(|run, _| state.runs.get(run).is_some());
+            state
+                .run_written_over
+                .lock()
+                .retain(|run, _| state.runs.get(run).is_some());
         }
     };
     tokio::select! {
@@ -320,4 +367,24 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
         () = forget_unused => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_is_counted_under_what_its_request_was_about_and_a_conflict_as_conflict() {
+        let refused = || kube::Error::TlsRequired;
+        assert_eq!(Error::api(Error::Pod, "creating pod p")(refused()).reason(), "Pod");
+        assert_eq!(
+            Error::api(Error::TaskRun, "creating TaskRun r")(refused()).reason(),
+            "TaskRun"
+        );
+        assert_eq!(Error::api(Error::Task, "reading Task t")(refused()).reason(), "Task");
+        let conflict = Error::Status(orrery_runtime::Error::Conflict("TaskRun r".into()));
+        assert_eq!(conflict.reason(), "Conflict");
+        assert!(conflict.is_conflict());
+        assert!(!Error::api(Error::Status, "writing")(refused()).is_conflict());
+    }
 }

@@ -13,24 +13,23 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 
 use super::task::{cancel, create_run, publish};
-use orrery_runtime::{apply_status, is_not_found};
+use orrery_runtime::{apply_status, delete_if_exists, requeue_at};
 
-use super::{Error, NAME, Read, State, lock};
+use super::{Error, NAME, Read, State};
 use crate::actions::ActionContext;
-use crate::handoff::{Successor, successors};
+use crate::handoff::{JOIN_CONDITION_ERROR, Successor, successors};
 use crate::naming::pod_name;
 use crate::run_plan::{RunView, plan_run, rejected};
 
 pub(crate) async fn reconcile(run: Arc<TaskRun>, state: Arc<State>) -> Result<Action, Error> {
     state
         .context
-        .metrics
-        .measure("taskrun", reconcile_run(&run, &state))
+        .reconcile("taskrun", run.as_ref(), reconcile_run(&run, &state))
         .await
 }
 
-pub(crate) fn error_policy(_: Arc<TaskRun>, error: &Error, _: Arc<State>) -> Action {
-    error.requeue()
+pub(crate) fn error_policy(run: Arc<TaskRun>, error: &Error, state: Arc<State>) -> Action {
+    state.context.error_policy("taskrun", run.as_ref(), error)
 }
 
 async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
@@ -62,11 +61,9 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
     let pods: Api<Pod> = Api::namespaced(state.context.client.clone(), &namespace);
 
     if let Some(name) = &plan.delete_pod {
-        match pods.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(err) if is_not_found(&err) => {}
-            Err(source) => return Err(Error::api(format!("deleting pod {name}"))(source)),
-        }
+        delete_if_exists(&pods, name, &DeleteParams::background())
+            .await
+            .map_err(Error::Pod)?;
     }
     if let Some(pod) = &plan.create_pod {
         match pods.create(&PostParams::default(), pod).await {
@@ -82,7 +79,11 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
                     format!("the API server rejected the pod: {}", response.message),
                 );
             }
-            Err(source) => return Err(Error::api(format!("creating pod {}", pod.name_any()))(source)),
+            Err(source) => {
+                return Err(Error::api(Error::Pod, format!("creating pod {}", pod.name_any()))(
+                    source,
+                ));
+            }
         }
     }
     // A run that finished hands off in the next reconcile, once its final status is visible
@@ -95,12 +96,12 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
         let mut finished = run.clone();
         finished.status = Some(status.clone());
         if let Some(task) = &task {
-            let ran = lock(&state.action_results).get(&uid).cloned();
+            let ran = state.action_results.lock().get(&uid).cloned();
             status.action_results = match ran {
                 Some(results) => results,
                 None => {
                     let results = run_actions(state, &finished, task).await;
-                    lock(&state.action_results).insert(uid.clone(), results.clone());
+                    state.action_results.lock().insert(uid.clone(), results.clone());
                     results
                 }
             };
@@ -115,16 +116,17 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
             run,
             &status,
         )
-        .await?;
+        .await
+        .map_err(Error::Status)?;
         if let Some(version) = run.resource_version() {
-            lock(&state.run_written_over).insert(key, version);
+            state.run_written_over.lock().insert(key, version);
         }
     }
     if hand_off_now {
-        lock(&state.action_results).remove(&uid);
+        state.action_results.lock().remove(&uid);
     }
     Ok(match plan.wake_at {
-        Some(at) => Action::requeue(Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or(Duration::ZERO)),
+        Some(at) => requeue_at(at),
         // The Task's arrival triggers this run too; look again now and then all the same.
         None if task.is_none() => Action::requeue(Duration::from_secs(5)),
         None => Action::await_change(),
@@ -135,7 +137,7 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
 /// copy is stale, and the write's own event reconciles it again. Once the cache has moved on,
 /// the write is forgotten.
 fn awaits_own_write(state: &State, key: &ObjectRef<TaskRun>, run: &TaskRun) -> bool {
-    let mut written_over = lock(&state.run_written_over);
+    let mut written_over = state.run_written_over.lock();
     let version = run.resource_version();
     if written_over
         .get(key)
@@ -233,7 +235,7 @@ async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), E
                     publish(
                         state,
                         &successor.object_ref(&()),
-                        reason == "JoinConditionError",
+                        reason == JOIN_CONDITION_ERROR,
                         reason,
                         note,
                     )

@@ -13,21 +13,20 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use orrery_runtime::{apply_status, is_not_found};
+use orrery_runtime::{apply_status, delete_if_exists, is_not_found};
 
 use super::{Error, NAME, Read, State};
-use crate::task_plan::{TaskView, plan_task};
+use crate::task_plan::{MISSING_TRIGGERS, TaskView, plan_task};
 
 pub(crate) async fn reconcile(task: Arc<PartialObjectMeta<Task>>, state: Arc<State>) -> Result<Action, Error> {
     state
         .context
-        .metrics
-        .measure("task", reconcile_task(&task, &state))
+        .reconcile("task", task.as_ref(), reconcile_task(&task, &state))
         .await
 }
 
-pub(crate) fn error_policy(_: Arc<PartialObjectMeta<Task>>, error: &Error, _: Arc<State>) -> Action {
-    error.requeue()
+pub(crate) fn error_policy(task: Arc<PartialObjectMeta<Task>>, error: &Error, state: Arc<State>) -> Action {
+    state.context.error_policy("task", task.as_ref(), error)
 }
 
 async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Result<Action, Error> {
@@ -90,7 +89,8 @@ async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Resu
             task,
             &plan.status,
         )
-        .await?;
+        .await
+        .map_err(Error::Status)?;
         // The next reconcile may come before the watch shows this write: it starts from here.
         if read == Read::InUse {
             state
@@ -100,11 +100,9 @@ async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Resu
     }
     // Only now that the status counts them may the pruned runs go.
     for name in &plan.delete {
-        match run_api.delete(name, &DeleteParams::background()).await {
-            Ok(_) => {}
-            Err(err) if is_not_found(&err) => {}
-            Err(source) => return Err(Error::api(format!("deleting TaskRun {name}"))(source)),
-        }
+        delete_if_exists(&run_api, name, &DeleteParams::background())
+            .await
+            .map_err(Error::TaskRun)?;
     }
     for planned in plan.events {
         publish(
@@ -119,15 +117,16 @@ async fn reconcile_task(cached: &PartialObjectMeta<Task>, state: &State) -> Resu
     // Triggers that do not exist yet are announced to the other controller's cache; look
     // again now and then rather than rely on that.
     let waiting = crd_types::common::find_condition(&plan.status.conditions, crd_types::CONDITION_READY)
-        .is_some_and(|c| c.reason == "MissingTriggers");
-    // A finished run whose time to live ends goes then, whether or not anything changes.
-    let expiry = plan
-        .next_expiry
-        .map(|at| std::time::Duration::try_from(at.duration_since(Timestamp::now())).unwrap_or_default());
-    Ok(match (waiting, expiry) {
-        (true, _) => Action::requeue(std::time::Duration::from_secs(5)),
-        (false, Some(after)) => Action::requeue(after + std::time::Duration::from_secs(1)),
-        (false, None) => Action::await_change(),
+        .is_some_and(|c| c.reason == MISSING_TRIGGERS);
+    Ok(if waiting {
+        Action::requeue(std::time::Duration::from_secs(5))
+    } else {
+        // A finished run whose time to live ends goes then, whether or not anything changes
+        // (a second later: the run must be past it).
+        orrery_runtime::requeue_at_or_await(
+            plan.next_expiry
+                .map(|at| at + k8s_openapi::jiff::SignedDuration::from_secs(1)),
+        )
     })
 }
 
@@ -136,7 +135,10 @@ pub(crate) async fn create_run(api: &Api<TaskRun>, run: &TaskRun) -> Result<(), 
     match api.create(&PostParams::default(), run).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-        Err(source) => Err(Error::api(format!("creating TaskRun {}", run.name_any()))(source)),
+        Err(source) => Err(Error::api(
+            Error::TaskRun,
+            format!("creating TaskRun {}", run.name_any()),
+        )(source)),
     }
 }
 
@@ -146,7 +148,7 @@ pub(crate) async fn cancel(api: &Api<TaskRun>, name: &str, why: &str) -> Result<
     match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => Ok(()),
         Err(err) if is_not_found(&err) => Ok(()),
-        Err(source) => Err(Error::api(format!("cancelling TaskRun {name}"))(source)),
+        Err(source) => Err(Error::api(Error::TaskRun, format!("cancelling TaskRun {name}"))(source)),
     }
 }
 

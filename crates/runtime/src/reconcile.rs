@@ -1,0 +1,276 @@
+//! What every reconcile loop repeats: a span naming the object, its failure counted under a
+//! stable reason, retries backing off per object, the wake-up at a planned time, and the
+//! results of `Controller::run` logged rather than dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{Stream, StreamExt};
+use kube::Resource;
+use kube::core::DynamicObject;
+use kube::runtime::controller::{Action, Error as ControllerError};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use tracing::Instrument;
+
+use crate::lock::Lock;
+
+/// A reconcile's error as the runtime sees it: a stable reason, the label of
+/// `orrery_reconcile_failures`, and whether it is a conflict (read again at once, no backoff).
+/// Each controller crate's error enum implements it, one reason per variant.
+pub trait Failure: std::error::Error + Send + Sync + 'static {
+    /// Stable reason for metrics and logs: the variant's name.
+    fn reason(&self) -> &'static str;
+
+    /// Whether the object changed between our read and our write: read again at once.
+    fn is_conflict(&self) -> bool {
+        false
+    }
+}
+
+impl Failure for crate::Error {
+    fn reason(&self) -> &'static str {
+        crate::Error::reason(self)
+    }
+
+    fn is_conflict(&self) -> bool {
+        crate::Error::is_conflict(self)
+    }
+}
+
+/// How soon a conflict is read again.
+const CONFLICT_RETRY: Duration = Duration::from_millis(50);
+/// The first pause after a failure; each failure in a row doubles it.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest pause between two tries of one object.
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Objects remembered as failing before those not seen failing for a while are forgotten.
+const REMEMBERED: usize = 4096;
+
+#[derive(Debug, Clone, Copy)]
+struct Failing {
+    in_a_row: u32,
+    last: Instant,
+}
+
+/// The error policy every controller shares: a failed object is tried again after a pause that
+/// doubles with each failure in a row (1 s, 2 s, 4 s … up to 60 s), per object, and starts over
+/// once it succeeds. A conflict is read again at once and does not count. Each failure is logged
+/// naming the object.
+#[derive(Clone, Debug, Default)]
+pub struct Retries {
+    failing: Arc<Lock<HashMap<ObjectRef<DynamicObject>, Failing>>>,
+}
+
+impl Retries {
+    /// Records that `object` failed with `error` in `controller`, logs it, and says when to try
+    /// again.
+    pub fn failed<K, E>(&self, controller: &str, object: &K, error: &E) -> Action
+    where
+        K: Resource,
+        K::DynamicType: Default,
+        E: Failure,
+    {
+        let key = ObjectRef::from_obj(object).erase();
+        if error.is_conflict() {
+            tracing::debug!(controller, object = %key, error = %error, "conflict; reading again");
+            return Action::requeue(CONFLICT_RETRY);
+        }
+        let now = Instant::now();
+        let in_a_row = {
+            let mut failing = self.failing.lock();
+            if failing.len() >= REMEMBERED {
+                failing.retain(|_, f| now.duration_since(f.last) < 2 * MAX_RETRY);
+            }
+            let entry = failing.entry(key.clone()).or_insert(Failing { in_a_row: 0, last: now });
+            entry.in_a_row = entry.in_a_row.saturating_add(1);
+            entry.last = now;
+            entry.in_a_row
+        };
+        let pause = backoff(in_a_row);
+        tracing::warn!(
+            controller,
+            object = %key,
+            reason = error.reason(),
+            error = %error,
+            failures = in_a_row,
+            retry_in = ?pause,
+            "reconcile failed"
+        );
+        Action::requeue(pause)
+    }
+
+    /// Records that `object` reconciled: its next failure pauses briefly again.
+    pub fn succeeded<K>(&self, object: &K)
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
+        let key = ObjectRef::from_obj(object).erase();
+        let mut failing = self.failing.lock();
+        if !failing.is_empty() {
+            failing.remove(&key);
+        }
+    }
+
+    /// Failures in a row of `object` so far.
+    pub fn failures<K>(&self, object: &K) -> u32
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
+        let key = ObjectRef::from_obj(object).erase();
+        self.failing.lock().get(&key).map_or(0, |f| f.in_a_row)
+    }
+}
+
+/// The pause before the next try after `in_a_row` failures in a row.
+fn backoff(in_a_row: u32) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY)
+}
+
+/// How long until `at`; zero if it is past.
+pub fn until(at: impl Into<SystemTime>) -> Duration {
+    at.into().duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+}
+
+/// Reconcile again at `at` (at once if it is past).
+pub fn requeue_at(at: impl Into<SystemTime>) -> Action {
+    Action::requeue(until(at))
+}
+
+/// Reconcile again at `at` if there is one, otherwise only when something changes.
+pub fn requeue_at_or_await<T: Into<SystemTime>>(at: Option<T>) -> Action {
+    at.map_or_else(Action::await_change, requeue_at)
+}
+
+/// Runs one reconcile of `object` in `controller` inside a span naming the object (kind,
+/// namespace, name, resourceVersion), records it in `metrics`, and resets its backoff in
+/// `retries` when it succeeds.
+pub(crate) async fn reconcile<K, T, E>(
+    metrics: &crate::ReconcileMetrics,
+    retries: &Retries,
+    controller: &str,
+    object: &K,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, E>
+where
+    K: Resource,
+    K::DynamicType: Default,
+    E: Failure,
+{
+    let meta = object.meta();
+    let span = tracing::info_span!(
+        "reconcile",
+        controller,
+        kind = %K::kind(&K::DynamicType::default()),
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        name = meta.name.as_deref().unwrap_or_default(),
+        resource_version = meta.resource_version.as_deref().unwrap_or_default(),
+    );
+    async {
+        let started = Instant::now();
+        let result = work.await;
+        metrics.observe(
+            controller,
+            started.elapsed(),
+            result.as_ref().err().map(Failure::reason),
+        );
+        if result.is_ok() {
+            retries.succeeded(object);
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// Drives the stream `Controller::run` returns, logging what it yields: each reconcile at debug
+/// level, and at warn level each watch error (a missing permission to list or watch shows here,
+/// retried with backoff) and each object the queue named but the cache did not hold. Failed
+/// reconciles were logged by the error policy ([`Retries::failed`]) already.
+pub async fn log_results<K, E>(
+    controller: &str,
+    results: impl Stream<Item = Result<(ObjectRef<K>, Action), ControllerError<E, watcher::Error>>>,
+) where
+    K: Resource,
+    K::DynamicType: std::fmt::Debug,
+    E: std::error::Error + 'static,
+{
+    results
+        .for_each(|result| {
+            match result {
+                Ok((object, action)) => tracing::debug!(controller, object = %object.erase(), ?action, "reconciled"),
+                Err(ControllerError::ReconcilerFailed(error, object)) => {
+                    tracing::debug!(controller, %object, %error, "reconcile failed");
+                }
+                Err(ControllerError::ObjectNotFound(object)) => {
+                    tracing::debug!(controller, %object, "queued object no longer cached");
+                }
+                Err(ControllerError::QueueError(error)) => {
+                    tracing::warn!(controller, %error, "watch failed; retrying with backoff");
+                }
+                Err(ControllerError::RunnerError(error)) => {
+                    tracing::error!(controller, %error, "controller runner failed");
+                }
+            }
+            std::future::ready(())
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn config_map(name: &str) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("default".into()),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    #[test]
+    fn failures_back_off_per_object_up_to_a_ceiling_and_start_over_after_a_success() {
+        let retries = Retries::default();
+        let (a, b) = (config_map("a"), config_map("b"));
+        let failure = crate::Error::Api {
+            action: "writing".into(),
+            source: kube::Error::TlsRequired,
+        };
+        for secs in [1, 2, 4, 8, 16, 32, 60, 60, 60] {
+            assert_eq!(
+                retries.failed("test", &a, &failure),
+                Action::requeue(Duration::from_secs(secs))
+            );
+        }
+        // Another object starts from the first pause.
+        assert_eq!(retries.failed("test", &b, &failure), Action::requeue(FIRST_RETRY));
+        retries.succeeded(&a);
+        assert_eq!(retries.failures(&a), 0);
+        assert_eq!(retries.failed("test", &a, &failure), Action::requeue(FIRST_RETRY));
+        // A conflict is read again at once and does not count.
+        let conflict = crate::Error::Conflict("ConfigMap a".into());
+        assert_eq!(retries.failed("test", &a, &conflict), Action::requeue(CONFLICT_RETRY));
+        assert_eq!(retries.failures(&a), 1);
+    }
+
+    #[test]
+    fn a_time_past_requeues_at_once() {
+        let past = SystemTime::now() - Duration::from_secs(10);
+        assert_eq!(until(past), Duration::ZERO);
+        let soon = SystemTime::now() + Duration::from_secs(30);
+        assert!(until(soon) > Duration::from_secs(25));
+        assert_eq!(requeue_at(past), Action::requeue(Duration::ZERO));
+        assert_eq!(requeue_at_or_await(None::<SystemTime>), Action::await_change());
+    }
+}
