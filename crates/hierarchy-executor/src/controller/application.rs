@@ -13,20 +13,20 @@ use kube::api::ListParams;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
-use orrery_runtime::{Error, has_finalizer, is_not_found, set_finalizer};
+use orrery_runtime::{has_finalizer, is_not_found, set_finalizer};
 
 use super::made::Target;
 use super::status::{Outcome, finish};
 use super::virtual_cluster::target_of;
 use super::write::{delete_owned, hold};
-use super::{CLEANUP_FINALIZER, NAME, PARENT_NOT_FOUND, REMOTE_RECHECK, State, cleanup_blocked};
+use super::{CLEANUP_FINALIZER, Error, NAME, PARENT_NOT_FOUND, REMOTE_RECHECK, Request, State, cleanup_blocked};
 use crate::plan::application::{self, APP_LABEL};
 use crate::plan::status::{Execution, claim, write_failed};
 use crate::plan::{Readiness, tenancy, virtual_cluster};
 use crate::registry::Kind;
 
 pub(super) async fn reconcile(app: Arc<Application>, state: Arc<State>) -> Result<Action, Error> {
-    state.context.metrics.measure(NAME, execute(&app, &state)).await
+    state.context.reconcile(NAME, app.as_ref(), execute(&app, &state)).await
 }
 
 async fn execute(app: &Application, state: &State) -> Result<Action, Error> {
@@ -51,7 +51,7 @@ async fn execute(app: &Application, state: &State) -> Result<Action, Error> {
         Execution::Run(_) => match application_target(state, app).await {
             Err(readiness) => readiness,
             Ok((remote, target, namespace)) => {
-                if hold(&api, app).await? {
+                if hold(&api, app).await.map_err(Error::Status)? {
                     return Ok(Action::await_change());
                 }
                 if remote {
@@ -121,7 +121,9 @@ async fn release(app: &Application, state: &State, api: &Api<Application>) -> Re
             }
         }
     }
-    set_finalizer(api, app, CLEANUP_FINALIZER, false).await?;
+    set_finalizer(api, app, CLEANUP_FINALIZER, false)
+        .await
+        .map_err(Error::Status)?;
     Ok(Action::await_change())
 }
 
@@ -167,16 +169,16 @@ async fn align(
                 .match_any(),
         )
         .await
-        .map_err(Error::api("listing the Application's pods"))?
+        .map_err(Request::api("listing the Application's pods"))?
         .items;
     status.versions = application::version_statuses(app, &deployments, &pods);
     Ok(application::readiness(&status.versions))
 }
 
 /// A route that cannot be applied for want of its kind says where to look.
-fn gateway_hint(err: Error) -> Error {
+fn gateway_hint(err: Request) -> Request {
     match err {
-        Error::Api { action, source } if is_not_found(&source) => Error::Api {
+        Request::Api { action, source } if is_not_found(&source) => Request::Api {
             action: format!("{action} (are the Gateway API CRDs installed on the Cluster?)"),
             source,
         },

@@ -2,16 +2,16 @@
 //! objects are the same as last time (and still there) applies nothing, so the many
 //! reconciles a tree's readiness changes cause cost reads, not writes.
 
+use orrery_runtime::Lock;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
 
 use serde::Serialize;
 
 /// Resource uid (or `<Project uid>/<kind>/<namespace>/<name>` for a Project's children) →
 /// fingerprint of the objects applied for it.
 #[derive(Debug, Default)]
-pub(super) struct Applied(Mutex<HashMap<String, u64>>);
+pub(super) struct Applied(Lock<HashMap<String, u64>>);
 
 /// The fingerprint of `desired` (its JSON form: every field that would be sent).
 pub(super) fn fingerprint(desired: &impl Serialize) -> u64 {
@@ -23,28 +23,22 @@ pub(super) fn fingerprint(desired: &impl Serialize) -> u64 {
 impl Applied {
     /// Whether `fingerprint` is what was last applied for `uid`.
     pub(super) fn is_current(&self, uid: &str, fingerprint: u64) -> bool {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(uid) == Some(&fingerprint)
+        self.0.lock().get(uid) == Some(&fingerprint)
     }
 
     /// Records a successful apply.
     pub(super) fn record(&self, uid: &str, fingerprint: u64) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid.to_owned(), fingerprint);
+        self.0.lock().insert(uid.to_owned(), fingerprint);
     }
 
     /// Forgets `uid`: the next reconcile applies everything (after a failure, or deletion).
     pub(super) fn forget(&self, uid: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+        self.0.lock().remove(uid);
     }
 
     /// Forgets `uid` and every key under it.
     pub(super) fn forget_all(&self, uid: &str) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|key, _| !key.starts_with(uid));
+        self.0.lock().retain(|key, _| !key.starts_with(uid));
     }
 }
 

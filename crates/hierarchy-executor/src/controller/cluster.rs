@@ -10,12 +10,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Client, ResourceExt};
-use orrery_runtime::{Error, has_finalizer, set_finalizer};
+use orrery_runtime::{has_finalizer, set_finalizer};
 
 use super::index::lookup;
 use super::status::{Outcome, finish};
 use super::write::hold;
-use super::{CLEANUP_FINALIZER, NAME, REMOTE_RECHECK, State, roll_up_children};
+use super::{CLEANUP_FINALIZER, Error, NAME, REMOTE_RECHECK, State, roll_up_children};
 use crate::gateway::{self, HTTPROUTE_CRD};
 use crate::plan::Readiness;
 use crate::plan::status::{Execution, claim};
@@ -34,14 +34,17 @@ pub(super) struct Inspection {
 }
 
 pub(super) async fn reconcile(cluster: Arc<Cluster>, state: Arc<State>) -> Result<Action, Error> {
-    state.context.metrics.measure(NAME, execute(&cluster, &state)).await
+    state
+        .context
+        .reconcile(NAME, cluster.as_ref(), execute(&cluster, &state))
+        .await
 }
 
 async fn execute(cluster: &Cluster, state: &State) -> Result<Action, Error> {
     let api = Api::<Cluster>::all(state.context.client.clone());
     if cluster.metadata.deletion_timestamp.is_some() {
         let uid = cluster.uid().unwrap_or_default();
-        state.inspections.lock().unwrap_or_else(|p| p.into_inner()).remove(&uid);
+        state.inspections.lock().remove(&uid);
         state.applied.forget(&uid);
         return release_cluster(cluster, state, &api).await;
     }
@@ -58,7 +61,7 @@ async fn execute(cluster: &Cluster, state: &State) -> Result<Action, Error> {
         Execution::LeaveAlone => return Ok(Action::await_change()),
         Execution::Report(readiness) => readiness,
         Execution::Run(parameters) => {
-            if hold(&api, cluster).await? {
+            if hold(&api, cluster).await.map_err(Error::Status)? {
                 return Ok(Action::await_change());
             }
             if cluster.spec.kubeconfig_secret_ref.is_some() {
@@ -100,7 +103,9 @@ async fn release_cluster(cluster: &Cluster, state: &State, api: &Api<Cluster>) -
     if cleaning {
         return Ok(Action::requeue(CLEANUP_RECHECK));
     }
-    set_finalizer(api, cluster, CLEANUP_FINALIZER, false).await?;
+    set_finalizer(api, cluster, CLEANUP_FINALIZER, false)
+        .await
+        .map_err(Error::Status)?;
     Ok(Action::await_change())
 }
 
@@ -114,7 +119,7 @@ async fn inspect_recently(
 ) -> Readiness {
     let uid = cluster.uid().unwrap_or_default();
     {
-        let inspections = state.inspections.lock().unwrap_or_else(|p| p.into_inner());
+        let inspections = state.inspections.lock();
         if let Some(last) = inspections.get(&uid)
             && last.install == install
             && last.at.elapsed() < REMOTE_RECHECK
@@ -130,11 +135,7 @@ async fn inspect_recently(
         found: status.clone(),
         readiness: readiness.clone(),
     };
-    state
-        .inspections
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(uid, inspection);
+    state.inspections.lock().insert(uid, inspection);
     readiness
 }
 

@@ -2,8 +2,9 @@
 //! uid), kept by the watch that fills the cache, so a parent reads its children and a
 //! resource its objects without scanning the whole cache.
 
+use orrery_runtime::Lock;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use kube::runtime::WatchStreamExt;
@@ -16,7 +17,7 @@ use serde::de::DeserializeOwned;
 /// Objects of kind `K` by one key of theirs.
 pub(super) struct Index<K: Resource<DynamicType = ()>> {
     key: fn(&K) -> Option<String>,
-    inner: Mutex<Inner<K>>,
+    inner: Lock<Inner<K>>,
 }
 
 struct Inner<K: Resource<DynamicType = ()>> {
@@ -32,7 +33,7 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
     pub(super) fn by(key: fn(&K) -> Option<String>) -> Arc<Self> {
         Arc::new(Index {
             key,
-            inner: Mutex::new(Inner {
+            inner: Lock::new(Inner {
                 by_key: HashMap::new(),
                 key_of: HashMap::new(),
                 relisting: None,
@@ -42,7 +43,7 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
 
     /// The objects whose key is `key`, by namespace and name.
     pub(super) fn get(&self, key: &str) -> Vec<ObjectRef<K>> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let inner = self.inner.lock();
         let mut refs: Vec<ObjectRef<K>> = inner
             .by_key
             .get(key)
@@ -54,7 +55,7 @@ impl<K: Resource<DynamicType = ()>> Index<K> {
 
     /// Takes in one event of the watch filling the cache.
     fn observe(&self, event: &Event<K>) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inner = self.inner.lock();
         let keyed = |object: &K| Some((ObjectRef::from_obj(object), (self.key)(object)?));
         match event {
             Event::Init => inner.relisting = Some(Vec::new()),

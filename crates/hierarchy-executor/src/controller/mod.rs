@@ -22,9 +22,10 @@ mod targets;
 mod virtual_cluster;
 mod write;
 
+use orrery_runtime::Lock;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crd_types::common::{CONDITION_READY, find_condition};
@@ -44,8 +45,9 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
-pub use orrery_runtime::Error;
-use orrery_runtime::{BoxError, Context, watcher_config};
+/// A request to the API server that failed, as the shared I/O reports it.
+use orrery_runtime::Error as Request;
+use orrery_runtime::{BoxError, Context, Failure, log_results, watcher_config};
 
 use crate::plan::tenancy::Protected;
 use crate::plan::{Child, Readiness, roll_up};
@@ -71,6 +73,43 @@ pub const CLEANUP_FINALIZER: &str = "hierarchy.orrery.dev/cleanup";
 /// The reason of a resource whose parent does not exist.
 const PARENT_NOT_FOUND: &str = "ParentNotFound";
 
+/// Why a reconcile failed; the variant is the reason in `orrery_reconcile_failures`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Writing a resource's own status or finalizer.
+    #[error(transparent)]
+    Status(Request),
+    /// Reading, applying or deleting what an executor makes on its target cluster.
+    #[error(transparent)]
+    Target(Request),
+    /// Applying or pruning the children a Project's templates describe.
+    #[error(transparent)]
+    Templated(Request),
+}
+
+/// A failed request to a target cluster, unless said otherwise.
+impl From<Request> for Error {
+    fn from(request: Request) -> Self {
+        Error::Target(request)
+    }
+}
+
+impl Failure for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            _ if self.is_conflict() => "Conflict",
+            Error::Status(_) => "Status",
+            Error::Target(_) => "Target",
+            Error::Templated(_) => "Templated",
+        }
+    }
+
+    fn is_conflict(&self) -> bool {
+        let (Error::Status(request) | Error::Target(request) | Error::Templated(request)) = self;
+        request.is_conflict()
+    }
+}
+
 struct State {
     context: Context,
     registry: Registry,
@@ -83,7 +122,7 @@ struct State {
     applied: Applied,
     status_writes: StatusWrites,
     /// Cluster uid → its target's last inspection.
-    inspections: Mutex<HashMap<String, cluster::Inspection>>,
+    inspections: Lock<HashMap<String, cluster::Inspection>>,
 }
 
 /// Each kind's own cache, whole, with a Project's templated children by the Project's uid.
@@ -160,7 +199,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         (Index::by(uid_of::<Application>), Index::by(owner_of::<Application>));
     let (applications, app_events) = indexed(
         readiness,
-        Api::<Application>::all(client.clone()),
+        context.api::<Application>(),
         config.clone(),
         vec![applications_by_uid.clone(), templated_applications.clone()],
         keep_whole,
@@ -204,7 +243,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
     let applications_by_virtual_cluster = Index::by(|a: &Application| a.spec.virtual_cluster.clone());
     let (vc_applications, vc_app_events) = indexed(
         readiness,
-        Api::<Application>::all(client.clone()),
+        context.api::<Application>(),
         config.clone(),
         vec![applications_by_virtual_cluster.clone()],
         |a: &mut Application| {
@@ -264,7 +303,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         },
         applied: Applied::default(),
         status_writes: StatusWrites::default(),
-        inspections: Mutex::default(),
+        inspections: Lock::default(),
     });
     // Project: its Clusters roll up into it (and its templated children, changed or deleted,
     // bring it back); a VirtualCluster it made having its namespace lets that VirtualCluster's
@@ -299,8 +338,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         )
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(project::reconcile, error_policy, state.clone())
-        .for_each(|_| async {});
+        .run(project::reconcile, error_policy, state.clone());
 
     // Cluster: its Project triggers it; its VirtualClusters roll up into it.
     let cluster_controller = Controller::for_stream(cluster_events.applied_objects(), clusters.clone())
@@ -316,8 +354,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         )
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(cluster::reconcile, error_policy, state.clone())
-        .for_each(|_| async {});
+        .run(cluster::reconcile, error_policy, state.clone());
 
     // VirtualCluster: its Cluster triggers it; its Applications roll up into it; what it makes
     // on this cluster, changed or deleted, brings it back.
@@ -342,8 +379,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         .watches_stream(role_binding_changes, owned_by(&virtual_clusters_by_uid))
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(virtual_cluster::reconcile, error_policy, state.clone())
-        .for_each(|_| async {});
+        .run(virtual_cluster::reconcile, error_policy, state.clone());
 
     // Application: its VirtualCluster triggers it, and so does everything it makes here.
     let app_controller = Controller::for_stream(app_events.applied_objects(), applications.clone())
@@ -363,10 +399,14 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         )
         .with_config(context.controller_config())
         .graceful_shutdown_on(context.shutdown_signal())
-        .run(application::reconcile, error_policy, state)
-        .for_each(|_| async {});
+        .run(application::reconcile, error_policy, state);
 
-    tokio::join!(project_controller, cluster_controller, vc_controller, app_controller);
+    tokio::join!(
+        log_results(NAME, project_controller),
+        log_results(NAME, cluster_controller),
+        log_results(NAME, vc_controller),
+        log_results(NAME, app_controller),
+    );
     Ok(())
 }
 
@@ -469,8 +509,11 @@ where
     parents.get(&reference).map(|_| reference)
 }
 
-fn error_policy<K>(_: Arc<K>, error: &Error, _: Arc<State>) -> Action {
-    error.requeue()
+fn error_policy<K>(object: Arc<K>, error: &Error, state: Arc<State>) -> Action
+where
+    K: Resource<DynamicType = ()>,
+{
+    state.context.error_policy(NAME, object.as_ref(), error)
 }
 
 /// `own` rolled up with `children`'s readiness, each named by `name`.

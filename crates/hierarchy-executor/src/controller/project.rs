@@ -7,18 +7,21 @@ use crd_types::hierarchy::{HierarchyStatus, Project};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{Error, is_not_found};
+use orrery_runtime::is_not_found;
 
 use super::index::lookup;
 use super::status::{Outcome, finish};
 use super::write::{align, prune};
-use super::{NAME, State, roll_up_children};
+use super::{Error, NAME, Request, State, roll_up_children};
 use crate::plan::status::{Execution, claim};
 use crate::plan::{Readiness, as_applied, project, tenancy};
 use crate::registry::Kind;
 
 pub(super) async fn reconcile(project: Arc<Project>, state: Arc<State>) -> Result<Action, Error> {
-    state.context.metrics.measure(NAME, execute(&project, &state)).await
+    state
+        .context
+        .reconcile(NAME, project.as_ref(), execute(&project, &state))
+        .await
 }
 
 async fn execute(project: &Project, state: &State) -> Result<Action, Error> {
@@ -134,11 +137,12 @@ async fn align_children(
     let clusters = owned_copies(&primary.clusters, &primary.templated_clusters, &uid);
     let virtual_clusters = owned_copies(&primary.virtual_clusters, &primary.templated_virtual_clusters, &uid);
     let applications = owned_copies(&primary.applications, &primary.templated_applications, &uid);
-    if let Some(refusal) = align(client, applied, &uid, &children.clusters, &clusters, repaired).await? {
+    let templated = |result: Result<_, Request>| result.map_err(Error::Templated);
+    if let Some(refusal) = templated(align(client, applied, &uid, &children.clusters, &clusters, repaired).await)? {
         return Ok(Err(refusal));
     }
     let wanted = &children.virtual_clusters;
-    if let Some(refusal) = align(client, applied, &uid, wanted, &virtual_clusters, repaired).await? {
+    if let Some(refusal) = templated(align(client, applied, &uid, wanted, &virtual_clusters, repaired).await)? {
         return Ok(Err(refusal));
     }
     let mut waiting = Vec::new();
@@ -155,15 +159,21 @@ async fn align_children(
         {
             Ok(None) => {}
             Ok(Some(refusal)) => return Ok(Err(refusal)),
-            Err(Error::Api { source, .. }) if is_not_found(&source) => {
+            Err(Request::Api { source, .. }) if is_not_found(&source) => {
                 waiting.push(format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any()));
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(Error::Templated(err)),
         }
     }
-    prune(client, &children.clusters, &clusters).await?;
-    prune(client, &children.virtual_clusters, &virtual_clusters).await?;
-    prune(client, &children.applications, &applications).await?;
+    prune(client, &children.clusters, &clusters)
+        .await
+        .map_err(Error::Templated)?;
+    let wanted = &children.virtual_clusters;
+    prune(client, wanted, &virtual_clusters)
+        .await
+        .map_err(Error::Templated)?;
+    let wanted = &children.applications;
+    prune(client, wanted, &applications).await.map_err(Error::Templated)?;
     Ok(Ok(waiting))
 }
 

@@ -1,17 +1,17 @@
 //! The last step of every reconcile: the status written (unless it says what is there), an
 //! Event when readiness changed or objects were repaired, and when to look again.
 
+use orrery_runtime::Lock;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::runtime::controller::Action;
-use orrery_runtime::{Error, apply_status};
+use orrery_runtime::apply_status;
 
 use super::write::Written;
-use super::{NAME, State};
+use super::{Error, NAME, State};
 use crate::plan::Readiness;
 use crate::plan::status::{Status, common_status, only_the_message_differs, was_ready};
 use crate::plan::tenancy;
@@ -46,18 +46,18 @@ impl Outcome {
 
 /// Resource uid → when its status was last written, for [`MESSAGE_ONLY_EVERY`].
 #[derive(Default)]
-pub(super) struct StatusWrites(Mutex<HashMap<String, Instant>>);
+pub(super) struct StatusWrites(Lock<HashMap<String, Instant>>);
 
 impl StatusWrites {
     /// How long to wait before writing `uid`'s status again, if it was written too recently.
     fn too_soon(&self, uid: &str) -> Option<Duration> {
-        let writes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let writes = self.0.lock();
         let since = writes.get(uid)?.elapsed();
         MESSAGE_ONLY_EVERY.checked_sub(since).filter(|wait| !wait.is_zero())
     }
 
     fn wrote(&self, uid: String) {
-        let mut writes = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut writes = self.0.lock();
         // Only recent writes matter: older entries go, so the map stays small.
         if writes.len() > 1024 {
             writes.retain(|_, at| at.elapsed() < MESSAGE_ONLY_EVERY);
@@ -104,7 +104,7 @@ where
         {
             return Ok(Action::requeue(recheck.map_or(wait, |r| r.min(wait))));
         }
-        apply_status(api, NAME, object, &status).await?;
+        apply_status(api, NAME, object, &status).await.map_err(Error::Status)?;
         state.status_writes.wrote(uid);
     }
     let reference = object.object_ref(&());

@@ -1,7 +1,7 @@
 //! Clients for target clusters: the local one, or a remote one from its kubeconfig Secret.
 
+use orrery_runtime::Lock;
 use std::collections::HashMap;
-use std::sync::Mutex;
 
 use crd_types::hierarchy::Cluster;
 use k8s_openapi::api::core::v1::Secret;
@@ -15,14 +15,14 @@ use crate::plan::{Readiness, as_applied, tenancy};
 pub(super) struct Targets {
     local: Client,
     /// Cluster name → (the Secret's resourceVersion it was built from, the client).
-    remote: Mutex<HashMap<String, (String, Client)>>,
+    remote: Lock<HashMap<String, (String, Client)>>,
 }
 
 impl Targets {
     pub(super) fn new(local: Client) -> Self {
         Targets {
             local,
-            remote: Mutex::default(),
+            remote: Lock::default(),
         }
     }
 
@@ -72,7 +72,7 @@ impl Targets {
             })?;
         let version = secret.resource_version().unwrap_or_default();
         let name = cluster.name_any();
-        if let Some((built_from, client)) = self.remote.lock().unwrap_or_else(|p| p.into_inner()).get(&name)
+        if let Some((built_from, client)) = self.remote.lock().get(&name)
             && *built_from == version
         {
             return Ok(Some(client.clone()));
@@ -109,10 +109,7 @@ impl Targets {
             .await
             .map_err(|e| invalid(e.to_string()))?;
         let client = Client::try_from(config).map_err(|e| invalid(e.to_string()))?;
-        self.remote
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, (version, client.clone()));
+        self.remote.lock().insert(name, (version, client.clone()));
         Ok(Some(client))
     }
 }

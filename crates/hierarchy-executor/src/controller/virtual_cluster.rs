@@ -13,20 +13,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, ResourceExt};
-use orrery_runtime::{Error, has_finalizer, set_finalizer};
+use orrery_runtime::{has_finalizer, set_finalizer};
 
 use super::index::lookup;
 use super::made::Target;
 use super::status::{Outcome, finish};
 use super::write::{apply, delete, delete_owned, hold, key_of};
-use super::{CLEANUP_FINALIZER, NAME, PARENT_NOT_FOUND, REMOTE_RECHECK, State, cleanup_blocked, roll_up_children};
+use super::{
+    CLEANUP_FINALIZER, Error, NAME, PARENT_NOT_FOUND, REMOTE_RECHECK, Request, State, cleanup_blocked, roll_up_children,
+};
 use crate::plan::drift::{self, Drift, Repair};
 use crate::plan::status::{Execution, claim, write_failed};
 use crate::plan::{Readiness, as_applied, tenancy, virtual_cluster};
 use crate::registry::Kind;
 
 pub(super) async fn reconcile(vc: Arc<VirtualCluster>, state: Arc<State>) -> Result<Action, Error> {
-    state.context.metrics.measure(NAME, execute(&vc, &state)).await
+    state.context.reconcile(NAME, vc.as_ref(), execute(&vc, &state)).await
 }
 
 /// The Cluster a child names and its target; or why there is none.
@@ -71,7 +73,7 @@ async fn execute(vc: &VirtualCluster, state: &State) -> Result<Action, Error> {
             match async { Ok((as_applied(vc)?, target_of(state, vc.spec.cluster.as_deref()).await?)) }.await {
                 Err(readiness) => readiness,
                 Ok((applied, (remote, target))) => {
-                    if hold(&api, vc).await? {
+                    if hold(&api, vc).await.map_err(Error::Status)? {
                         return Ok(Action::await_change());
                     }
                     if remote {
@@ -103,7 +105,7 @@ async fn align_on(
     let existing = Api::<Namespace>::all(target.client.clone())
         .get_opt(&namespace)
         .await
-        .map_err(Error::api(format!("reading namespace {namespace}")))?;
+        .map_err(Request::api(format!("reading namespace {namespace}")))?;
     if let Some(refusal) = tenancy::namespace_refusal(vc, existing.as_ref(), &state.protected) {
         return Ok(refusal);
     }
@@ -193,9 +195,9 @@ async fn align_guardrails(
     if let Some(refusal) = target.keep(state, within, owner, &policy, repaired).await? {
         return Ok(Some(refusal));
     }
-    target
+    Ok(target
         .keep(state, within, owner, &objects.role_bindings, repaired)
-        .await
+        .await?)
 }
 
 /// A deleted VirtualCluster: its namespace goes with everything in it or, when it was adopted,
@@ -211,7 +213,7 @@ async fn release(vc: &VirtualCluster, state: &State, api: &Api<VirtualCluster>) 
             let existing = namespaces
                 .get_opt(&name)
                 .await
-                .map_err(Error::api(format!("reading namespace {name}")))?;
+                .map_err(Request::api(format!("reading namespace {name}")))?;
             // Only a namespace this VirtualCluster created or adopted carries its label.
             let ours = existing
                 .as_ref()
@@ -241,6 +243,8 @@ async fn release(vc: &VirtualCluster, state: &State, api: &Api<VirtualCluster>) 
             }
         }
     }
-    set_finalizer(api, vc, CLEANUP_FINALIZER, false).await?;
+    set_finalizer(api, vc, CLEANUP_FINALIZER, false)
+        .await
+        .map_err(Error::Status)?;
     Ok(Action::await_change())
 }

@@ -5,7 +5,7 @@
 use crd_types::hierarchy::OWNER_LABEL;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use orrery_runtime::{Error, has_finalizer, is_not_found, set_finalizer};
+use orrery_runtime::{Error, delete_if_exists, has_finalizer, is_not_found, set_finalizer};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -156,11 +156,9 @@ pub(super) async fn prune<K: Written>(target: &Client, wanted: &[K], found: &[K]
 
 /// Deletes `name` if it exists.
 pub(super) async fn delete<K: Written>(api: &Api<K>, name: &str) -> Result<(), Error> {
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(err) if is_not_found(&err) => Ok(()),
-        Err(source) => Err(Error::api(format!("deleting {} {name}", K::kind(&())))(source)),
-    }
+    delete_if_exists(api, name, &DeleteParams::background())
+        .await
+        .map(|_| ())
 }
 
 /// Deletes every `K` in `namespace` labelled as created for the resource with uid `owner`.

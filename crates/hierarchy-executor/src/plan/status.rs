@@ -6,7 +6,7 @@ use crd_types::hierarchy::{ApplicationStatus, ClusterStatus, HierarchyStatus, Re
 use std::time::Duration;
 
 use k8s_openapi::jiff::Timestamp;
-use orrery_runtime::Error;
+use orrery_runtime::Failure;
 
 use super::Readiness;
 use crate::registry::{Claim, Kind, Registry};
@@ -125,17 +125,15 @@ pub const WRITE_RETRY: Duration = Duration::from_secs(10);
 /// A write to a target cluster the API server refused (a quota, a webhook, a field it
 /// rejects): the resource's condition says so, and it is tried again after a pause. A
 /// conflict is only a stale read: read again at once.
-pub fn write_failed(err: Error, recheck: &mut Option<Duration>) -> Result<Readiness, Error> {
-    match err {
-        Error::Conflict(_) => Err(err),
-        Error::Api { .. } => {
-            *recheck = Some(WRITE_RETRY);
-            Ok(Readiness::NotReady {
-                reason: "WriteFailed".into(),
-                message: err.to_string(),
-            })
-        }
+pub fn write_failed<E: Failure>(err: E, recheck: &mut Option<Duration>) -> Result<Readiness, E> {
+    if err.is_conflict() {
+        return Err(err);
     }
+    *recheck = Some(WRITE_RETRY);
+    Ok(Readiness::NotReady {
+        reason: "WriteFailed".into(),
+        message: err.to_string(),
+    })
 }
 
 /// Whether `status` says `Ready`, if it says anything.
