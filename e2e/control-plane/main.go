@@ -114,9 +114,12 @@ func serve(dir string, withKCM bool, port int, address net.IP) error {
 	host := "https://" + net.JoinHostPort(address.String(), strconv.Itoa(port))
 	// A loopback address cannot be an endpoint of the `kubernetes` Service; a real address is
 	// kept there by the API server itself, so pods reach it through kube-proxy.
-	reconciler := "none"
+	// Pods of a real node get their ServiceAccount token mounted (the admission plugin adds
+	// the projected volume); without a node no pod runs, and tests need not wait for each
+	// namespace's default ServiceAccount.
+	reconciler, disabledAdmission := "none", "ServiceAccount"
 	if !address.IsLoopback() {
-		reconciler = "lease"
+		reconciler, disabledAdmission = "lease", ""
 	}
 	certDir := filepath.Join(dir, "apiserver")
 	apiArgs := []string{
@@ -131,7 +134,7 @@ func serve(dir string, withKCM bool, port int, address net.IP) error {
 		"--service-cluster-ip-range=10.0.0.0/16",
 		"--allow-privileged=true",
 		"--authorization-mode=RBAC",
-		"--disable-admission-plugins=ServiceAccount",
+		"--disable-admission-plugins=" + disabledAdmission,
 		"--enable-priority-and-fairness=false",
 		"--service-account-issuer=" + host + "/",
 		"--service-account-key-file=" + pki.saKey,
