@@ -45,6 +45,12 @@ const adminToken = "orrery-admin-token"
 // deletion, Deployments down to Pods, and the Job/CronJob peers the benchmarks compare with.
 const controllers = "garbagecollector,namespace,deployment,replicaset,job,cronjob,serviceaccount"
 
+// nodeControllers run too when a real node may join: the node lifecycle controller lifts the
+// not-ready taint once the kubelet reports Ready (and marks pods of a node gone silent not
+// ready, which the pod simulator's node would be), EndpointSlices make Services reach pods,
+// and kube-root-ca.crt in every namespace completes pods' ServiceAccount token volumes.
+const nodeControllers = ",nodelifecycle,endpointslice,endpointslicemirroring,root-ca-cert-publisher"
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "controller-manager" {
 		cmd := controllermanager.NewControllerManagerCommand()
@@ -141,6 +147,8 @@ func serve(dir string, withKCM bool, port int, address net.IP) error {
 		"--service-account-signing-key-file=" + pki.saKey,
 		"--token-auth-file=" + pki.tokens,
 		"--endpoint-reconciler-type=" + reconciler,
+		// Logs and exec reach a real node's kubelet at its IP: its name resolves nowhere.
+		"--kubelet-preferred-address-types=InternalIP",
 		"--profiling=false",
 	}
 
@@ -160,7 +168,7 @@ func serve(dir string, withKCM bool, port int, address net.IP) error {
 
 	var kcm *exec.Cmd
 	if withKCM {
-		if kcm, err = startControllerManager(dir, kubeconfig, pki); err != nil {
+		if kcm, err = startControllerManager(dir, kubeconfig, pki, !address.IsLoopback()); err != nil {
 			return fmt.Errorf("kube-controller-manager: %w", err)
 		}
 	}
@@ -263,7 +271,7 @@ func waitReady(host string, pki *pkiFiles, apiDone <-chan error) error {
 	return errors.New("not ready after 120s")
 }
 
-func startControllerManager(dir, kubeconfig string, pki *pkiFiles) (*exec.Cmd, error) {
+func startControllerManager(dir, kubeconfig string, pki *pkiFiles, forNode bool) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -272,13 +280,17 @@ func startControllerManager(dir, kubeconfig string, pki *pkiFiles) (*exec.Cmd, e
 	if err != nil {
 		return nil, err
 	}
+	enabled := controllers
+	if forNode {
+		enabled += nodeControllers
+	}
 	cmd := exec.Command(self, "controller-manager",
 		"--kubeconfig="+kubeconfig,
 		"--authentication-kubeconfig="+kubeconfig,
 		"--authorization-kubeconfig="+kubeconfig,
 		"--leader-elect=false",
 		"--secure-port=0",
-		"--controllers="+controllers,
+		"--controllers="+enabled,
 		"--root-ca-file="+pki.caCert,
 		"--service-account-private-key-file="+pki.saKey,
 		"--concurrent-gc-syncs=5",

@@ -149,9 +149,20 @@ func joinCgroup(name string) error {
 	}
 	pid := []byte(strconv.Itoa(os.Getpid()))
 	for _, root := range roots {
-		dir := filepath.Join(root, name)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("cgroup %s: %w", dir, err)
+		dir := root
+		for _, part := range strings.Split(filepath.Clean(name), "/") {
+			parent := dir
+			dir = filepath.Join(dir, part)
+			if err := os.Mkdir(dir, 0o755); err != nil && !os.IsExist(err) {
+				return fmt.Errorf("cgroup %s: %w", dir, err)
+			}
+			// cgroup v1's cpuset takes no process until its CPUs and memory nodes are set.
+			for _, file := range []string{"cpuset.cpus", "cpuset.mems"} {
+				if value, err := os.ReadFile(filepath.Join(dir, file)); err == nil && strings.TrimSpace(string(value)) == "" {
+					inherited, _ := os.ReadFile(filepath.Join(parent, file))
+					_ = os.WriteFile(filepath.Join(dir, file), inherited, 0o644)
+				}
+			}
 		}
 		if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), pid, 0o644); err != nil {
 			return fmt.Errorf("joining cgroup %s: %w", dir, err)
