@@ -8,11 +8,12 @@
 
 use std::time::Duration;
 
+use crd_types::workflow::{Ignitor, Task, TaskRef, TaskRun, TaskRunPhase, TaskRunSpec};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{ListParams, PostParams};
 use orrery_e2e::node::{BUSYBOX_IMAGE, NODE_NAME};
-use orrery_e2e::{Deadline, TestEnv, poll_until};
+use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
 use serde_json::json;
 
 /// What a real pod takes to start, pull-free, and finish.
@@ -111,4 +112,205 @@ fn termination(pod: &Pod) -> (i32, String) {
         .terminated
         .expect("the container terminated");
     (terminated.exit_code, terminated.message.unwrap_or_default())
+}
+
+fn start_workflow(env: &TestEnv) -> InProcess {
+    InProcess::start(
+        env.client.clone(),
+        &env.namespace,
+        task_workflow::controller::NAME,
+        task_workflow::run,
+    )
+}
+
+fn task(name: &str, spec: serde_json::Value) -> Task {
+    Task::new(name, serde_json::from_value(spec).expect("task spec"))
+}
+
+/// A busybox container running `script`, once.
+fn busybox(script: &str) -> serde_json::Value {
+    json!({"spec": {"restartPolicy": "Never", "containers": [{
+        "name": "main", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", script]}]}})
+}
+
+fn manual_run(task: &str, name: &str) -> TaskRun {
+    TaskRun::new(
+        name,
+        TaskRunSpec {
+            task_ref: TaskRef { name: task.into() },
+            initiator: None,
+            data: None,
+            joined: vec![],
+        },
+    )
+}
+
+/// The first run of `task` once it has ended and handed off.
+async fn finished_run_of(env: &TestEnv, task: &str) -> TaskRun {
+    let runs = env.namespaced::<TaskRun>();
+    poll_until(&format!("a finished run of {task}"), POD_DEADLINE, || async {
+        let list = runs.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+        let run = list.items.into_iter().find(|r| r.spec.task_ref.name == task);
+        match run {
+            Some(run) if run.status.as_ref().is_some_and(|s| s.handed_off) => Ok(run),
+            other => Err(format!("{:?}", other.map(|r| r.status))),
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn orca_on_real_containers_task2_receives_what_task1_wrote_to_its_termination_log() {
+    let Some(env) = TestEnv::with_node().await else { return };
+    let workflow = start_workflow(&env);
+    let scheduler = InProcess::start(
+        env.client.clone(),
+        &env.namespace,
+        ignitor_scheduler::controller::NAME,
+        ignitor_scheduler::run,
+    );
+    let tasks = env.namespaced::<Task>();
+    tasks
+        .create(
+            &PostParams::default(),
+            &task(
+                "task1",
+                json!({"startOnIgnition": ["ignitor1"],
+                    "template": busybox("printf 'hello from task1' > /dev/termination-log")}),
+            ),
+        )
+        .await
+        .unwrap();
+    tasks
+        .create(
+            &PostParams::default(),
+            &task(
+                "task2",
+                json!({"startOnSuccess": ["task1"],
+                    "template": busybox("printf '%s|%s' \"$ORCA_DATA\" \"$ORCA_INITIATOR\" > /dev/termination-log")}),
+            ),
+        )
+        .await
+        .unwrap();
+    let ignitor: Ignitor = serde_json::from_value(json!({
+        "apiVersion": "workflow.orrery.dev/v1alpha1", "kind": "Ignitor",
+        "metadata": {"name": "ignitor1"}, "spec": {"scheduled": "NOW"}
+    }))
+    .unwrap();
+    env.namespaced::<Ignitor>()
+        .create(&PostParams::default(), &ignitor)
+        .await
+        .unwrap();
+
+    let first = finished_run_of(&env, "task1").await;
+    let status = first.status.unwrap();
+    assert_eq!(status.phase, Some(TaskRunPhase::Succeeded));
+    assert_eq!(
+        (status.exit_code, status.message.as_deref()),
+        (Some(0), Some("hello from task1"))
+    );
+    let second = finished_run_of(&env, "task2").await;
+    let status = second.status.unwrap();
+    assert_eq!(status.phase, Some(TaskRunPhase::Succeeded), "{status:?}");
+    assert_eq!(
+        status.message.as_deref(),
+        Some("hello from task1|task1"),
+        "task2's container got ORCA_DATA and ORCA_INITIATOR"
+    );
+    scheduler.stop().await;
+    workflow.stop().await;
+}
+
+#[tokio::test]
+async fn a_real_container_that_fails_gives_a_failed_run_with_its_exit_code_and_message() {
+    let Some(env) = TestEnv::with_node().await else { return };
+    let workflow = start_workflow(&env);
+    env.namespaced::<Task>()
+        .create(
+            &PostParams::default(),
+            &task(
+                "fails",
+                json!({"template": busybox("echo 'no luck' > /dev/termination-log; exit 7")}),
+            ),
+        )
+        .await
+        .unwrap();
+    env.namespaced::<TaskRun>()
+        .create(&PostParams::default(), &manual_run("fails", "fails-1"))
+        .await
+        .unwrap();
+    let run = finished_run_of(&env, "fails").await;
+    let status = run.status.unwrap();
+    assert_eq!(status.phase, Some(TaskRunPhase::Failed));
+    assert_eq!(
+        (status.exit_code, status.message.as_deref()),
+        (Some(7), Some("no luck\n"))
+    );
+    workflow.stop().await;
+}
+
+#[tokio::test]
+async fn an_image_not_present_and_a_command_that_does_not_exist_give_runs_that_say_why() {
+    let Some(env) = TestEnv::with_node().await else { return };
+    let workflow = start_workflow(&env);
+    let tasks = env.namespaced::<Task>();
+    let runs = env.namespaced::<TaskRun>();
+    tasks
+        .create(
+            &PostParams::default(),
+            &task(
+                "absent",
+                json!({"activeDeadlineSeconds": 25, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "main", "image": "orrery-test/not-imported:1", "imagePullPolicy": "Never"}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    tasks
+        .create(
+            &PostParams::default(),
+            &task(
+                "no-command",
+                json!({"activeDeadlineSeconds": 60, "template": {"spec": {"restartPolicy": "Never", "containers": [{
+                    "name": "main", "image": BUSYBOX_IMAGE, "command": ["/bin/no-such-command"]}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    runs.create(&PostParams::default(), &manual_run("absent", "absent-1"))
+        .await
+        .unwrap();
+    runs.create(&PostParams::default(), &manual_run("no-command", "no-command-1"))
+        .await
+        .unwrap();
+
+    // While it waits, the run says why; at its deadline it fails, saying it again.
+    let waiting = poll_until("absent-1 to say why its pod cannot start", POD_DEADLINE, || async {
+        let run = runs.get("absent-1").await.map_err(|e| e.to_string())?;
+        let status = run.status.clone().unwrap_or_default();
+        let ready = crd_types::common::find_condition(&status.conditions, "Ready").cloned();
+        match ready {
+            Some(c) if c.reason == "PodCannotStart" => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(waiting.message.contains("ErrImageNeverPull"), "{}", waiting.message);
+    let failed = finished_run_of(&env, "absent").await.status.unwrap();
+    assert_eq!(failed.phase, Some(TaskRunPhase::Failed));
+    let message = failed.message.unwrap();
+    assert!(
+        message.starts_with("ran past its deadline of 25s; its pod never started: ErrImageNeverPull"),
+        "{message}"
+    );
+
+    let failed = finished_run_of(&env, "no-command").await.status.unwrap();
+    assert_eq!(failed.phase, Some(TaskRunPhase::Failed), "{failed:?}");
+    let message = failed.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("/bin/no-such-command") && message.contains("no such file or directory"),
+        "{failed:?}"
+    );
+    assert_eq!(failed.exit_code, Some(128), "runc's exit code for a start that failed");
+    workflow.stop().await;
 }
