@@ -18,15 +18,17 @@ fi
 cache=${ORRERY_CACHE:-$HOME/.cache/orrery}
 key=$(cat "$0" "$here/../../images/archive.sh" "$here"/pause/* "$busybox" | sha256sum | cut -c1-16)
 out="$cache/node-images-$key"
-if [ ! -f "$out/busybox.tar" ]; then
+if [ ! -d "$out" ]; then
   start=$(date +%s)
-  mkdir -p "$out"
+  # Written aside and renamed into place: two test runs may build at once.
+  mkdir -p "$cache"
+  partial=$(mktemp -d "$out.partial.XXXXXX")
   work=$(mktemp -d)
-  trap 'rm -rf "$work"' EXIT
+  trap 'rm -rf "$work" "$partial"' EXIT
 
   mkdir -p "$work/pause"
   (cd "$here/pause" && CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$work/pause/pause" .)
-  write_image "$out/pause.tar" orrery-test/pause:1 "$work/pause" '{"Entrypoint":["/pause"]}'
+  write_image "$partial/pause.tar" orrery-test/pause:1 "$work/pause" '{"Entrypoint":["/pause"]}'
 
   root="$work/busybox"
   mkdir -p "$root/bin" "$root/tmp" "$root/etc" "$root/var/www" "$root/root"
@@ -38,7 +40,9 @@ if [ ! -f "$out/busybox.tar" ]; then
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnobody:x:65534:\n' >"$root/etc/group"
   config='{"Env":["PATH=/bin"],"Cmd":["/bin/sh"],"WorkingDir":"/"}'
-  write_image "$out/busybox.tar" "orrery-test/busybox:1 orrery-test/busybox:latest" "$root" "$config"
+  write_image "$partial/busybox.tar" "orrery-test/busybox:1 orrery-test/busybox:latest" "$root" "$config"
+  chmod 755 "$partial"
+  mv -T "$partial" "$out" 2>/dev/null || true
   echo "node images (pause, busybox) built in $(( $(date +%s) - start ))s into $out" >&2
 fi
 echo "$out"

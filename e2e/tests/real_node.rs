@@ -314,3 +314,127 @@ async fn an_image_not_present_and_a_command_that_does_not_exist_give_runs_that_s
     assert_eq!(failed.exit_code, Some(128), "runc's exit code for a start that failed");
     workflow.stop().await;
 }
+
+/// `target/images/<controller>.tar`, as `images/build.sh` writes it, or why it is not there.
+fn controller_image(controller: &str) -> Option<std::path::PathBuf> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/images")
+        .join(format!("{controller}.tar"));
+    if path.is_file() {
+        return Some(path);
+    }
+    let reason = format!("{} is missing: run images/build.sh", path.display());
+    if std::env::var("ORRERY_REQUIRE_NODE").is_ok_and(|v| v == "1") {
+        panic!("ORRERY_REQUIRE_NODE=1 but {reason}");
+    }
+    eprintln!("skipped: {reason}");
+    None
+}
+
+#[tokio::test]
+async fn task_workflows_image_runs_as_a_pod_reaches_the_api_server_as_its_service_account_and_runs_a_task() {
+    let Some(image) = controller_image("task-workflow") else {
+        return;
+    };
+    let Some(env) = TestEnv::with_node().await else { return };
+    let node = env.plane().node().expect("a node");
+    node.import(&image).unwrap();
+    let version = env!("CARGO_PKG_VERSION");
+    // Its own ServiceAccount, allowed everything: what is tested is that the pod reaches the
+    // API server with it (the chart's narrower roles are the chart's tests').
+    orrery_e2e::create(
+        &env.namespaced::<k8s_openapi::api::core::v1::ServiceAccount>(),
+        json!({"metadata": {"name": "task-workflow"}}),
+    )
+    .await;
+    orrery_e2e::create(
+        &Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(env.client.clone()),
+        json!({
+            "metadata": {"name": format!("{}-task-workflow", env.namespace)},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+            "subjects": [{"kind": "ServiceAccount", "name": "task-workflow", "namespace": env.namespace}]
+        }),
+    )
+    .await;
+    let pods = env.namespaced::<Pod>();
+    orrery_e2e::create(
+        &pods,
+        json!({
+            "metadata": {"name": "task-workflow"},
+            "spec": {
+                "serviceAccountName": "task-workflow",
+                "containers": [{
+                    "name": "task-workflow",
+                    "image": format!("orrery/task-workflow:{version}"),
+                    "imagePullPolicy": "Never",
+                    // Its namespace only: other tests run their own task-workflow at once.
+                    "args": ["--http-addr=0.0.0.0:8080", format!("--watch-namespace={}", env.namespace)],
+                    "env": [
+                        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}
+                    ],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2},
+                    "livenessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+                    "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+                        "capabilities": {"drop": ["ALL"]}}
+                }]
+            }
+        }),
+    )
+    .await;
+    poll_until(
+        "the task-workflow pod to be Ready (the kubelet probing /readyz)",
+        POD_DEADLINE,
+        || async {
+            let pod = pods.get("task-workflow").await.map_err(|e| e.to_string())?;
+            let status = pod.status.unwrap_or_default();
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready {
+                Ok(())
+            } else {
+                Err(format!("{:?}", status.container_statuses))
+            }
+        },
+    )
+    .await;
+
+    // The controller in the pod runs a Task: its pod, on the same node, runs busybox.
+    env.namespaced::<Task>()
+        .create(
+            &PostParams::default(),
+            &task(
+                "hello",
+                json!({"template": busybox("printf 'from a pod' > /dev/termination-log")}),
+            ),
+        )
+        .await
+        .unwrap();
+    env.namespaced::<TaskRun>()
+        .create(&PostParams::default(), &manual_run("hello", "hello-1"))
+        .await
+        .unwrap();
+    let run = finished_run_of(&env, "hello").await;
+    let status = run.status.unwrap();
+    assert_eq!(
+        (status.phase, status.message.as_deref()),
+        (Some(TaskRunPhase::Succeeded), Some("from a pod"))
+    );
+    let restarts = pods
+        .get("task-workflow")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap()[0]
+        .restart_count;
+    assert_eq!(restarts, 0, "the kubelet's liveness probe found it healthy");
+    let _ = Api::<k8s_openapi::api::rbac::v1::ClusterRoleBinding>::all(env.client.clone())
+        .delete(&format!("{}-task-workflow", env.namespace), &Default::default())
+        .await;
+}
