@@ -631,7 +631,7 @@ iptables:
         processes.reverse();
         let pids: Vec<u32> = processes.iter().map(|(_, child)| child.id()).collect();
         signal("TERM", &pids);
-        let deadline = Instant::now() + Duration::from_secs(12);
+        let deadline = Instant::now() + Duration::from_secs(5);
         for (_, child) in &mut processes {
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(50));
