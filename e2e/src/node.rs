@@ -103,6 +103,25 @@ fn on_path(tool: &str) -> bool {
 pub struct NodeNetwork {
     instance: u8,
     dir: PathBuf,
+    removed: Mutex<bool>,
+}
+
+impl NodeNetwork {
+    /// Removes everything the node made (see [`teardown`]), once.
+    fn remove(&self) {
+        let mut removed = self.removed.lock().unwrap_or_else(|p| p.into_inner());
+        if !*removed {
+            *removed = true;
+            teardown(self.instance, &self.dir);
+        }
+    }
+}
+
+impl Drop for NodeNetwork {
+    /// A network whose control plane or node never started is removed too.
+    fn drop(&mut self) {
+        self.remove();
+    }
 }
 
 impl NodeNetwork {
@@ -127,11 +146,13 @@ impl NodeNetwork {
                 Err(err) => return Err(err).with_context(|| format!("creating {}", dir.display())),
             }
             std::fs::write(dir.join("owner"), std::process::id().to_string())?;
-            let network = NodeNetwork { instance, dir };
-            if let Err(err) = network.create() {
-                teardown(instance, &network.dir);
-                return Err(err);
-            }
+            let network = NodeNetwork {
+                instance,
+                dir,
+                removed: Mutex::new(false),
+            };
+            // Dropped (and removed) on error.
+            network.create()?;
             return Ok(network);
         }
         bail!("no free node instance under {NODES_DIR} (250 in use)")
@@ -639,7 +660,7 @@ iptables:
             let _ = child.kill();
             let _ = child.wait();
         }
-        teardown(self.network.instance, &self.network.dir);
+        self.network.remove();
     }
 }
 
