@@ -425,7 +425,10 @@ mod tests {
         let before = plan_run(&view("2026-01-01T00:00:10Z", &run, Some(&task), Some(&stuck)));
         assert_eq!(before.status.phase, Some(TaskRunPhase::Pending));
         let ready = &before.status.conditions[0];
-        assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "PodCannotStart"));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PodCannotStart")
+        );
         assert!(ready.message.contains("ErrImageNeverPull"));
         let after = plan_run(&view("2026-01-01T00:00:30Z", &run, Some(&task), Some(&stuck)));
         assert_eq!(after.status.phase, Some(TaskRunPhase::Failed));
