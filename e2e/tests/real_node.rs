@@ -438,3 +438,62 @@ async fn task_workflows_image_runs_as_a_pod_reaches_the_api_server_as_its_servic
         .delete(&format!("{}-task-workflow", env.namespace), &Default::default())
         .await;
 }
+
+#[tokio::test]
+async fn a_service_reaches_a_busybox_httpd_pod_through_kube_proxy() {
+    let Some(env) = TestEnv::with_node().await else { return };
+    let pods = env.namespaced::<Pod>();
+    orrery_e2e::create(
+        &pods,
+        json!({
+            "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"containers": [{
+                "name": "httpd",
+                "image": BUSYBOX_IMAGE,
+                "command": ["sh", "-c", "echo served by $(hostname) > /var/www/index.html && exec httpd -f -p 8080 -h /var/www"],
+                "ports": [{"containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"path": "/index.html", "port": 8080}, "periodSeconds": 1}
+            }]}
+        }),
+    )
+    .await;
+    let service = orrery_e2e::create(
+        &env.namespaced::<k8s_openapi::api::core::v1::Service>(),
+        json!({
+            "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}
+        }),
+    )
+    .await;
+    let cluster_ip = service.spec.unwrap().cluster_ip.unwrap();
+    // The client retries until kube-proxy has the endpoint: the pod turns ready on its own time.
+    let script = format!(
+        "for i in $(seq 60); do timeout 3 wget -q -O /tmp/page http://{cluster_ip}/index.html 2>/tmp/error && break; sleep 1; done; cat /tmp/page /tmp/error > /dev/termination-log"
+    );
+    orrery_e2e::create(
+        &pods,
+        json!({
+            "metadata": {"name": "client"},
+            "spec": {"restartPolicy": "Never", "containers": [{
+                "name": "main", "image": BUSYBOX_IMAGE, "command": ["sh", "-c", script]}]}
+        }),
+    )
+    .await;
+    let client = finished_pod(&pods, "client").await;
+    let page = termination(&client).1;
+    if page != "served by web\n" {
+        let slices =
+            Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(env.client.clone(), &env.namespace)
+                .list(&ListParams::default())
+                .await
+                .unwrap();
+        let web = pods.get("web").await.unwrap();
+        let node = env.plane().node().unwrap();
+        panic!(
+            "the client got {page:?}; web: {:?}; EndpointSlices: {:?}; kube-proxy's log ends:\n{}",
+            web.status.map(|s| (s.pod_ip, s.conditions)),
+            slices.items.iter().map(|s| &s.endpoints).collect::<Vec<_>>(),
+            node.log_tail("kube-proxy", 15)
+        );
+    }
+}
