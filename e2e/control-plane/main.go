@@ -61,7 +61,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false]")
+		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false] [--address IP]\n       control-plane kubelet|kube-scheduler|kube-proxy|supervise ...")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
