@@ -20,8 +20,8 @@ demo:
 deploy *args:
     "$(bash e2e/helm/fetch.sh)" upgrade --install orrery charts/orrery --namespace orrery-system --create-namespace {{args}}
 
-# One image per controller (static binary on scratch, non-root), built without a container
-# daemon into target/images/oci (needs musl-tools and buildah); names limit it to those.
+# One image per controller (static binary on an empty base, non-root), written without a
+# container daemon as target/images/<controller>.tar; names limit it to those.
 images *controllers:
     bash images/build.sh {{controllers}}
 

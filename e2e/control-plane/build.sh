@@ -8,7 +8,7 @@ cache=${ORRERY_CACHE:-$HOME/.cache/orrery}
 key=$(cat "$here"/go.mod "$here"/go.sum "$here"/*.go | sha256sum | cut -c1-16)
 out="$cache/control-plane-$key/control-plane"
 if [ ! -x "$out" ]; then
-  echo "building the control plane (kube-apiserver, etcd, kube-controller-manager) into $out" >&2
+  echo "building the control plane (kube-apiserver, etcd, kube-controller-manager; kubelet, kube-scheduler, kube-proxy for the real node) into $out" >&2
   mkdir -p "$(dirname "$out")"
   start=$(date +%s)
   (cd "$here" && go build -trimpath -ldflags='-s -w' -o "$out.tmp" .)

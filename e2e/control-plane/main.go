@@ -1,11 +1,17 @@
 // Command control-plane runs a real Kubernetes control plane on 127.0.0.1 for Orrery's tests,
 // benchmarks and demo: embedded etcd, kube-apiserver (RBAC on) and, as a second process of
-// this same binary, kube-controller-manager. No kubelet runs; e2e's pod simulator plays it.
+// this same binary, kube-controller-manager.
 //
-//	control-plane serve --dir DIR [--controller-manager=true]
+//	control-plane serve --dir DIR [--controller-manager=true] [--address IP]
 //
 // writes DIR/kubeconfig (admin, system:masters) once the API server is ready, and runs until
-// SIGINT/SIGTERM or until the process that started it exits.
+// SIGINT/SIGTERM or until the process that started it exits. With --address the API server
+// listens on that address instead of 127.0.0.1 and advertises it in the `kubernetes` Service,
+// so pods of a real node reach it.
+//
+// The same binary is the real node's Kubernetes parts, from the same k8s.io/kubernetes module
+// (see node.go): `kubelet`, `kube-scheduler` and `kube-proxy` take those commands' own flags,
+// and `supervise` runs a command inside a network namespace and stops it with its parent.
 package main
 
 import (
@@ -39,14 +45,23 @@ const adminToken = "orrery-admin-token"
 // deletion, Deployments down to Pods, and the Job/CronJob peers the benchmarks compare with.
 const controllers = "garbagecollector,namespace,deployment,replicaset,job,cronjob,serviceaccount"
 
+// nodeControllers run too when a real node may join: the node lifecycle controller lifts the
+// not-ready taint once the kubelet reports Ready (and marks pods of a node gone silent not
+// ready, which the pod simulator's node would be), EndpointSlices make Services reach pods,
+// and kube-root-ca.crt in every namespace completes pods' ServiceAccount token volumes.
+const nodeControllers = ",nodelifecycle,endpointslice,endpointslicemirroring,root-ca-cert-publisher"
+
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "controller-manager" {
 		cmd := controllermanager.NewControllerManagerCommand()
 		cmd.SetArgs(os.Args[2:])
 		os.Exit(cli.Run(cmd))
 	}
+	if len(os.Args) > 1 && runNodeCommand(os.Args[1], os.Args[2:]) {
+		return
+	}
 	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false]")
+		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false] [--address IP]\n       control-plane kubelet|kube-scheduler|kube-proxy|supervise ...")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
@@ -54,12 +69,18 @@ func main() {
 	withKCM := fs.Bool("controller-manager", true, "also run kube-controller-manager")
 	port := fs.Int("port", 0, "API server port (0: a free one)")
 	removeDir := fs.Bool("remove-dir-on-exit", false, "delete --dir when stopping (for throwaway test control planes)")
+	address := fs.String("address", "127.0.0.1", "address the API server listens on and advertises (a real node's pods reach it there)")
 	_ = fs.Parse(os.Args[2:])
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "--dir is required")
 		os.Exit(2)
 	}
-	err := serve(*dir, *withKCM, *port)
+	ip := net.ParseIP(*address)
+	if ip == nil || ip.To4() == nil {
+		fmt.Fprintf(os.Stderr, "--address %q is not an IPv4 address\n", *address)
+		os.Exit(2)
+	}
+	err := serve(*dir, *withKCM, *port, ip)
 	if *removeDir {
 		_ = os.RemoveAll(*dir)
 	}
@@ -69,7 +90,7 @@ func main() {
 	}
 }
 
-func serve(dir string, withKCM bool, port int) error {
+func serve(dir string, withKCM bool, port int, address net.IP) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -81,7 +102,7 @@ func serve(dir string, withKCM bool, port int) error {
 	_ = os.Remove(filepath.Join(dir, "kubeconfig"))
 	start := time.Now()
 
-	pki, err := writePKI(filepath.Join(dir, "pki"))
+	pki, err := writePKI(filepath.Join(dir, "pki"), address)
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
@@ -96,7 +117,16 @@ func serve(dir string, withKCM bool, port int) error {
 			return err
 		}
 	}
-	host := "https://127.0.0.1:" + strconv.Itoa(port)
+	host := "https://" + net.JoinHostPort(address.String(), strconv.Itoa(port))
+	// A loopback address cannot be an endpoint of the `kubernetes` Service; a real address is
+	// kept there by the API server itself, so pods reach it through kube-proxy.
+	// Pods of a real node get their ServiceAccount token mounted (the admission plugin adds
+	// the projected volume); without a node no pod runs, and tests need not wait for each
+	// namespace's default ServiceAccount.
+	reconciler, disabledAdmission := "none", "ServiceAccount"
+	if !address.IsLoopback() {
+		reconciler, disabledAdmission = "lease", ""
+	}
 	certDir := filepath.Join(dir, "apiserver")
 	apiArgs := []string{
 		"--etcd-servers=http://" + etcd.Clients[0].Addr().String(),
@@ -105,18 +135,20 @@ func serve(dir string, withKCM bool, port int) error {
 		"--tls-private-key-file=" + pki.servingKey,
 		"--client-ca-file=" + pki.caCert,
 		"--secure-port=" + strconv.Itoa(port),
-		"--bind-address=127.0.0.1",
-		"--advertise-address=127.0.0.1",
+		"--bind-address=" + address.String(),
+		"--advertise-address=" + address.String(),
 		"--service-cluster-ip-range=10.0.0.0/16",
 		"--allow-privileged=true",
 		"--authorization-mode=RBAC",
-		"--disable-admission-plugins=ServiceAccount",
+		"--disable-admission-plugins=" + disabledAdmission,
 		"--enable-priority-and-fairness=false",
 		"--service-account-issuer=" + host + "/",
 		"--service-account-key-file=" + pki.saKey,
 		"--service-account-signing-key-file=" + pki.saKey,
 		"--token-auth-file=" + pki.tokens,
-		"--endpoint-reconciler-type=none",
+		"--endpoint-reconciler-type=" + reconciler,
+		// Logs and exec reach a real node's kubelet at its IP: its name resolves nowhere.
+		"--kubelet-preferred-address-types=InternalIP",
 		"--profiling=false",
 	}
 
@@ -136,7 +168,7 @@ func serve(dir string, withKCM bool, port int) error {
 
 	var kcm *exec.Cmd
 	if withKCM {
-		if kcm, err = startControllerManager(dir, kubeconfig, pki); err != nil {
+		if kcm, err = startControllerManager(dir, kubeconfig, pki, !address.IsLoopback()); err != nil {
 			return fmt.Errorf("kube-controller-manager: %w", err)
 		}
 	}
@@ -239,7 +271,7 @@ func waitReady(host string, pki *pkiFiles, apiDone <-chan error) error {
 	return errors.New("not ready after 120s")
 }
 
-func startControllerManager(dir, kubeconfig string, pki *pkiFiles) (*exec.Cmd, error) {
+func startControllerManager(dir, kubeconfig string, pki *pkiFiles, forNode bool) (*exec.Cmd, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -248,13 +280,17 @@ func startControllerManager(dir, kubeconfig string, pki *pkiFiles) (*exec.Cmd, e
 	if err != nil {
 		return nil, err
 	}
+	enabled := controllers
+	if forNode {
+		enabled += nodeControllers
+	}
 	cmd := exec.Command(self, "controller-manager",
 		"--kubeconfig="+kubeconfig,
 		"--authentication-kubeconfig="+kubeconfig,
 		"--authorization-kubeconfig="+kubeconfig,
 		"--leader-elect=false",
 		"--secure-port=0",
-		"--controllers="+controllers,
+		"--controllers="+enabled,
 		"--root-ca-file="+pki.caCert,
 		"--service-account-private-key-file="+pki.saKey,
 		"--concurrent-gc-syncs=5",

@@ -21,9 +21,10 @@ type pkiFiles struct {
 	caCert, servingCert, servingKey, saKey, tokens string
 }
 
-// writePKI makes a throwaway CA, a serving certificate for 127.0.0.1/localhost signed by it,
+// writePKI makes a throwaway CA, a serving certificate for 127.0.0.1/localhost (and address,
+// the `kubernetes` Service's 10.0.0.1) signed by it,
 // a service-account signing key, and a token file with the admin user.
-func writePKI(dir string) (*pkiFiles, error) {
+func writePKI(dir string, address net.IP) (*pkiFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -68,7 +69,7 @@ func writePKI(dir string) (*pkiFiles, error) {
 		KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1")},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.0.0.1"), address},
 	}
 	servingDER, err := x509.CreateCertificate(rand.Reader, servingTemplate, caCert, &servingKey.PublicKey, caKey)
 	if err != nil {

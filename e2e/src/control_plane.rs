@@ -11,12 +11,16 @@ use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+use crate::node::{Node, NodeNetwork};
+
 /// Field manager of what the test harness applies.
 pub const FIELD_MANAGER: &str = "orrery-e2e";
 
-/// A running control plane: etcd, kube-apiserver and kube-controller-manager.
+/// A running control plane: etcd, kube-apiserver and kube-controller-manager, and a real node
+/// when started with [`ControlPlane::with_node`].
 #[derive(Debug)]
 pub struct ControlPlane {
+    node: Option<Node>,
     process: Child,
     dir: tempfile::TempDir,
     config: Config,
@@ -34,16 +38,47 @@ impl ControlPlane {
     /// it is ready is tried once more: seen once on a clean clone, with its log already removed
     /// with its directory, so the second attempt's error is the one reported.
     pub fn start_with(controller_manager: bool) -> anyhow::Result<Self> {
-        match Self::start_once(controller_manager) {
+        Self::start_at(controller_manager, "127.0.0.1")
+    }
+
+    /// Starts one with a real node ([`crate::node`]): the API server listens on the host's
+    /// address on the node's link, kube-controller-manager also runs the node lifecycle and
+    /// EndpointSlice controllers, and the call returns once the Node is Ready. Fails with the
+    /// reason where the node cannot run ([`crate::node::unavailable`]).
+    pub fn with_node() -> anyhow::Result<Self> {
+        if let Some(reason) = crate::node::unavailable() {
+            bail!("{reason}");
+        }
+        let network = NodeNetwork::claim()?;
+        let mut plane = Self::start_at(true, &network.host_address())?;
+        let node = Node::start(&plane, network)?;
+        eprintln!(
+            "real node {} Ready in {:.1}s (control plane {:.1}s); its files: {}",
+            crate::node::NODE_NAME,
+            node.startup.as_secs_f64(),
+            plane.startup.as_secs_f64(),
+            node.dir().display()
+        );
+        plane.node = Some(node);
+        Ok(plane)
+    }
+
+    /// The real node, if this control plane has one.
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    fn start_at(controller_manager: bool, address: &str) -> anyhow::Result<Self> {
+        match Self::start_once(controller_manager, address) {
             Err(first) if first.to_string().starts_with("control plane exited") => {
                 eprintln!("warning: {first:#}; starting it again");
-                Self::start_once(controller_manager)
+                Self::start_once(controller_manager, address)
             }
             other => other,
         }
     }
 
-    fn start_once(controller_manager: bool) -> anyhow::Result<Self> {
+    fn start_once(controller_manager: bool, address: &str) -> anyhow::Result<Self> {
         let binary = binary()?;
         let dir = tempfile::Builder::new().prefix("orrery-control-plane-").tempdir()?;
         let log = std::fs::File::create(dir.path().join("control-plane.log"))?;
@@ -53,6 +88,7 @@ impl ControlPlane {
             .arg("--dir")
             .arg(dir.path())
             .arg(format!("--controller-manager={controller_manager}"))
+            .arg(format!("--address={address}"))
             .arg("--remove-dir-on-exit")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -60,6 +96,7 @@ impl ControlPlane {
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
         let mut plane = ControlPlane {
+            node: None,
             process,
             config: Config::new("https://127.0.0.1:1".parse()?),
             dir,
@@ -146,6 +183,8 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        // The node first: its kubelet would otherwise go on without an API server.
+        drop(self.node.take());
         // SIGTERM lets the API server and etcd shut down cleanly; the program also stops by
         // itself when this process goes away, which is what happens to the shared one.
         let _ = Command::new("kill")

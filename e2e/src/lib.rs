@@ -8,7 +8,8 @@
 //! # }
 //! ```
 //!
-//! The kubelet's part is played by [`pod_simulator`]: no kubelet runs here.
+//! The kubelet's part is played by [`pod_simulator`] in most tests; [`node`] runs a real one
+//! (containerd, runc, the kubelet, kube-proxy, kube-scheduler) where pods must really run.
 
 pub mod access;
 pub mod bench;
@@ -17,6 +18,7 @@ pub mod demo;
 pub mod helm;
 pub mod in_process;
 pub mod kubestellar_simulator;
+pub mod node;
 pub mod pod_simulator;
 pub mod prometheus;
 pub mod wait;
@@ -130,7 +132,25 @@ pub struct TestEnv {
     pub client: Client,
     /// The test's own namespace.
     pub namespace: String,
-    plane: &'static ControlPlane,
+    plane: Plane,
+}
+
+/// The control plane a test runs against: the binary's shared one, or one with a real node that
+/// the tests using it at the same time share.
+enum Plane {
+    Shared(&'static ControlPlane),
+    WithNode(std::sync::Arc<ControlPlane>),
+}
+
+impl std::ops::Deref for Plane {
+    type Target = ControlPlane;
+
+    fn deref(&self) -> &ControlPlane {
+        match self {
+            Plane::Shared(plane) => plane,
+            Plane::WithNode(plane) => plane,
+        }
+    }
 }
 
 impl std::fmt::Debug for TestEnv {
@@ -155,6 +175,34 @@ impl TestEnv {
         let plane = tokio::task::spawn_blocking(shared_control_plane)
             .await
             .expect("control plane start panicked");
+        Self::on(Plane::Shared(plane)).await
+    }
+
+    /// A test's world on the control plane with a real node ([`node::acquire`]), or `None`
+    /// where the node cannot run here: the reason is printed and the test should return.
+    pub async fn with_node() -> Option<Self> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            )
+            .with_test_writer()
+            .try_init();
+        match tokio::task::spawn_blocking(node::acquire)
+            .await
+            .expect("starting the node panicked")
+        {
+            Ok(plane) => Some(Self::on(Plane::WithNode(plane)).await),
+            Err(reason) => {
+                eprintln!("skipped: the real node cannot run here: {reason}");
+                None
+            }
+        }
+    }
+
+    /// A fresh namespace `test-xxxxxx` on `plane`; with a real node, once its default
+    /// ServiceAccount exists, as the API server admits no pod there before.
+    async fn on(plane: Plane) -> Self {
         let client = plane.client().await;
         let suffix: String = rand::rng()
             .sample_iter(rand::distr::Alphanumeric)
@@ -170,6 +218,9 @@ impl TestEnv {
             .create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|err| panic!("cannot create namespace {namespace}: {err}"));
+        if plane.node().is_some() {
+            node::wait_default_service_account(&client, &namespace).await;
+        }
         Self {
             client,
             namespace,
@@ -198,8 +249,8 @@ impl TestEnv {
     }
 
     /// The control plane.
-    pub fn plane(&self) -> &'static ControlPlane {
-        self.plane
+    pub fn plane(&self) -> &ControlPlane {
+        &self.plane
     }
 
     /// A client configuration acting as `user` (e.g. `system:serviceaccount:ns:name`) with

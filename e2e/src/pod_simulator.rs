@@ -72,10 +72,14 @@ pub fn next_step(pod: &Pod) -> Option<Step> {
 
 /// [`next_step`], with `default` for run-to-completion pods that carry no outcome annotation.
 pub fn next_step_with(pod: &Pod, default: Unannotated) -> Option<Step> {
+    let spec = pod.spec.as_ref()?;
+    // A pod bound to a real node is its kubelet's, deletion and all.
+    if spec.node_name.as_deref().is_some_and(|node| node != NODE_NAME) {
+        return None;
+    }
     if pod.metadata.deletion_timestamp.is_some() {
         return Some(Step::FinishDeletion);
     }
-    let spec = pod.spec.as_ref()?;
     if spec.node_name.is_none() {
         return Some(Step::Bind);
     }
@@ -530,6 +534,18 @@ mod tests {
             json!({"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"nodeName": NODE_NAME, "containers": [{"name": "c"}]}}),
         );
         assert_eq!(next_step(&p), Some(Step::FinishDeletion));
+    }
+
+    #[test]
+    fn pods_of_a_real_node_are_left_alone() {
+        let p = pod(
+            json!({"metadata": {"name": "p", "deletionTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"nodeName": "orrery-node", "restartPolicy": "Never", "containers": [{"name": "c"}]}}),
+        );
+        assert_eq!(next_step(&p), None);
+        let p =
+            pod(json!({"metadata": {"name": "p"}, "spec": {"nodeName": "orrery-node", "containers": [{"name": "c"}]}}));
+        assert_eq!(next_step(&p), None);
     }
 
     #[test]

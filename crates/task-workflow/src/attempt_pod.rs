@@ -20,14 +20,29 @@ pub struct AttemptPod {
     pub exit_code: Option<i32>,
     /// That container's termination message, else the pod's status message.
     pub message: Option<String>,
+    /// Why a container of a pod not yet running cannot start, as the kubelet says it
+    /// (`ErrImageNeverPull: ...`); not the kubelet's own passing states (`ContainerCreating`).
+    pub waiting: Option<String>,
 }
+
+/// Waiting reasons that are the kubelet at work, not a container stuck.
+const PASSING: [&str; 2] = ["ContainerCreating", "PodInitializing"];
 
 impl From<Pod> for AttemptPod {
     fn from(pod: Pod) -> Self {
         let status = pod.status.unwrap_or_default();
-        let terminated: Vec<_> = status
-            .container_statuses
-            .unwrap_or_default()
+        let containers = status.container_statuses.unwrap_or_default();
+        let waiting = containers
+            .iter()
+            .filter_map(|c| c.state.as_ref().and_then(|s| s.waiting.as_ref()))
+            .find_map(|w| {
+                let reason = w.reason.as_deref().filter(|r| !PASSING.contains(r))?;
+                Some(match w.message.as_deref() {
+                    Some(message) if !message.is_empty() => format!("{reason}: {message}"),
+                    _ => reason.to_owned(),
+                })
+            });
+        let terminated: Vec<_> = containers
             .into_iter()
             .filter_map(|c| c.state.and_then(|s| s.terminated))
             .collect();
@@ -43,6 +58,7 @@ impl From<Pod> for AttemptPod {
             phase: status.phase,
             exit_code: chosen.map(|t| t.exit_code),
             message: chosen.and_then(|t| t.message.clone()).or(status.message),
+            waiting,
         }
     }
 }
@@ -118,5 +134,20 @@ mod tests {
 
         let evicted = AttemptPod::from(pod(json!({"phase": "Failed", "message": "evicted"})));
         assert_eq!((evicted.exit_code, evicted.message.as_deref()), (None, Some("evicted")));
+    }
+
+    #[test]
+    fn a_container_that_cannot_start_says_why_and_one_being_created_does_not() {
+        let waiting = |reason: &str, message: &str| {
+            json!({"phase": "Pending", "containerStatuses": [{"name": "a", "image": "i", "imageID": "",
+                "ready": false, "restartCount": 0, "state": {"waiting": {"reason": reason, "message": message}}}]})
+        };
+        let stuck = AttemptPod::from(pod(waiting("ErrImageNeverPull", "image \"x\" is not present")));
+        assert_eq!(
+            stuck.waiting.as_deref(),
+            Some("ErrImageNeverPull: image \"x\" is not present")
+        );
+        let creating = AttemptPod::from(pod(waiting("ContainerCreating", "")));
+        assert_eq!(creating.waiting, None);
     }
 }

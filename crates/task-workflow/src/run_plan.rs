@@ -137,7 +137,10 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
             .unwrap_or(started);
         if view.now >= deadline {
             plan.delete_pod = view.pod.map(|_| current_pod.clone());
-            let message = format!("ran past its deadline of {seconds_allowed}s");
+            let message = match view.pod.and_then(|p| p.waiting.as_deref()) {
+                Some(why) => format!("ran past its deadline of {seconds_allowed}s; its pod never started: {why}"),
+                None => format!("ran past its deadline of {seconds_allowed}s"),
+            };
             finish(
                 &mut status,
                 view,
@@ -207,13 +210,24 @@ pub fn plan_run(view: &RunView<'_>) -> RunPlan {
         }
         _ => {
             status.phase = Some(TaskRunPhase::Pending);
-            ready(
-                &mut status,
-                view,
-                true,
-                "Pending",
-                format!("pod {current_pod} is pending"),
-            );
+            match pod.waiting.as_deref() {
+                // The kubelet cannot start it (an image not present, a bad configuration):
+                // said on the run while it waits, and in its failure at the deadline.
+                Some(why) => ready(
+                    &mut status,
+                    view,
+                    false,
+                    "PodCannotStart",
+                    format!("pod {current_pod} cannot start: {why}"),
+                ),
+                None => ready(
+                    &mut status,
+                    view,
+                    true,
+                    "Pending",
+                    format!("pod {current_pod} is pending"),
+                ),
+            }
         }
     }
     plan.finished_now = matches!(status.phase, Some(TaskRunPhase::Succeeded | TaskRunPhase::Failed));
@@ -399,6 +413,29 @@ mod tests {
         assert_eq!(after.delete_pod.as_deref(), Some("t-1-0"));
         assert_eq!(after.status.phase, Some(TaskRunPhase::Failed));
         assert!(after.status.message.unwrap().contains("deadline"));
+    }
+
+    #[test]
+    fn a_pod_that_cannot_start_says_why_on_the_run_and_in_its_failure_at_the_deadline() {
+        let mut task = simple_task("t");
+        task.spec.active_deadline_seconds = Some(30);
+        let run = run_of("t", "t-1");
+        let mut stuck = pod("Pending", None, None);
+        stuck.waiting = Some("ErrImageNeverPull: not present".into());
+        let before = plan_run(&view("2026-01-01T00:00:10Z", &run, Some(&task), Some(&stuck)));
+        assert_eq!(before.status.phase, Some(TaskRunPhase::Pending));
+        let ready = &before.status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "PodCannotStart")
+        );
+        assert!(ready.message.contains("ErrImageNeverPull"));
+        let after = plan_run(&view("2026-01-01T00:00:30Z", &run, Some(&task), Some(&stuck)));
+        assert_eq!(after.status.phase, Some(TaskRunPhase::Failed));
+        assert_eq!(
+            after.status.message.as_deref(),
+            Some("ran past its deadline of 30s; its pod never started: ErrImageNeverPull: not present")
+        );
     }
 
     #[test]
