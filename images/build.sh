@@ -21,12 +21,21 @@ for tool in readelf sha256sum tar; do
 done
 packages=()
 for c in "${controllers[@]}"; do packages+=(-p "$c"); done
+# The cargo profile: `release` (fat LTO, size-optimised: what you ship) unless
+# ORRERY_IMAGE_PROFILE says otherwise; CI builds `dev` images, the same code linked the same
+# way without the optimiser's half hour on two cores.
+profile=${ORRERY_IMAGE_PROFILE:-release}
+case "$profile" in
+  release) dir=release ;;
+  dev) dir=debug ;;
+  *) echo "ORRERY_IMAGE_PROFILE must be release or dev, not $profile" >&2; exit 1 ;;
+esac
 start=$(date +%s)
 # With --target, RUSTFLAGS reach the controllers only, not build scripts run on this machine.
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --locked --target "$target" "${packages[@]}"
-echo "controllers built in $(( $(date +%s) - start ))s" >&2
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --profile "$profile" --locked --target "$target" "${packages[@]}"
+echo "controllers built ($profile) in $(( $(date +%s) - start ))s" >&2
 
-bin="target/$target/release"
+bin="target/$target/$dir"
 out=target/images
 mkdir -p "$out"
 for c in "${controllers[@]}"; do
