@@ -294,7 +294,7 @@ async fn deleted_and_edited_objects_come_back(env: &TestEnv, target: &Client, ku
     let (vc, team) = build(env, kubeconfig).await;
     let objects = everything(&team);
     // On a remote cluster no watch reaches: a repair waits for the 15 s recheck.
-    let deadline = Deadline(Duration::from_secs(if remote { 45 } else { 30 }));
+    let deadline = Deadline(Duration::from_secs(if remote { 90 } else { 30 }));
     let (namespace, inside) = objects.split_first().unwrap();
     let inside: Vec<&Made> = inside.iter().collect();
     if remote {

@@ -199,7 +199,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         (Index::by(uid_of::<Application>), Index::by(owner_of::<Application>));
     let (applications, app_events) = indexed(
         readiness,
-        context.api::<Application>(),
+        Api::<Application>::all(client.clone()),
         config.clone(),
         vec![applications_by_uid.clone(), templated_applications.clone()],
         keep_whole,
@@ -243,7 +243,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
     let applications_by_virtual_cluster = Index::by(|a: &Application| a.spec.virtual_cluster.clone());
     let (vc_applications, vc_app_events) = indexed(
         readiness,
-        context.api::<Application>(),
+        Api::<Application>::all(client.clone()),
         config.clone(),
         vec![applications_by_virtual_cluster.clone()],
         |a: &mut Application| {

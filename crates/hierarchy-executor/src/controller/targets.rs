@@ -11,6 +11,9 @@ use kube::{Api, Client, Config, ResourceExt};
 use super::made::Target;
 use crate::plan::{Readiness, as_applied, tenancy};
 
+/// How long a request to a remote cluster may wait for its answer.
+const REMOTE_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Builds and keeps one client per remote Cluster, rebuilt when its Secret changes.
 pub(super) struct Targets {
     local: Client,
@@ -105,9 +108,12 @@ impl Targets {
                 format!("Secret {namespace}/{}: {why}", reference.name),
             ));
         }
-        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
             .await
             .map_err(|e| invalid(e.to_string()))?;
+        // Only short requests go there (no watch): one that stalls fails and is retried rather
+        // than holding its resource's reconcile for the default five minutes.
+        config.read_timeout = Some(REMOTE_READ_TIMEOUT);
         let client = Client::try_from(config).map_err(|e| invalid(e.to_string()))?;
         self.remote.lock().insert(name, (version, client.clone()));
         Ok(Some(client))
