@@ -214,7 +214,13 @@ fn start_runner(env: &TestEnv) -> InProcess {
 }
 
 /// The weights seen with repeats removed must be exactly `steps`: none skipped, none taken twice.
+/// The route may first appear at the first step, not the baseline before it, when the executor
+/// made it after the pipeline's first output (seen on a busy machine).
 fn assert_steps(seen: &[i32], steps: &[i32]) {
+    let steps = match (seen.first(), steps) {
+        (Some(first), [baseline, step, ..]) if first != baseline && first == step => &steps[1..],
+        _ => steps,
+    };
     let from = seen.iter().position(|w| *w == steps[0]).unwrap_or(0);
     assert_eq!(
         &seen[from..],
