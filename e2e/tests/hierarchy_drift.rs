@@ -1,8 +1,8 @@
 //! hierarchy-executor repairs drift on this cluster: every kind of object it makes (Namespace,
 //! ResourceQuota, LimitRange, NetworkPolicy, RoleBinding, Deployment, Service, HTTPRoute),
 //! deleted or with a field it sets changed by hand, is put back at once, and the resource it
-//! belongs to says so in `status.lastRepair`. Each drift test has a control plane of its own:
-//! started after another installed the Gateway API CRDs on it, repairs were seen to stall.
+//! belongs to says so in `status.lastRepair`. Each drift test has a control plane of its own,
+//! so one cannot disturb another's repairs.
 
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]

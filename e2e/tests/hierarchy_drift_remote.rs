@@ -1,7 +1,7 @@
 //! hierarchy-executor repairs drift on a remote cluster: every kind of object it makes there,
 //! deleted or edited by hand, is put back at the resource's next 15 s recheck (no watch reaches
 //! another cluster), and the resource says so in `status.lastRepair`. A control plane of its
-//! own, as `hierarchy_drift.rs` explains.
+//! own.
 
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
