@@ -286,12 +286,7 @@ pub async fn deleted_and_edited_objects_come_back(env: &TestEnv, target: &Client
     );
     let remote = kubeconfig.is_some();
     let (vc, team) = build(env, kubeconfig).await;
-    let mut objects = everything(&team);
-    if !remote {
-        // Open bug: an HTTPRoute deleted on this cluster is not always seen (its watch delivers
-        // no event and no reconcile follows), so it is left out here until that is fixed.
-        objects.retain(|o| o.resource.kind != "HTTPRoute");
-    }
+    let objects = everything(&team);
     // On a remote cluster no watch reaches: a repair waits for the 15 s recheck.
     let deadline = Deadline(Duration::from_secs(if remote { 90 } else { 30 }));
     let (namespace, inside) = objects.split_first().unwrap();

@@ -19,7 +19,7 @@ use super::made::Target;
 use super::status::{Outcome, finish};
 use super::virtual_cluster::target_of;
 use super::write::{delete_owned, hold};
-use super::{CLEANUP_FINALIZER, Error, NAME, PARENT_NOT_FOUND, REMOTE_RECHECK, Request, State, cleanup_blocked};
+use super::{CLEANUP_FINALIZER, Error, NAME, PARENT_NOT_FOUND, Request, State, UNWATCHED_RECHECK, cleanup_blocked};
 use crate::plan::application::{self, APP_LABEL};
 use crate::plan::status::{Execution, claim, write_failed};
 use crate::plan::{Readiness, tenancy, virtual_cluster};
@@ -54,8 +54,8 @@ async fn execute(app: &Application, state: &State) -> Result<Action, Error> {
                 if hold(&api, app).await.map_err(Error::Status)? {
                     return Ok(Action::await_change());
                 }
-                if remote {
-                    outcome.recheck = Some(REMOTE_RECHECK);
+                if remote || !state.made.watched_for(Kind::Application) {
+                    outcome.recheck = Some(UNWATCHED_RECHECK);
                 }
                 match align(app, state, &target, &namespace, &mut status, &mut outcome.repaired).await {
                     Ok(readiness) => readiness,

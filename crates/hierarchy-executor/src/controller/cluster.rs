@@ -15,7 +15,7 @@ use orrery_runtime::{has_finalizer, set_finalizer};
 use super::index::lookup;
 use super::status::{Outcome, finish};
 use super::write::hold;
-use super::{CLEANUP_FINALIZER, Error, NAME, REMOTE_RECHECK, State, roll_up_children};
+use super::{CLEANUP_FINALIZER, Error, NAME, State, UNWATCHED_RECHECK, roll_up_children};
 use crate::gateway::{self, HTTPROUTE_CRD};
 use crate::plan::Readiness;
 use crate::plan::status::{Execution, claim};
@@ -24,7 +24,7 @@ use crate::registry::{INSTALL_GATEWAY_API, Kind, flag};
 /// How often a deleted Cluster looks again for VirtualClusters still cleaning up through it.
 const CLEANUP_RECHECK: Duration = Duration::from_secs(2);
 
-/// A target cluster's last inspection, reused for [`REMOTE_RECHECK`]: every change of one of
+/// A target cluster's last inspection, reused for [`UNWATCHED_RECHECK`]: every change of one of
 /// its VirtualClusters runs a Cluster again, and what the cluster answers changes rarely.
 pub(super) struct Inspection {
     at: Instant,
@@ -65,7 +65,7 @@ async fn execute(cluster: &Cluster, state: &State) -> Result<Action, Error> {
                 return Ok(Action::await_change());
             }
             if cluster.spec.kubeconfig_secret_ref.is_some() {
-                recheck = Some(REMOTE_RECHECK);
+                recheck = Some(UNWATCHED_RECHECK);
             }
             match state.targets.target_for(cluster).await {
                 Err(readiness) => readiness,
@@ -109,7 +109,7 @@ async fn release_cluster(cluster: &Cluster, state: &State, api: &Api<Cluster>) -
     Ok(Action::await_change())
 }
 
-/// [`inspect_cluster`], or its answer if it was asked the same less than [`REMOTE_RECHECK`] ago.
+/// [`inspect_cluster`], or its answer if it was asked the same less than [`UNWATCHED_RECHECK`] ago.
 async fn inspect_recently(
     state: &State,
     cluster: &Cluster,
@@ -122,7 +122,7 @@ async fn inspect_recently(
         let inspections = state.inspections.lock();
         if let Some(last) = inspections.get(&uid)
             && last.install == install
-            && last.at.elapsed() < REMOTE_RECHECK
+            && last.at.elapsed() < UNWATCHED_RECHECK
         {
             *status = last.found.clone();
             return last.readiness.clone();

@@ -149,6 +149,46 @@ where
     (store, events)
 }
 
+/// The objects `events` (a stream [`indexed`] returned, with its `store`) touched, as
+/// `touched_objects()` yields them, and also those a relist found gone. A watch that was down
+/// (expired, cut, refused) lists again; an object deleted meanwhile just drops out of that
+/// list, with no deletion event, and its owner would never hear of it.
+pub(super) fn touched_or_gone<K>(
+    store: Store<K>,
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    // The cache as it was when a relist began: it is swapped for the new list at its end.
+    let mut before: Vec<Arc<K>> = Vec::new();
+    events.flat_map(move |event| {
+        let touched: Vec<Result<K, watcher::Error>> = match event {
+            Err(err) => vec![Err(err)],
+            Ok(Event::Apply(object) | Event::Delete(object) | Event::InitApply(object)) => vec![Ok(object)],
+            Ok(Event::Init) => {
+                before = store.state();
+                Vec::new()
+            }
+            Ok(Event::InitDone) => std::mem::take(&mut before)
+                .into_iter()
+                .filter(|object| store.get(&ObjectRef::from_obj(object.as_ref())).is_none())
+                .map(|object| Ok(object.as_ref().clone()))
+                .collect(),
+        };
+        futures::stream::iter(touched)
+    })
+}
+
+/// Whether `store` has listed at least once (its watch may not have started: its kind not
+/// installed, say).
+pub(super) fn synced<K>(store: &Store<K>) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    matches!(futures::FutureExt::now_or_never(store.wait_until_ready()), Some(Ok(())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,5 +230,36 @@ mod tests {
         );
         index.observe(&Event::InitDone);
         assert_eq!((names(&index, "x"), names(&index, "y")), (vec!["c".into()], vec![]));
+    }
+
+    #[tokio::test]
+    async fn an_object_gone_from_a_relist_is_touched_as_a_deletion_would_be() {
+        let (store, writer) = reflector::store();
+        let events = futures::stream::iter([
+            Event::Init,
+            Event::InitApply(object("a", "x")),
+            Event::InitApply(object("b", "y")),
+            Event::InitDone,
+            // The watch was down: "b" was deleted meanwhile, and "c" made.
+            Event::Init,
+            Event::InitApply(object("a", "x")),
+            Event::InitApply(object("c", "z")),
+            Event::InitDone,
+        ])
+        .map(Ok)
+        .reflect(writer);
+        let touched: Vec<String> = touched_or_gone(store.clone(), events)
+            .map(|object| object.unwrap().name_any())
+            .collect()
+            .await;
+        assert_eq!(touched, ["a", "b", "a", "c", "b"]);
+        assert!(synced(&store));
+        assert!(store.get(&ObjectRef::new("b").within("ns")).is_none());
+    }
+
+    #[test]
+    fn a_store_that_never_listed_is_not_synced() {
+        let (store, _writer) = reflector::store::<ConfigMap>();
+        assert!(!synced(&store));
     }
 }

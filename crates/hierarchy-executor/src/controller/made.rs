@@ -1,6 +1,7 @@
 //! What the executors made, as found: on this cluster from caches of every kind they make
 //! (whose watches bring a deleted or edited object back to its owner), on a remote cluster
-//! by listing (no watch reaches there; those resources look again every 15 s).
+//! by listing (no watch reaches there; those resources look again every 15 s). A kind whose
+//! watch has not listed yet is listed too, and looked at again in the same way.
 
 use std::sync::Arc;
 
@@ -11,16 +12,16 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use orrery_runtime::Error;
 
 use super::State;
-use super::index::{Index, indexed, lookup};
+use super::index::{Index, indexed, lookup, synced, touched_or_gone};
 use super::write::{Written, align, list_owned, prune};
 use crate::plan::Readiness;
+use crate::registry::Kind;
 
 /// The objects of one kind made on this cluster, by their owner's uid.
 pub(super) struct Owned<K: Written> {
@@ -38,6 +39,25 @@ pub(super) struct Made {
     pub(super) deployments: Owned<Deployment>,
     pub(super) services: Owned<Service>,
     pub(super) routes: Owned<HttpRoute>,
+}
+
+impl Made {
+    /// Whether every kind a `kind`'s executor makes on this cluster is watched: until then
+    /// (the Gateway API installed after this executor started, say) its resources look again
+    /// every so often, as they do on a remote cluster.
+    pub(super) fn watched_for(&self, kind: Kind) -> bool {
+        match kind {
+            Kind::VirtualCluster => {
+                self.namespaces.watched()
+                    && self.quotas.watched()
+                    && self.limits.watched()
+                    && self.network_policies.watched()
+                    && self.role_bindings.watched()
+            }
+            Kind::Application => self.deployments.watched() && self.services.watched() && self.routes.watched(),
+            Kind::Project | Kind::Cluster => true,
+        }
+    }
 }
 
 /// A kind an executor makes, and where [`Made`] keeps it.
@@ -85,7 +105,15 @@ pub(super) fn watch_made<K: Written>(
         vec![by_owner.clone()],
         |_: &mut K| {},
     );
-    (Owned { store, by_owner }, events.touched_objects())
+    let touched = touched_or_gone(store.clone(), events);
+    (Owned { store, by_owner }, touched)
+}
+
+impl<K: Written> Owned<K> {
+    /// Whether this cache has listed, so that its watch reports every deletion and edit.
+    pub(super) fn watched(&self) -> bool {
+        synced(&self.store)
+    }
 }
 
 /// The cluster a resource's objects live on.
@@ -103,10 +131,10 @@ impl Target {
         namespace: Option<&str>,
         owner: &str,
     ) -> Result<Vec<K>, Error> {
-        if !self.local {
+        let owned = K::owned(made);
+        if !self.local || !owned.watched() {
             return list_owned(&self.client, namespace, owner).await;
         }
-        let owned = K::owned(made);
         Ok(lookup(&owned.store, &owned.by_owner, owner)
             .into_iter()
             .filter(|o| o.namespace().as_deref() == namespace)

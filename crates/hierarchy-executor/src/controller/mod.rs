@@ -53,7 +53,7 @@ use crate::plan::tenancy::Protected;
 use crate::plan::{Child, Readiness, roll_up};
 use crate::registry::Registry;
 use applied::Applied;
-use index::{Index, indexed};
+use index::{Index, indexed, touched_or_gone};
 use made::{Made, owner_of, watch_made};
 use status::StatusWrites;
 use targets::Targets;
@@ -61,9 +61,10 @@ use targets::Targets;
 /// The controller's name: its field manager, Lease and Event reporter.
 pub const NAME: &str = "hierarchy-executor";
 
-/// How often a resource whose objects are on another cluster looks again: no watch reaches
-/// there, so this is also how soon a deletion or an edit there is repaired.
-const REMOTE_RECHECK: Duration = Duration::from_secs(15);
+/// How often a resource whose objects no watch reports looks again (on another cluster, where
+/// no watch reaches, or until the watch of their kind has listed): this is also how soon a
+/// deletion or an edit there is repaired.
+const UNWATCHED_RECHECK: Duration = Duration::from_secs(15);
 
 /// Held by Clusters, VirtualClusters and Applications this executor runs, until what it
 /// created for them is gone: owner references reach neither another namespace (an
@@ -284,11 +285,11 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
             templated_applications,
         },
         children: Children {
-            clusters: project_clusters,
+            clusters: project_clusters.clone(),
             clusters_by_project: clusters_by_project.clone(),
-            virtual_clusters: cluster_virtual_clusters,
+            virtual_clusters: cluster_virtual_clusters.clone(),
             virtual_clusters_by_cluster: virtual_clusters_by_cluster.clone(),
-            applications: vc_applications,
+            applications: vc_applications.clone(),
             applications_by_virtual_cluster: applications_by_virtual_cluster.clone(),
         },
         made: Made {
@@ -309,7 +310,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
     // bring it back); a VirtualCluster it made having its namespace lets that VirtualCluster's
     // Applications be made.
     let project_controller = Controller::for_stream(project_events.applied_objects(), projects.clone())
-        .watches_stream(project_cluster_events.touched_objects(), {
+        .watches_stream(touched_or_gone(project_clusters.clone(), project_cluster_events), {
             let (by_uid, projects) = (projects_by_uid.clone(), projects.clone());
             move |c: Cluster| {
                 let owner = owner_of(&c).map(|o| by_uid.get(&o)).unwrap_or_default();
@@ -342,7 +343,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
 
     // Cluster: its Project triggers it; its VirtualClusters roll up into it.
     let cluster_controller = Controller::for_stream(cluster_events.applied_objects(), clusters.clone())
-        .watches_stream(cluster_vc_events.touched_objects(), {
+        .watches_stream(touched_or_gone(cluster_virtual_clusters.clone(), cluster_vc_events), {
             let clusters = clusters.clone();
             move |v: VirtualCluster| parent_ref(&clusters, v.spec.cluster.as_deref())
         })
@@ -359,7 +360,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
     // VirtualCluster: its Cluster triggers it; its Applications roll up into it; what it makes
     // on this cluster, changed or deleted, brings it back.
     let vc_controller = Controller::for_stream(vc_events.applied_objects(), virtual_clusters.clone())
-        .watches_stream(vc_app_events.touched_objects(), {
+        .watches_stream(touched_or_gone(vc_applications.clone(), vc_app_events), {
             let virtual_clusters = virtual_clusters.clone();
             move |a: Application| parent_ref(&virtual_clusters, a.spec.virtual_cluster.as_deref())
         })
@@ -562,5 +563,5 @@ where
             "Cleanup",
         )
         .await;
-    Some(Action::requeue(REMOTE_RECHECK))
+    Some(Action::requeue(UNWATCHED_RECHECK))
 }

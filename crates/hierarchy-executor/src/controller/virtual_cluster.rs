@@ -20,7 +20,8 @@ use super::made::Target;
 use super::status::{Outcome, finish};
 use super::write::{apply, delete, delete_owned, hold, key_of};
 use super::{
-    CLEANUP_FINALIZER, Error, NAME, PARENT_NOT_FOUND, REMOTE_RECHECK, Request, State, cleanup_blocked, roll_up_children,
+    CLEANUP_FINALIZER, Error, NAME, PARENT_NOT_FOUND, Request, State, UNWATCHED_RECHECK, cleanup_blocked,
+    roll_up_children,
 };
 use crate::plan::drift::{self, Drift, Repair};
 use crate::plan::status::{Execution, claim, write_failed};
@@ -76,8 +77,8 @@ async fn execute(vc: &VirtualCluster, state: &State) -> Result<Action, Error> {
                     if hold(&api, vc).await.map_err(Error::Status)? {
                         return Ok(Action::await_change());
                     }
-                    if remote {
-                        outcome.recheck = Some(REMOTE_RECHECK);
+                    if remote || !state.made.watched_for(Kind::VirtualCluster) {
+                        outcome.recheck = Some(UNWATCHED_RECHECK);
                     }
                     let aligned = align_on(vc, &applied, &target, state, &mut status, &mut outcome.repaired).await;
                     match aligned {
