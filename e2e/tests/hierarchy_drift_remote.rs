@@ -13,7 +13,6 @@ use orrery_e2e::pod_simulator::PodSimulator;
 use orrery_e2e::{ControlPlane, TestEnv};
 
 #[tokio::test]
-#[ignore = "open bug: in CI runs, repairs after the first batch on the remote cluster stalled past 90 s"]
 async fn on_a_remote_cluster_every_kind_deleted_or_edited_is_restored_at_the_next_recheck() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let env = TestEnv::new().await;

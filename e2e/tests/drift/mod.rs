@@ -1,7 +1,12 @@
 //! What the drift tests share: the tree they build, every kind of object hierarchy-executor
 //! makes for it, and how each is spoiled and recognised as restored.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::runtime::{WatchStreamExt, watcher};
 
 use crd_types::hierarchy::{Application, Cluster, HierarchyStatus, VirtualCluster};
 use gateway_api::httproutes::HttpRoute;
@@ -23,8 +28,6 @@ struct Made {
     resource: ApiResource,
     namespaced: bool,
     name: String,
-    /// Whose status and Events report its repair: the VirtualCluster's or the Application's.
-    owner: Owner,
     /// A strategic merge patch changing a field the executor sets.
     edit: Value,
     /// The field the edit changes, as the repair names it.
@@ -34,15 +37,8 @@ struct Made {
     expected: Value,
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Owner {
-    VirtualCluster,
-    Application,
-}
-
 fn made<K: Resource<DynamicType = ()>>(
     name: &str,
-    owner: Owner,
     edit: Value,
     changed: &'static str,
     (pointer, expected): (&'static str, Value),
@@ -51,7 +47,6 @@ fn made<K: Resource<DynamicType = ()>>(
         resource: ApiResource::erase::<K>(&()),
         namespaced: K::kind(&()) != "Namespace",
         name: name.into(),
-        owner,
         edit,
         changed,
         pointer,
@@ -61,61 +56,52 @@ fn made<K: Resource<DynamicType = ()>>(
 
 /// Every kind the executor makes for the tree below, in namespace `team`.
 fn everything(team: &str) -> Vec<Made> {
-    use Owner::{Application as App, VirtualCluster as Vc};
     let binding = hierarchy_executor::plan::virtual_cluster::role_binding_name("view", "User", "alice");
     vec![
         made::<Namespace>(
             team,
-            Vc,
             json!({"metadata": {"labels": {"app.kubernetes.io/managed-by": "someone"}}}),
             "metadata.labels.app.kubernetes.io/managed-by",
             ("/metadata/labels/app.kubernetes.io~1managed-by", json!("orrery")),
         ),
         made::<ResourceQuota>(
             "orrery-quota",
-            Vc,
             json!({"spec": {"hard": {"pods": "100"}}}),
             "spec.hard.pods",
             ("/spec/hard/pods", json!("10")),
         ),
         made::<LimitRange>(
             "orrery-limits",
-            Vc,
             json!({"spec": {"limits": [{"type": "Container", "default": {"cpu": "2"}}]}}),
             "spec.limits.0.default.cpu",
             ("/spec/limits/0/default/cpu", json!("500m")),
         ),
         made::<NetworkPolicy>(
             "orrery-default-deny",
-            Vc,
             json!({"spec": {"ingress": null}}),
             "spec.ingress",
             ("/spec/ingress/0/from/0/podSelector", json!({})),
         ),
         made::<RoleBinding>(
             &binding,
-            Vc,
             json!({"subjects": [{"kind": "User", "name": "mallory", "apiGroup": "rbac.authorization.k8s.io"}]}),
             "subjects.0.name",
             ("/subjects/0/name", json!("alice")),
         ),
         made::<Deployment>(
             "shop-v1",
-            App,
             json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": "evil:1"}]}}}}),
             "spec.template.spec.containers.0.image",
             ("/spec/template/spec/containers/0/image", json!("shop:1")),
         ),
         made::<Service>(
             "shop-v1",
-            App,
             json!({"spec": {"selector": {"hierarchy.orrery.dev/version": "v9"}}}),
             "spec.selector.hierarchy.orrery.dev/version",
             ("/spec/selector/hierarchy.orrery.dev~1version", json!("v1")),
         ),
         made::<HttpRoute>(
             "shop",
-            App,
             json!({"spec": {"parentRefs": [{"name": "elsewhere"}]}}),
             "spec.parentRefs.0.name",
             ("/spec/parentRefs/0/name", json!("public")),
@@ -213,23 +199,88 @@ async fn build(env: &TestEnv, kubeconfig: Option<String>) -> (String, String) {
     (vc, team)
 }
 
-async fn last_repair(env: &TestEnv, owner: Owner, vc: &str) -> Option<String> {
-    let status: Option<HierarchyStatus> = match owner {
-        Owner::VirtualCluster => Api::<VirtualCluster>::all(env.client.clone())
-            .get(vc)
-            .await
-            .ok()
-            .and_then(|v| v.status)
-            .map(|s| s.common),
-        Owner::Application => env
-            .namespaced::<Application>()
-            .get("shop")
-            .await
-            .ok()
-            .and_then(|a| a.status)
-            .map(|s| s.common),
-    };
-    Some(status?.last_repair?.message)
+/// Every `status.lastRepair` message the tree's VirtualCluster and Application ever show,
+/// from a watch of each: a poll could miss one that a later repair replaced at once.
+struct RepairLog {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    watches: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RepairLog {
+    /// Watches the tree's VirtualCluster `vc` and its Application, once both are seen.
+    async fn start(env: &TestEnv, vc: &str) -> Self {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let listed = Arc::new(AtomicUsize::new(0));
+        let named = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let watches = vec![
+            tokio::spawn(record(
+                Api::<VirtualCluster>::all(env.client.clone()),
+                named(vc),
+                |v: &VirtualCluster| v.status.as_ref().map(|s| &s.common).cloned(),
+                (seen.clone(), listed.clone()),
+            )),
+            tokio::spawn(record(
+                env.namespaced::<Application>(),
+                named("shop"),
+                |a: &Application| a.status.as_ref().map(|s| &s.common).cloned(),
+                (seen.clone(), listed.clone()),
+            )),
+        ];
+        poll_until(
+            "the repair watches started",
+            Deadline(Duration::from_secs(30)),
+            || async {
+                match listed.load(Ordering::SeqCst) {
+                    2 => Ok(()),
+                    n => Err(format!("{n} of 2 listed")),
+                }
+            },
+        )
+        .await;
+        RepairLog { seen, watches }
+    }
+
+    /// Whether a repair reported so far mentions `what`; if not, the last report.
+    fn reported(&self, what: &str) -> Result<(), String> {
+        let seen = self.seen.lock().unwrap();
+        if seen.iter().any(|r| r.contains(what)) {
+            Ok(())
+        } else {
+            Err(format!("status.lastRepair said {:?}", seen.last()))
+        }
+    }
+}
+
+impl Drop for RepairLog {
+    fn drop(&mut self) {
+        for watch in &self.watches {
+            watch.abort();
+        }
+    }
+}
+
+async fn record<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    status: fn(&K) -> Option<HierarchyStatus>,
+    (seen, listed): (Arc<std::sync::Mutex<Vec<String>>>, Arc<AtomicUsize>),
+) where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut objects = std::pin::pin!(watcher(api, config).default_backoff().applied_objects());
+    let mut first = true;
+    while let Some(object) = objects.next().await {
+        let Ok(object) = object else { continue };
+        if std::mem::take(&mut first) {
+            listed.fetch_add(1, Ordering::SeqCst);
+        }
+        if let Some(message) = status(&object).and_then(|s| s.last_repair).map(|r| r.message) {
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&message) {
+                seen.push(message);
+            }
+        }
+    }
 }
 
 /// Spoils every object in `objects` with `spoil` at once, then waits until each is restored
@@ -243,15 +294,15 @@ async fn spoil_all_and_await_repair(
     deadline: Deadline,
 ) {
     let started = Instant::now();
+    // Repairs found by different reconciles are reported one after the other: every report
+    // shown while waiting counts.
+    let reports = RepairLog::start(env, vc).await;
     for object in objects {
         match what {
             "deleted" => object.delete(target, team).await,
             _ => object.spoil(target, team).await,
         }
     }
-    // Repairs found by different reconciles are reported one after the other: every report
-    // seen while waiting counts.
-    let reports = std::sync::Mutex::new(Vec::<String>::new());
     for object in objects {
         let expected = match what {
             "deleted" => object.describe("deleted"),
@@ -259,14 +310,7 @@ async fn spoil_all_and_await_repair(
         };
         poll_until(&format!("{expected} repaired"), deadline, || async {
             object.restored(target, team).await?;
-            let last = last_repair(env, object.owner, vc).await;
-            let mut seen = reports.lock().unwrap();
-            seen.extend(last);
-            if seen.iter().any(|r| r.contains(&expected)) {
-                Ok(())
-            } else {
-                Err(format!("status.lastRepair said {:?}", seen.last()))
-            }
+            reports.reported(&expected)
         })
         .await;
     }
