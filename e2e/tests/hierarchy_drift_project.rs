@@ -18,9 +18,8 @@ use serde_json::json;
 async fn a_projects_templated_children_deleted_or_edited_are_restored() {
     let env = TestEnv::new().await;
     let _kubelet = PodSimulator::start(env.client.clone(), None).await.unwrap();
-    let executor = InProcess::start(
+    let executor = InProcess::start_cluster_wide(
         env.client.clone(),
-        &env.namespace,
         hierarchy_executor::controller::NAME,
         hierarchy_executor::run,
     );

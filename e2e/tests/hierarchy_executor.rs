@@ -21,6 +21,7 @@ use orrery_e2e::{
     ControlPlane, Deadline, InProcess, TestEnv, create, poll_until, ready_condition, wait_gone, wait_not_ready,
     wait_ready,
 };
+use orrery_runtime::Context;
 use serde_json::json;
 
 /// The executor watches cluster-scoped kinds across the whole control plane, so two running at
@@ -28,9 +29,8 @@ use serde_json::json;
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn start(env: &TestEnv) -> InProcess {
-    InProcess::start(
+    InProcess::start_cluster_wide(
         env.client.clone(),
-        &env.namespace,
         hierarchy_executor::controller::NAME,
         hierarchy_executor::run,
     )
@@ -54,6 +54,19 @@ fn weights_of(route: &HttpRoute) -> Vec<(String, i32)> {
         .iter()
         .map(|b| (b.name.clone(), b.weight.unwrap_or(1)))
         .collect()
+}
+
+#[tokio::test]
+async fn one_namespace_to_watch_is_refused_at_start() {
+    let env = TestEnv::new().await;
+    let (context, _stop) = Context::standalone(env.client.clone(), hierarchy_executor::controller::NAME);
+    let refused = hierarchy_executor::run(context.in_namespace(&env.namespace))
+        .await
+        .expect_err("a tree spans namespaces: one namespace cannot be its whole view");
+    assert!(
+        refused.to_string().contains("--watch-namespace"),
+        "the refusal names the flag: {refused}"
+    );
 }
 
 #[tokio::test]

@@ -406,12 +406,7 @@ async fn hierarchy_executor_builds_and_removes_a_tree_with_its_own_rbac_and_no_m
     let env = TestEnv::new().await;
     let _kubelet = PodSimulator::start(env.client.clone(), None).await.unwrap();
     let client = as_service_account(&env, "hierarchy-executor").await;
-    let controller = InProcess::start(
-        client.clone(),
-        &env.namespace,
-        "hierarchy-executor",
-        hierarchy_executor::run,
-    );
+    let controller = InProcess::start_cluster_wide(client.clone(), "hierarchy-executor", hierarchy_executor::run);
     let name = format!("{}-rbac", env.namespace);
     let team = format!("{name}-team");
     let project: Project = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {"templates": {

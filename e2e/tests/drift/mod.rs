@@ -322,9 +322,8 @@ async fn spoil_all_and_await_repair(
 }
 
 pub async fn deleted_and_edited_objects_come_back(env: &TestEnv, target: &Client, kubeconfig: Option<String>) {
-    let executor = InProcess::start(
+    let executor = InProcess::start_cluster_wide(
         env.client.clone(),
-        &env.namespace,
         hierarchy_executor::controller::NAME,
         hierarchy_executor::run,
     );

@@ -164,6 +164,15 @@ fn uid_of<K: Resource>(object: &K) -> Option<String> {
 /// Runs the controllers claiming the executors of `registry`; no VirtualCluster may have a
 /// `protected` namespace.
 pub async fn run_with(context: Context, registry: Registry, protected: Protected) -> Result<(), BoxError> {
+    if let Some(namespace) = &context.namespace {
+        // Refused rather than half-honoured: a tree spans namespaces by design.
+        return Err(format!(
+            "--watch-namespace={namespace}: hierarchy-executor runs cluster-scoped Projects, \
+             Clusters and VirtualClusters whose Applications live in their VirtualClusters' \
+             namespaces, so it always watches the whole cluster; leave the flag out"
+        )
+        .into());
+    }
     let client = context.client.clone();
     let config = watcher_config(&Api::<Project>::all(client.clone())).await;
     let readiness = Some(&context.readiness);
