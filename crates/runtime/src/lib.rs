@@ -14,6 +14,7 @@ mod args;
 mod client;
 pub mod egress;
 pub mod events;
+pub mod failures;
 mod health;
 mod lock;
 mod metrics;
@@ -140,7 +141,9 @@ impl Context {
 
     /// Runs one reconcile of `object` by `controller`: inside a span carrying the object's
     /// kind, namespace, name and resourceVersion, counted in the reconcile metrics (a failure
-    /// under its [`Failure::reason`]), and starting its backoff over when it succeeds. Every
+    /// under its [`Failure::reason`]), starting its backoff over when it succeeds, and shown on
+    /// the object as a `ReconcileFailed` condition and Event when a failure repeats or is
+    /// refused ([`failures`]). Every
     /// reconciler's entry point:
     ///
     /// ```ignore
@@ -158,11 +161,11 @@ impl Context {
         work: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E>
     where
-        K: kube::Resource,
+        K: kube::Resource + serde::Serialize,
         K::DynamicType: Default,
         E: Failure,
     {
-        reconcile::reconcile(&self.metrics, &self.retries, controller, object, work).await
+        reconcile::reconcile(self, controller, object, work).await
     }
 
     /// The error policy of every controller: a conflict is read again at once; any other

@@ -74,6 +74,16 @@ impl ReconcileMetrics {
         result
     }
 
+    /// How many reconciles of `controller` failed with `reason` so far.
+    pub fn failures(&self, controller: &str, reason: &str) -> u64 {
+        self.failures
+            .get_or_create(&FailureLabels {
+                controller: controller.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .get()
+    }
+
     /// Records one reconcile of `controller` that took `elapsed`, failing with `failure` (a
     /// stable reason) or not.
     pub fn observe(&self, controller: &str, elapsed: Duration, failure: Option<&str>) {

@@ -27,6 +27,15 @@ pub trait Failure: std::error::Error + Send + Sync + 'static {
     fn is_conflict(&self) -> bool {
         false
     }
+
+    /// Whether the API server refused a request it will refuse again (422 invalid, 403
+    /// forbidden): not retried until the object or its inputs change.
+    fn is_refused(&self) -> bool
+    where
+        Self: Sized,
+    {
+        crate::failures::is_refused(self)
+    }
 }
 
 impl Failure for crate::Error {
@@ -48,16 +57,19 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 /// Objects remembered as failing before those not seen failing for a while are forgotten.
 const REMEMBERED: usize = 4096;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Failing {
     in_a_row: u32,
     last: Instant,
+    /// The failure shown on the object (reason, message), if one is.
+    shown: Option<(&'static str, String)>,
 }
 
 /// The error policy every controller shares: a failed object is tried again after a pause that
 /// doubles with each failure in a row (1 s, 2 s, 4 s … up to 60 s), per object, and starts over
-/// once it succeeds. A conflict is read again at once and does not count. Each failure is logged
-/// naming the object.
+/// once it succeeds. A conflict is read again at once and does not count; a request the API
+/// server refused (422, 403) is not tried again until the object or its inputs change. Each
+/// failure is logged naming the object.
 #[derive(Clone, Debug, Default)]
 pub struct Retries {
     failing: Arc<Lock<HashMap<ObjectRef<DynamicObject>, Failing>>>,
@@ -83,11 +95,26 @@ impl Retries {
             if failing.len() >= REMEMBERED {
                 failing.retain(|_, f| now.duration_since(f.last) < 2 * MAX_RETRY);
             }
-            let entry = failing.entry(key.clone()).or_insert(Failing { in_a_row: 0, last: now });
+            let entry = failing.entry(key.clone()).or_insert(Failing {
+                in_a_row: 0,
+                last: now,
+                shown: None,
+            });
             entry.in_a_row = entry.in_a_row.saturating_add(1);
             entry.last = now;
             entry.in_a_row
         };
+        if error.is_refused() {
+            tracing::warn!(
+                controller,
+                object = %key,
+                reason = error.reason(),
+                error = %error,
+                failures = in_a_row,
+                "reconcile refused by the API server; waiting for a change"
+            );
+            return Action::await_change();
+        }
         let pause = backoff(in_a_row);
         tracing::warn!(
             controller,
@@ -101,17 +128,40 @@ impl Retries {
         Action::requeue(pause)
     }
 
-    /// Records that `object` reconciled: its next failure pauses briefly again.
-    pub fn succeeded<K>(&self, object: &K)
+    /// Records that `object` reconciled: its next failure pauses briefly again. Says whether a
+    /// failure of it was shown on it (and should now be cleared).
+    pub fn succeeded<K>(&self, object: &K) -> bool
     where
         K: Resource,
         K::DynamicType: Default,
     {
         let key = ObjectRef::from_obj(object).erase();
         let mut failing = self.failing.lock();
-        if !failing.is_empty() {
-            failing.remove(&key);
+        if failing.is_empty() {
+            return false;
         }
+        failing.remove(&key).is_some_and(|f| f.shown.is_some())
+    }
+
+    /// Records that `object` shows the failure `(reason, message)`; says whether it did not
+    /// show it already (and so it is to be written).
+    pub(crate) fn show<K>(&self, object: &K, reason: &'static str, message: &str) -> bool
+    where
+        K: Resource,
+        K::DynamicType: Default,
+    {
+        let key = ObjectRef::from_obj(object).erase();
+        let mut failing = self.failing.lock();
+        let entry = failing.entry(key).or_insert(Failing {
+            in_a_row: 0,
+            last: Instant::now(),
+            shown: None,
+        });
+        if entry.shown.as_ref().is_some_and(|(r, m)| *r == reason && m == message) {
+            return false;
+        }
+        entry.shown = Some((reason, message.to_owned()));
+        true
     }
 
     /// Failures in a row of `object` so far.
@@ -147,17 +197,17 @@ pub fn requeue_at_or_await<T: Into<SystemTime>>(at: Option<T>) -> Action {
 }
 
 /// Runs one reconcile of `object` in `controller` inside a span naming the object (kind,
-/// namespace, name, resourceVersion), records it in `metrics`, and resets its backoff in
-/// `retries` when it succeeds.
+/// namespace, name, resourceVersion), records it in the context's metrics, resets its backoff
+/// when it succeeds, and shows a repeated or refused failure on the object (see
+/// [`crate::failures`]).
 pub(crate) async fn reconcile<K, T, E>(
-    metrics: &crate::ReconcileMetrics,
-    retries: &Retries,
+    context: &crate::Context,
     controller: &str,
     object: &K,
     work: impl Future<Output = Result<T, E>>,
 ) -> Result<T, E>
 where
-    K: Resource,
+    K: Resource + serde::Serialize,
     K::DynamicType: Default,
     E: Failure,
 {
@@ -173,13 +223,21 @@ where
     async {
         let started = Instant::now();
         let result = work.await;
-        metrics.observe(
+        context.metrics.observe(
             controller,
             started.elapsed(),
             result.as_ref().err().map(Failure::reason),
         );
-        if result.is_ok() {
-            retries.succeeded(object);
+        match &result {
+            Ok(_) => {
+                let was_shown = context.retries.succeeded(object);
+                crate::failures::clear(context, controller, object, was_shown).await;
+            }
+            // This failure is counted by the error policy, which runs next.
+            Err(failure) if crate::failures::shown(failure, context.retries.failures(object) + 1) => {
+                crate::failures::show(context, controller, object, failure).await;
+            }
+            Err(_) => {}
         }
         result
     }

@@ -92,7 +92,10 @@ where
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "metadata": {"resourceVersion": object.resource_version()},
-        "status": status,
+        "status": crate::failures::without_failure_condition(serde_json::to_value(status).map_err(|e| Error::Api {
+            action: format!("encoding the status of {} {}", K::kind(&()), object.name_any()),
+            source: kube::Error::SerdeError(e),
+        })?),
     });
     let name = object.name_any();
     match api
