@@ -9,7 +9,6 @@ fn main() -> ExitCode {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
     let sets = [
         ("", crd_types::orrery_crds()),
-        ("kubestellar", crd_types::kubestellar_crds()),
     ];
     let mut stale = Vec::new();
     for (subdir, crds) in sets {
