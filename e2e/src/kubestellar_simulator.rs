@@ -600,11 +600,18 @@ pub fn combine(name: &str, collector: &StatusCollectorSpec, rows: &[Json]) -> Na
     result
 }
 
-async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()> {
-    let bps = Api::<BindingPolicy>::all(client.clone())
+/// The BindingPolicies in force: one being deleted binds nothing any more.
+async fn binding_policies(client: &Client) -> anyhow::Result<Vec<BindingPolicy>> {
+    let mut bps = Api::<BindingPolicy>::all(client.clone())
         .list(&ListParams::default())
         .await?
         .items;
+    bps.retain(|bp| bp.metadata.deletion_timestamp.is_none());
+    Ok(bps)
+}
+
+async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()> {
+    let bps = binding_policies(client).await?;
     let clusters = Api::<ConfigMap>::namespaced(client.clone(), INVENTORY_NAMESPACE)
         .list(&ListParams::default().labels(&format!("{INVENTORY_LABEL}=cluster")))
         .await?
@@ -636,6 +643,19 @@ async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()
     let apply = PatchParams::apply(MANAGER).force();
     let mut wanted_statuses = HashSet::new();
     let mut wanted_copies = HashSet::new();
+    // One object's failure (its namespace being deleted, say) does not hold up the others, nor
+    // the collection of what is no longer wanted; the first is returned for a retry.
+    let mut failed: Option<anyhow::Error> = None;
+    macro_rules! attempt {
+        ($what:expr) => {
+            if let Err(err) = $what.await {
+                let err = anyhow::Error::from(err);
+                tracing::debug!(error = %err, "KubeStellar simulator step failed");
+                failed.get_or_insert(err);
+                continue;
+            }
+        };
+    }
     for bp in &bps {
         let spec = resolve(bp, &clusters, &deployments);
         let mut binding = Binding::new(&bp.name_any(), spec.clone());
@@ -643,9 +663,7 @@ async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()
             o.controller = Some(false);
             vec![o]
         });
-        bindings_api
-            .patch(&bp.name_any(), &apply, &Patch::Apply(&binding))
-            .await?;
+        attempt!(bindings_api.patch(&bp.name_any(), &apply, &Patch::Apply(&binding)));
         for clause in &spec.workload.namespace_scope {
             let namespace = clause.namespace.clone().unwrap_or_default();
             let Some(deployment) = deployments
@@ -660,8 +678,8 @@ async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()
                 let cluster = &destination.cluster_id;
                 let copy_namespace = cluster_namespace(cluster, &namespace);
                 wanted_copies.insert((copy_namespace.clone(), clause.name.clone()));
-                ensure_cluster_namespace(client, kubelets, cluster, &copy_namespace).await?;
-                propagate(client, &copy_for(deployment, cluster), clause.create_only).await?;
+                attempt!(ensure_cluster_namespace(client, kubelets, cluster, &copy_namespace));
+                attempt!(propagate(client, &copy_for(deployment, cluster), clause.create_only));
                 rows.push(row(
                     cluster,
                     &obj,
@@ -698,13 +716,16 @@ async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             );
-            Api::<CombinedStatus>::namespaced(client.clone(), &namespace)
-                .patch(&name, &apply, &Patch::Apply(&status))
-                .await?;
+            attempt!(Api::<CombinedStatus>::namespaced(client.clone(), &namespace).patch(
+                &name,
+                &apply,
+                &Patch::Apply(&status)
+            ));
         }
     }
     collect_copies(client, &copies, &wanted_copies).await?;
-    collect_statuses(client, existing, &wanted_statuses).await
+    collect_statuses(client, existing, &wanted_statuses).await?;
+    failed.map_or(Ok(()), Err)
 }
 
 /// Deletes copies no BindingPolicy binds any more. Checked afresh first: a BindingPolicy
@@ -718,10 +739,7 @@ async fn collect_copies(
     if stale.is_empty() {
         return Ok(());
     }
-    let bps = Api::<BindingPolicy>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let bps = binding_policies(client).await?;
     let clusters = Api::<ConfigMap>::namespaced(client.clone(), INVENTORY_NAMESPACE)
         .list(&ListParams::default().labels(&format!("{INVENTORY_LABEL}=cluster")))
         .await?

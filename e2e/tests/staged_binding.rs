@@ -1025,5 +1025,9 @@ async fn todays_binding_policy_layout_is_kept_and_fields_only_older_layouts_had_
     for bp in [old, today] {
         raw.delete(&bp, &DeleteParams::default()).await.unwrap();
     }
+    Api::<StagedBindingPolicy>::all(env.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
     controller.stop().await;
 }
