@@ -172,8 +172,9 @@ pub struct Stage {
     #[schemars(length(min = 1, max = 4096))]
     pub filter: Option<String>,
     /// CEL over the CombinedStatus of each filtered object, named `combinedStatus` (as in the
-    /// seed's example) or `obj` (as in the seed's text): the two are the same value. Must hold
-    /// for every filtered object for the stage to be fulfilled. Absent: fulfilled once placed.
+    /// KubeStellar workload stager's example) or `obj` (as its README's text says): the two are
+    /// the same value. Must hold for every filtered object for the stage to be fulfilled.
+    /// Absent: fulfilled once placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub condition: Option<String>,
