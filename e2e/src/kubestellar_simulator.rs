@@ -103,6 +103,8 @@ pub async fn ensure_status_collector(client: &Client, collector: &StatusCollecto
 
 /// The kubelets of the simulated clusters' namespaces, started as the namespaces are.
 type Kubelets = Arc<Mutex<HashMap<String, PodSimulator>>>;
+/// The results last written to each CombinedStatus (namespace, name), not to write them again.
+type Written = HashMap<(String, String), Vec<NamedStatusCombination>>;
 
 /// A running simulator; stops when dropped.
 #[derive(Debug)]
@@ -287,12 +289,13 @@ impl KubeStellarSimulator {
         trigger_on!(Api::<Deployment>::all(client.clone()));
         let resolver = client.clone();
         let kubelets: Kubelets = Arc::default();
+        let mut written = Written::new();
         tasks.push(tokio::spawn(async move {
             while rx.recv().await.is_some() {
                 // Coalesce a burst of events into one pass.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while rx.try_recv().is_ok() {}
-                if let Err(err) = pass(&resolver, kubelets_of_its_own.then_some(&kubelets)).await {
+                if let Err(err) = pass(&resolver, kubelets_of_its_own.then_some(&kubelets), &mut written).await {
                     tracing::debug!(error = %err, "KubeStellar simulator pass failed; the next event retries");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     let _ = tx.try_send(());
@@ -610,7 +613,7 @@ async fn binding_policies(client: &Client) -> anyhow::Result<Vec<BindingPolicy>>
     Ok(bps)
 }
 
-async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()> {
+async fn pass(client: &Client, kubelets: Option<&Kubelets>, written: &mut Written) -> anyhow::Result<()> {
     let bps = binding_policies(client).await?;
     let clusters = Api::<ConfigMap>::namespaced(client.clone(), INVENTORY_NAMESPACE)
         .list(&ListParams::default().labels(&format!("{INVENTORY_LABEL}=cluster")))
@@ -696,9 +699,10 @@ async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()
                 .iter()
                 .filter_map(|c| collectors.get(c).map(|spec| combine(c, spec, &rows)))
                 .collect();
+            let key = (namespace.clone(), name.clone());
             if existing
-                .get(&(namespace.clone(), name.clone()))
-                .is_some_and(|cs| cs.spec.results == results)
+                .get(&key)
+                .is_some_and(|cs| cs.spec.results == results || written.get(&key) == Some(&results))
             {
                 continue;
             }
@@ -721,6 +725,7 @@ async fn pass(client: &Client, kubelets: Option<&Kubelets>) -> anyhow::Result<()
                 &apply,
                 &Patch::Apply(&status)
             ));
+            written.insert(key, status.spec.results);
         }
     }
     collect_copies(client, &copies, &wanted_copies).await?;
