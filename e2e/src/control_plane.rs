@@ -159,8 +159,8 @@ impl ControlPlane {
         self.process.id()
     }
 
-    /// Installs every CRD in `manifests/crds/` (Orrery's and KubeStellar's) and waits until
-    /// each is Established. Runs its own runtime, so it can be called from anywhere.
+    /// Installs Orrery's CRDs (`manifests/crds/`) and KubeStellar's as its tests know them
+    /// ([`kubestellar_crd_dir`]) and waits until each is Established. Runs its own runtime, so it can be called from anywhere.
     pub fn install_crds_blocking(&self) -> anyhow::Result<Vec<String>> {
         let config = self.config.clone();
         std::thread::spawn(move || {
@@ -245,6 +245,12 @@ pub fn crd_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crds")
 }
 
+/// KubeStellar's CRDs, written from its published schemas (not from Orrery's types): the tests
+/// see the pruning and validation a real KubeStellar applies.
+pub fn kubestellar_crd_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/kubestellar-crds")
+}
+
 /// The `.yaml` files under `dir` (recursively, in path order), kustomizations left out.
 pub fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
@@ -265,9 +271,11 @@ pub fn yaml_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Reads every CRD under `manifests/crds/` (recursively).
+/// Reads every CRD under `manifests/crds/` and [`kubestellar_crd_dir`] (recursively).
 pub fn read_crds() -> anyhow::Result<Vec<CustomResourceDefinition>> {
-    yaml_files(&crd_dir())?
+    let mut files = yaml_files(&crd_dir())?;
+    files.extend(yaml_files(&kubestellar_crd_dir())?);
+    files
         .iter()
         .map(|path| {
             let text = std::fs::read_to_string(path)?;

@@ -1,19 +1,13 @@
 //! What the demo (`just demo`) and the examples test share: reading and applying
-//! `examples/`, playing the clusters' part for the staged rollout, and a live summary of
-//! where each example stands.
+//! `examples/`, and a live summary of where each example stands.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crd_types::hierarchy::{Application, Project};
-use crd_types::kubestellar::{CombinedStatus, Value, combined_status_labels as labels};
 use crd_types::placement::StagedBindingPolicy;
 use crd_types::workflow::{Ignitor, Task, TaskRun};
-use jiff::Timestamp;
 use kube::api::{DynamicObject, ListParams};
 use kube::{Api, Client, ResourceExt};
-
-use crate::kubestellar_simulator::report;
 
 /// The examples directory.
 pub fn examples_dir() -> PathBuf {
@@ -41,44 +35,6 @@ pub async fn apply_examples(client: &Client) -> anyhow::Result<Vec<String>> {
         applied.push(format!("{kind}/{}", applied_object.name_any()));
     }
     Ok(applied)
-}
-
-/// Plays the clusters' part for staged placement: every CombinedStatus still without rows
-/// that is older than `after` gets the value 1 (the workload is ready there) in each of its
-/// collectors, as KubeStellar's status aggregation would once the clusters report.
-/// Returns how many it reported.
-pub async fn report_placed_workloads_ready(client: &Client, after: Duration) -> anyhow::Result<usize> {
-    let now = Timestamp::now();
-    let mut reported = 0;
-    for status in Api::<CombinedStatus>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items
-    {
-        let age = status.metadata.creation_timestamp.as_ref().map_or(Duration::ZERO, |t| {
-            Duration::try_from(now.duration_since(t.0)).unwrap_or(Duration::ZERO)
-        });
-        if age < after {
-            continue;
-        }
-        let labels_of = status.labels();
-        let (Some(name), Some(policy)) = (labels_of.get(labels::NAME), labels_of.get(labels::BINDING_POLICY)) else {
-            continue;
-        };
-        for result in status.spec.results.iter().filter(|r| r.rows.is_empty()) {
-            report(
-                client,
-                &status.namespace().unwrap_or_default(),
-                name,
-                policy,
-                &result.name,
-                Value::number(1),
-            )
-            .await?;
-            reported += 1;
-        }
-    }
-    Ok(reported)
 }
 
 /// A few lines per example saying where it stands, for the demo's live view.
@@ -128,7 +84,7 @@ pub async fn progress(client: &Client) -> anyhow::Result<String> {
         ));
     }
 
-    out.push_str("\nSTAGED PLACEMENT (dev → prod; the simulated clusters report ready after a few seconds)\n");
+    out.push_str("\nSTAGED PLACEMENT (dev → prod once the simulated dev cluster runs the Deployment ready)\n");
     for policy in Api::<StagedBindingPolicy>::all(client.clone())
         .list(&ListParams::default())
         .await?

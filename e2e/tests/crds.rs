@@ -17,7 +17,7 @@ fn resource(kind: &str) -> (ApiResource, bool) {
         "StagedBindingPolicy" => ("placement.orrery.dev", false),
         "Application" => ("hierarchy.orrery.dev", true),
         "Project" | "Cluster" | "VirtualCluster" => ("hierarchy.orrery.dev", false),
-        "BindingPolicy" | "Binding" => ("control.kubestellar.io", false),
+        "BindingPolicy" | "Binding" | "StatusCollector" => ("control.kubestellar.io", false),
         "CombinedStatus" => ("control.kubestellar.io", true),
         other => panic!("unknown kind {other}"),
     };
@@ -90,11 +90,15 @@ fn valid_objects() -> Vec<(&'static str, Value)> {
         ),
         (
             "BindingPolicy",
-            json!({"spec": {"clusterSelectors": [{"matchLabels": {"env": "dev"}}], "downsync": [{"objectSelectors": [{"matchLabels": {"app": "x"}}], "statusCollectors": ["c"]}]}}),
+            json!({"spec": {"clusterSelectors": [{"matchLabels": {"env": "dev"}}], "downsync": [{"objectSelectors": [{"matchLabels": {"app": "x"}}], "createOnly": true, "statusCollectors": ["c"], "wantSingletonReportedState": true, "wantMultiWECReportedState": true}]}}),
         ),
         (
             "Binding",
-            json!({"spec": {"workload": {"namespaceScope": [{"group": "apps", "version": "v1", "resource": "deployments", "namespace": "default", "name": "nginx"}]}, "destinations": [{"clusterId": "dev1"}]}}),
+            json!({"spec": {"workload": {"namespaceScope": [{"group": "apps", "version": "v1", "resource": "deployments", "namespace": "default", "name": "nginx", "resourceVersion": "1", "statusCollectors": ["c"]}]}, "destinations": [{"clusterId": "dev1"}]}}),
+        ),
+        (
+            "StatusCollector",
+            json!({"spec": {"filter": "true", "groupBy": [{"name": "phase", "def": "returned.status.phase"}], "combinedFields": [{"name": "n", "type": "COUNT"}, {"name": "s", "type": "SUM", "subject": "1"}], "limit": 20}}),
         ),
         (
             "CombinedStatus",
@@ -181,34 +185,7 @@ async fn the_seed_manifests_apply_with_only_the_api_version_changed() {
     );
 
     // KubeStellar's workload stager README, verbatim but for apiVersion.
-    let stager = r#"
-apiVersion: placement.orrery.dev/v1alpha1
-kind: StagedBindingPolicy
-metadata:
-  name: nginx-staged-bindingpolicy
-spec:
-  downsync:
-    - statusCollectors:
-        - deployments-aggregator
-      objectSelectors:
-        - matchLabels: {"app.kubernetes.io/name":"nginx"}
-  stages:
-    - name: dev
-      clusterSelectors:
-        - matchLabels: {"env":"dev"}
-      filter: downsyncClause.resource == "deployments"
-      condition: |
-        combinedStatus.results.exists(r,
-          r.name == 'deployments-aggregator' &&
-          r.rows.exists(row,
-            row.columns.exists(col,
-              col.type == 'Number' &&
-              col.float == '1'
-        )))
-    - name: prod
-      clusterSelectors:
-        - matchLabels: {"env":"prod"}
-"#;
+    let stager = include_str!("../testdata/stager-example.yaml");
     let mut sbp: DynamicObject = serde_yaml::from_str(stager).expect("stager parses");
     sbp.metadata.name = Some(unique(&env, "nginx-staged-bindingpolicy"));
     let sbps = api(&env.client, &env.namespace, "StagedBindingPolicy");
@@ -381,6 +358,22 @@ fn invalid_objects() -> Vec<(&'static str, Value, &'static str)> {
             "Project",
             json!({"spec": {"templates": {"clusters": [{"name": "a", "spec": {}}, {"name": "a", "spec": {}}]}}}),
             "spec.templates.clusters[1]: Duplicate value: {\"name\":\"a\"}",
+        ),
+        // KubeStellar's kinds, as its published CRDs check them.
+        (
+            "StatusCollector",
+            json!({"spec": {"select": [{"name": "wec", "def": "inventory.name"}]}}),
+            "spec.limit: Required value",
+        ),
+        (
+            "CombinedStatus",
+            json!({"results": [{"name": "deployments-aggregator"}]}),
+            "results[0].columnNames: Required value",
+        ),
+        (
+            "Binding",
+            json!({"spec": {"workload": {"namespaceScope": [{"group": "apps", "version": "v1", "resource": "deployments", "namespace": "default", "name": "nginx"}]}}}),
+            "spec.workload.namespaceScope[0].resourceVersion: Required value",
         ),
     ]
 }

@@ -14,7 +14,7 @@ use crd_types::placement::StagedBindingPolicy;
 use crd_types::workflow::{TaskRun, TaskRunPhase};
 use kube::Api;
 use kube::api::ListParams;
-use orrery_e2e::demo::{apply_examples, example_objects, progress, report_placed_workloads_ready};
+use orrery_e2e::demo::{apply_examples, example_objects, progress};
 use orrery_e2e::kubestellar_simulator::KubeStellarSimulator;
 use orrery_e2e::pod_simulator::PodSimulator;
 use orrery_e2e::{Deadline, InProcess, TestEnv, poll_until};
@@ -24,7 +24,9 @@ async fn every_example_applies_and_does_what_it_says() {
     let env = TestEnv::new().await;
     let client = env.client.clone();
     let _kubelet = PodSimulator::start(client.clone(), None).await.unwrap();
-    let _kubestellar = KubeStellarSimulator::start(client.clone()).await.unwrap();
+    let _kubestellar = KubeStellarSimulator::start_without_kubelets(client.clone())
+        .await
+        .unwrap();
     let controllers = [
         InProcess::start_cluster_wide(
             client.clone(),
@@ -82,12 +84,10 @@ async fn every_example_applies_and_does_what_it_says() {
     })
     .await;
 
-    // The staged placement: dev, then prod once the clusters report the workload ready.
+    // The staged placement: dev, then prod once the dev cluster runs its copy of the workload
+    // ready and the deployments-aggregator counts it.
     let policies = Api::<StagedBindingPolicy>::all(client.clone());
     poll_until("the nginx rollout to reach prod", Deadline::default(), || async {
-        report_placed_workloads_ready(&client, Duration::ZERO)
-            .await
-            .map_err(|e| e.to_string())?;
         let status = policies
             .get("nginx-staged-bindingpolicy")
             .await

@@ -300,11 +300,13 @@ async fn the_charts_objects_pass_server_validation_and_grant_the_lease_only_in_t
 
 #[tokio::test]
 async fn staged_binding_runs_a_rollout_with_its_own_rbac_and_no_more() {
-    use crd_types::kubestellar::{Binding, Value};
+    use crd_types::kubestellar::Binding;
     use crd_types::placement::StagedBindingPolicy;
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::ConfigMap;
-    use orrery_e2e::kubestellar_simulator::{INVENTORY_LABEL, INVENTORY_NAMESPACE, KubeStellarSimulator, report};
+    use orrery_e2e::kubestellar_simulator::{
+        INVENTORY_LABEL, INVENTORY_NAMESPACE, KubeStellarSimulator, deployments_aggregator, ensure_status_collector,
+    };
 
     let env = TestEnv::new().await;
     let inventory: Namespace = serde_json::from_value(json!({"metadata": {"name": INVENTORY_NAMESPACE}})).unwrap();
@@ -330,31 +332,25 @@ async fn staged_binding_runs_a_rollout_with_its_own_rbac_and_no_more() {
         .create(&PostParams::default(), &deployment)
         .await
         .unwrap();
+    ensure_status_collector(&env.client, &deployments_aggregator())
+        .await
+        .unwrap();
     let _kubestellar = KubeStellarSimulator::start(env.client.clone()).await.unwrap();
     let client = as_service_account(&env, "staged-binding").await;
     let controller = InProcess::start(client.clone(), &env.namespace, "staged-binding", staged_binding::run);
 
     let name = format!("{}-rbac", env.namespace);
     let policy: StagedBindingPolicy = serde_json::from_value(json!({"metadata": {"name": name}, "spec": {
-        "downsync": [{"statusCollectors": ["ready"], "objectSelectors": [{"matchLabels": {"app": app}}]}],
+        "downsync": [{"statusCollectors": ["deployments-aggregator"], "objectSelectors": [{"matchLabels": {"app": app}}]}],
         "stages": [
-            {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": "combinedStatus.results.exists(r, r.name == 'ready' && r.rows.size() > 0)"},
+            {"name": "dev", "clusterSelectors": [{"matchLabels": {"env": "dev"}}], "condition": "combinedStatus.results.exists(r, r.name == 'deployments-aggregator' && r.rows.exists(row, row.columns[0].float == '1'))"},
             {"name": "prod", "clusterSelectors": [{"matchLabels": {"env": "prod"}}]}
         ]
     }}))
     .unwrap();
     let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    // The dev cluster runs its copy of the Deployment ready: the rollout moves on by itself.
     policies.create(&PostParams::default(), &policy).await.unwrap();
-    report(
-        &env.client,
-        &env.namespace,
-        "web",
-        &format!("{name}.dev"),
-        "ready",
-        Value::number(1),
-    )
-    .await
-    .unwrap();
     poll_until(
         "the rollout to complete as the ServiceAccount",
         Deadline::default(),

@@ -1,19 +1,27 @@
-//! staged-binding on the real control plane, the KubeStellar simulator playing KubeStellar:
-//! the seed's dev → prod rollout, soak time, deadline → pause and → rollback, approval,
-//! suspend, bad expressions, runtime errors, deletion, a restart mid-rollout, and a policy that
-//! may neither take over nor collect a BindingPolicy it does not control.
+//! staged-binding on the real control plane, the KubeStellar simulator playing KubeStellar
+//! (with CRDs written from KubeStellar's published schemas): the seed's dev → prod rollout
+//! driven by the simulated clusters' Deployments becoming ready, soak time, deadline → pause
+//! and → rollback, approval, suspend, bad expressions, runtime errors, deletion, a restart
+//! mid-rollout, a policy that may neither take over nor collect a BindingPolicy it does not
+//! control, and the BindingPolicy layouts today's KubeStellar keeps and prunes.
+//!
+//! A test's workload starts with its pods held in every cluster ([`PENDING_IN`] `*`), so no
+//! cluster reports it ready; [`ready_in`] lets them start in the clusters named.
 
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use crd_types::kubestellar::{BindingPolicy, Value};
+use crd_types::kubestellar::{Binding, BindingPolicy, CombinedStatus, combined_status_labels};
 use crd_types::placement::StagedBindingPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
-use orrery_e2e::kubestellar_simulator::{INVENTORY_LABEL, INVENTORY_NAMESPACE, KubeStellarSimulator, report};
+use orrery_e2e::kubestellar_simulator::{
+    INVENTORY_LABEL, INVENTORY_NAMESPACE, KubeStellarSimulator, PENDING_IN, deployments_aggregator,
+    ensure_status_collector,
+};
 use orrery_e2e::{Deadline, InProcess, TestEnv, access, poll_until};
 use serde_json::{Value as Json, json};
 
@@ -28,9 +36,16 @@ fn start(env: &TestEnv) -> InProcess {
     )
 }
 
-/// Inventory clusters (shared by the tests of this binary) and one nginx Deployment in the
-/// test's namespace.
+/// The inventory clusters, shared by the tests of this binary.
+const CLUSTERS: [&str; 4] = ["dev1", "test1", "prod1", "prod2"];
+
+/// Inventory clusters (shared by the tests of this binary), the `deployments-aggregator`
+/// StatusCollector, and one nginx Deployment in the test's namespace whose pods start in no
+/// cluster yet.
 async fn world(env: &TestEnv) -> KubeStellarSimulator {
+    ensure_status_collector(&env.client, &deployments_aggregator())
+        .await
+        .unwrap();
     let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": INVENTORY_NAMESPACE}})).unwrap();
     let _ = Api::<Namespace>::all(env.client.clone())
         .create(&PostParams::default(), &namespace)
@@ -45,8 +60,8 @@ async fn world(env: &TestEnv) -> KubeStellarSimulator {
             .await;
     }
     let deployment: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "nginx", "labels": {"app.kubernetes.io/name": format!("nginx-{}", env.namespace)}},
-        "spec": {"selector": {"matchLabels": {"app": "nginx"}}, "template": {"metadata": {"labels": {"app": "nginx"}}, "spec": {"containers": [{"name": "nginx", "image": "nginx"}]}}}
+        "metadata": {"name": "nginx", "labels": {"app.kubernetes.io/name": format!("nginx-{}", env.namespace)}, "annotations": {PENDING_IN: "*"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "nginx"}}, "template": {"metadata": {"labels": {"app": "nginx"}}, "spec": {"containers": [{"name": "nginx", "image": "nginx"}]}}}
     }))
     .unwrap();
     env.namespaced::<Deployment>()
@@ -155,21 +170,58 @@ async fn wait_placed(client: &Client, policy: &str, stages: &[&str]) {
     .await;
 }
 
-async fn report_ready(env: &TestEnv, bp: &str, value: &str) {
-    report(
-        &env.client,
-        &env.namespace,
-        "nginx",
-        bp,
-        "deployments-aggregator",
-        Value::number(value),
+/// Lets the test's nginx pods start in `clusters` (and only there): those clusters' copies of
+/// the Deployment become ready, which the deployments-aggregator then counts.
+async fn ready_in(env: &TestEnv, clusters: &[&str]) {
+    deployment_ready_in(env, "nginx", clusters).await;
+}
+
+async fn deployment_ready_in(env: &TestEnv, deployment: &str, clusters: &[&str]) {
+    let pending: Vec<&str> = CLUSTERS.iter().copied().filter(|c| !clusters.contains(c)).collect();
+    let patch = json!({"metadata": {"annotations": {PENDING_IN: pending.join(",")}}});
+    env.namespaced::<Deployment>()
+        .patch(deployment, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+}
+
+/// The CombinedStatus of `bp`'s workload object `name` in the test's namespace, once the
+/// simulator has written it with `rows` rows in its first result.
+async fn combined_status(env: &TestEnv, bp: &str, name: &str) -> CombinedStatus {
+    let selector = format!(
+        "{}={bp},{}={name}",
+        combined_status_labels::BINDING_POLICY,
+        combined_status_labels::NAME
+    );
+    poll_until(
+        &format!("the CombinedStatus of {name} under {bp}"),
+        Deadline::default(),
+        || async {
+            env.namespaced::<CombinedStatus>()
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .find(|cs| cs.spec.results.first().is_some_and(|r| !r.rows.is_empty()))
+                .ok_or_else(|| "none with rows yet".to_string())
+        },
     )
     .await
-    .unwrap();
+}
+
+/// The number the deployments-aggregator reports in `status`.
+fn ready_count(status: &CombinedStatus) -> Option<String> {
+    let result = status
+        .spec
+        .results
+        .iter()
+        .find(|r| r.name == "deployments-aggregator")?;
+    result.rows.first()?.columns.first()?.float.clone()
 }
 
 #[tokio::test]
-async fn the_seed_rollout_moves_from_dev_to_prod_when_the_aggregator_reports_1() {
+async fn the_seed_rollout_moves_from_dev_to_prod_when_the_dev_cluster_runs_the_workload_ready() {
     let env = TestEnv::new().await;
     let _kubestellar = world(&env).await;
     let controller = start(&env);
@@ -198,12 +250,11 @@ async fn the_seed_rollout_moves_from_dev_to_prod_when_the_aggregator_reports_1()
     );
     assert_eq!(dev.spec.downsync[0].status_collectors, vec!["deployments-aggregator"]);
 
-    // Not yet: the aggregator reports 0.
-    report_ready(&env, &dev.name_any(), "0").await;
+    // Not yet: the dev cluster's pods do not start, so the aggregator counts 0 ready clusters.
     let waiting = wait_condition(&env.client, &name, "Progressing", "ConditionNotMet").await;
     assert_eq!(waiting.active_stage.as_deref(), Some("dev"));
 
-    report_ready(&env, &dev.name_any(), "1").await;
+    ready_in(&env, &["dev1"]).await;
     let status = wait_stage(&env.client, &name, "prod").await;
     let stages: Vec<(&str, &str)> = status
         .history
@@ -251,7 +302,7 @@ async fn soak_time_keep_mode_approval_and_suspend() {
         .await
         .unwrap();
     wait_stage(&env.client, &name, "dev").await;
-    report_ready(&env, &format!("{name}.dev"), "1").await;
+    ready_in(&env, &["dev1"]).await;
     let soaking = wait_condition(&env.client, &name, "Progressing", "Soaking").await;
     let met = soaking.history[0]
         .condition_met
@@ -323,9 +374,9 @@ async fn a_missed_deadline_pauses_or_rolls_back() {
             .await
             .unwrap();
         wait_stage(&env.client, &name, "dev").await;
-        report_ready(&env, &format!("{name}.dev"), "1").await;
+        ready_in(&env, &["dev1"]).await;
         wait_stage(&env.client, &name, "test").await;
-        // test never reports 1: after 3 s the stage fails.
+        // test1 never runs the workload ready: after 3 s the stage fails.
         let failed = wait_condition(
             &env.client,
             &name,
@@ -384,7 +435,7 @@ async fn bad_expressions_stop_the_rollout_and_runtime_errors_count_as_not_met() 
         .await
         .unwrap();
     wait_stage(&env.client, &name, "dev").await;
-    report_ready(&env, &format!("{name}.dev"), "1").await;
+    ready_in(&env, &["dev1"]).await;
     let status = wait_condition(&env.client, &name, "Progressing", "ConditionError").await;
     assert_eq!(status.active_stage.as_deref(), Some("dev"));
     assert_eq!(condition(&status, "Ready").0, "True");
@@ -408,18 +459,16 @@ async fn a_restart_mid_rollout_skips_and_repeats_nothing_and_deletion_collects_p
         .await
         .unwrap();
     wait_stage(&env.client, &name, "dev").await;
-    report_ready(&env, &format!("{name}.dev"), "1").await;
+    ready_in(&env, &["dev1"]).await;
     wait_stage(&env.client, &name, "test").await;
     controller.stop().await;
     let controller = start(&env);
-    // After the restart test is still active: nothing skipped, dev not repeated. Its status
-    // has no rows yet, and KubeStellar omits an empty `rows`, so the seed's condition errors
-    // on it: counted as not met.
-    let status = wait_condition(&env.client, &name, "Progressing", "ConditionError").await;
+    // After the restart test is still active: nothing skipped, dev not repeated; test1 does
+    // not run the workload ready yet.
+    let status = wait_condition(&env.client, &name, "Progressing", "ConditionNotMet").await;
     assert_eq!(status.active_stage.as_deref(), Some("test"));
-    assert!(condition(&status, "Progressing").2.contains("No such key: rows"));
     assert_eq!(status.history.iter().filter(|r| r.name == "dev").count(), 1);
-    report_ready(&env, &format!("{name}.test"), "1").await;
+    ready_in(&env, &["dev1", "test1"]).await;
     let status = wait_condition(&env.client, &name, "Complete", "RolloutComplete").await;
     let order: Vec<&str> = status.history.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(order, ["dev", "test", "prod"]);
@@ -456,7 +505,7 @@ async fn editing_the_spec_continues_from_the_active_stage_or_restarts_if_it_was_
             .await
             .unwrap();
         wait_stage(&env.client, &name, "dev").await;
-        report_ready(&env, &format!("{name}.dev"), "1").await;
+        ready_in(&env, &["dev1"]).await;
         wait_stage(&env.client, &name, "test").await;
     }
 
@@ -789,5 +838,196 @@ async fn names_that_collided_now_differ_and_binding_policies_under_old_names_are
         }
         other => panic!("a 64-character name should be refused: {other:?}"),
     }
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn the_seeds_manifest_advances_through_its_stages_as_the_simulated_clusters_become_ready() {
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    // The workload the seed's manifest selects (app.kubernetes.io/name=nginx), its pods held
+    // in every cluster for now. No other test of this binary labels a Deployment so.
+    let workload: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "seed-nginx", "labels": {"app.kubernetes.io/name": "nginx"}, "annotations": {PENDING_IN: "*"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "seed-nginx"}}, "template": {"metadata": {"labels": {"app": "seed-nginx"}}, "spec": {"containers": [{"name": "nginx", "image": "nginx"}]}}}
+    }))
+    .unwrap();
+    env.namespaced::<Deployment>()
+        .create(&PostParams::default(), &workload)
+        .await
+        .unwrap();
+    let controller = start(&env);
+    // The seed's manifest as its README has it (only apiVersion changed; named for this test).
+    let mut seed: StagedBindingPolicy = serde_yaml::from_str(include_str!("../testdata/stager-example.yaml")).unwrap();
+    let name = format!("{}-seed-manifest", env.namespace);
+    seed.metadata.name = Some(name.clone());
+    let policies = Api::<StagedBindingPolicy>::all(env.client.clone());
+    policies.create(&PostParams::default(), &seed).await.unwrap();
+    wait_stage(&env.client, &name, "dev").await;
+
+    // KubeStellar's CombinedStatus, computed from dev1's copy: no cluster ready yet, 0.
+    let dev = format!("{name}.dev");
+    let waiting = combined_status(&env, &dev, "seed-nginx").await;
+    assert_eq!(ready_count(&waiting).as_deref(), Some("0"), "{waiting:?}");
+    assert_eq!(waiting.spec.results[0].column_names, ["ready"]);
+    let not_met = wait_condition(&env.client, &name, "Progressing", "ConditionNotMet").await;
+    assert_eq!(not_met.active_stage.as_deref(), Some("dev"));
+    let copies = |cluster: &str| {
+        Api::<Deployment>::namespaced(
+            env.client.clone(),
+            &orrery_e2e::kubestellar_simulator::cluster_namespace(cluster, &env.namespace),
+        )
+    };
+    let dev_copy = copies("dev1").get("seed-nginx").await.unwrap();
+    assert_eq!(
+        dev_copy.status.and_then(|s| s.ready_replicas).unwrap_or(0),
+        0,
+        "dev1's pods are held"
+    );
+
+    // dev1's pods start; its Deployment reports a ready replica; the aggregator counts 1 and
+    // the seed's condition holds: on to prod.
+    deployment_ready_in(&env, "seed-nginx", &["dev1"]).await;
+    let done = wait_condition(&env.client, &name, "Complete", "RolloutComplete").await;
+    let order: Vec<(&str, &str)> = done
+        .history
+        .iter()
+        .map(|r| (r.name.as_str(), r.outcome.as_str()))
+        .collect();
+    assert_eq!(order[0], ("dev", "Fulfilled"));
+    assert_eq!(order[1].0, "prod");
+    // Move: the workload now runs in the prod clusters only.
+    for cluster in ["prod1", "prod2"] {
+        poll_until(&format!("the copy in {cluster}"), Deadline::default(), || async {
+            copies(cluster)
+                .get_opt("seed-nginx")
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "not yet".to_string())
+        })
+        .await;
+    }
+    poll_until("dev1's copy to go", Deadline::default(), || async {
+        match copies("dev1").get_opt("seed-nginx").await {
+            Ok(None) => Ok(()),
+            other => Err(format!("{:?}", other.map(|d| d.map(|d| d.metadata.deletion_timestamp)))),
+        }
+    })
+    .await;
+    policies.delete(&name, &DeleteParams::default()).await.unwrap();
+    controller.stop().await;
+}
+
+#[tokio::test]
+async fn todays_binding_policy_layout_is_kept_and_fields_only_older_layouts_had_are_pruned() {
+    use kube::api::{ApiResource, DynamicObject};
+
+    let env = TestEnv::new().await;
+    let _kubestellar = world(&env).await;
+    ready_in(&env, &["dev1"]).await;
+    let app = format!("nginx-{}", env.namespace);
+    let resource = ApiResource::erase::<BindingPolicy>(&());
+    let raw = Api::<DynamicObject>::all_with(env.client.clone(), &resource);
+    let write = |name: &str, spec: Json| {
+        let object: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "control.kubestellar.io/v1alpha1", "kind": "BindingPolicy",
+            "metadata": {"name": name}, "spec": spec,
+        }))
+        .unwrap();
+        let raw = raw.clone();
+        async move { raw.create(&PostParams::default(), &object).await.unwrap() }
+    };
+    let selectors = json!([{"matchLabels": {"app.kubernetes.io/name": app}}]);
+    let dev = json!([{"matchLabels": {"env": "dev"}}]);
+
+    // KubeStellar 0.24's `statusCollection` and the older spec-level
+    // `wantSingletonReportedState`: today's schema drops both.
+    let old = format!("{}-layout-old", env.namespace);
+    let created = write(
+        &old,
+        json!({"clusterSelectors": dev, "wantSingletonReportedState": true,
+               "downsync": [{"objectSelectors": selectors, "statusCollection": {"statusCollectors": ["deployments-aggregator"]}}]}),
+    )
+    .await;
+    assert_eq!(
+        created.data["spec"],
+        json!({"clusterSelectors": dev, "downsync": [{"objectSelectors": selectors}]}),
+        "the old layout's fields are pruned"
+    );
+    // Today's layout: the modulation beside the object test, all kept.
+    let today = format!("{}-layout-today", env.namespace);
+    let clause = json!({"objectSelectors": selectors, "createOnly": true, "statusCollectors": ["deployments-aggregator"], "wantSingletonReportedState": true});
+    let created = write(&today, json!({"clusterSelectors": dev, "downsync": [clause]})).await;
+    assert_eq!(
+        created.data["spec"]["downsync"][0], clause,
+        "today's layout is kept whole"
+    );
+
+    // So KubeStellar collects status for today's layout only: its CombinedStatus counts dev1's
+    // ready copy, while the pruned policy's Binding names no StatusCollector and gets none.
+    let status = combined_status(&env, &today, "nginx").await;
+    poll_until("the aggregator to count dev1", Deadline::default(), || async {
+        let status = combined_status(&env, &today, "nginx").await;
+        match ready_count(&status).as_deref() {
+            Some("1") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(status.labels()[combined_status_labels::BINDING_POLICY], today);
+    let bindings = Api::<Binding>::all(env.client.clone());
+    let clause_of = |name: String| {
+        let bindings = bindings.clone();
+        async move {
+            poll_until(&format!("the Binding {name}"), Deadline::default(), || async {
+                let binding = bindings.get_opt(&name).await.map_err(|e| e.to_string())?;
+                binding
+                    .and_then(|b| b.spec.workload.namespace_scope.first().cloned())
+                    .ok_or_else(|| "not resolved yet".to_string())
+            })
+            .await
+        }
+    };
+    let old_clause = clause_of(old.clone()).await;
+    assert!(old_clause.status_collectors.is_empty(), "{old_clause:?}");
+    let today_clause = clause_of(today.clone()).await;
+    assert_eq!(today_clause.status_collectors, ["deployments-aggregator"]);
+    assert!(today_clause.create_only && today_clause.want_singleton_reported_state);
+    let selector = format!("{}={old}", combined_status_labels::BINDING_POLICY);
+    let none = env
+        .namespaced::<CombinedStatus>()
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap();
+    assert!(none.items.is_empty(), "{:?}", none.items);
+
+    // A StagedBindingPolicy written in the 0.24 layout still collects: it is translated.
+    let controller = start(&env);
+    let name = format!("{}-layout-sbp", env.namespace);
+    // Keep: dev's BindingPolicy stays to be read once the rollout is through.
+    let mut translated = policy(&env, "layout-sbp", seed_stages(), json!({"placementMode": "Keep"}));
+    translated.spec.downsync[0].status_collectors.clear();
+    translated.spec.downsync[0].status_collection = Some(crd_types::placement::StatusCollection {
+        status_collectors: vec!["deployments-aggregator".into()],
+    });
+    Api::<StagedBindingPolicy>::all(env.client.clone())
+        .create(&PostParams::default(), &translated)
+        .await
+        .unwrap();
+    wait_condition(&env.client, &name, "Complete", "RolloutComplete").await;
+    let dev_bp = format!("{name}.dev");
+    let written = raw.get(&dev_bp).await.unwrap();
+    assert_eq!(
+        written.data["spec"]["downsync"][0]["statusCollectors"],
+        json!(["deployments-aggregator"])
+    );
+    assert!(written.data["spec"]["downsync"][0].get("statusCollection").is_none());
+    for bp in [old, today] {
+        raw.delete(&bp, &DeleteParams::default()).await.unwrap();
+    }
+    Api::<StagedBindingPolicy>::all(env.client.clone())
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
     controller.stop().await;
 }

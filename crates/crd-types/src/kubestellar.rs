@@ -1,6 +1,12 @@
 //! KubeStellar's `control.kubestellar.io/v1alpha1` types that staged-binding drives and reads:
-//! BindingPolicy (written), Binding and CombinedStatus (read). Field names match KubeStellar's
-//! published API. KubeStellar installs these CRDs in production; Orrery installs them in tests.
+//! BindingPolicy (written), Binding, StatusCollector and CombinedStatus (read). Field names and
+//! layout follow KubeStellar's current API (`api/control/v1alpha1/types.go`): a downsync clause
+//! is an object test with its downsync modulation inline (`createOnly`, `statusCollectors`,
+//! `wantSingletonReportedState`, `wantMultiWECReportedState`).
+//!
+//! KubeStellar installs these CRDs; Orrery generates none from these types (their schema is
+//! disabled). The tests install CRDs written from KubeStellar's published ones
+//! (`e2e/testdata/kubestellar-crds/`), so a field KubeStellar would prune is pruned there too.
 
 use std::collections::BTreeMap;
 
@@ -41,6 +47,7 @@ pub fn combined_status_name(workload_uid: &str, binding_policy_uid: &str) -> Str
     kind = "BindingPolicy",
     status = "BindingPolicyStatus",
     shortname = "bp",
+    schema = "disabled",
     doc = "KubeStellar's BindingPolicy: which workload objects go to which clusters."
 )]
 #[serde(rename_all = "camelCase")]
@@ -48,15 +55,14 @@ pub struct BindingPolicySpec {
     /// Clusters (inventory objects) matching any selector are destinations.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cluster_selectors: Vec<LabelSelector>,
-    /// Objects matching any clause are bound.
+    /// Objects matching any clause are bound; the modulations of every clause matching an
+    /// object combine (booleans by OR, StatusCollector names by union).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub downsync: Vec<DownsyncPolicyClause>,
-    /// Return the reported state of objects that go to exactly one cluster into the object.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub want_singleton_reported_state: bool,
 }
 
-/// A test selecting workload objects, and how to treat the selected ones.
+/// A test selecting workload objects (`DownsyncObjectTest`), and how to downsync the selected
+/// ones (`DownsyncModulation`), both inline as in KubeStellar's `DownsyncPolicyClause`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DownsyncPolicyClause {
@@ -84,6 +90,12 @@ pub struct DownsyncPolicyClause {
     /// StatusCollectors applied to the selected objects; their results make the CombinedStatus.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub status_collectors: Vec<String>,
+    /// Return an object's status from its one cluster into the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub want_singleton_reported_state: bool,
+    /// Return an object's status aggregated over its clusters into the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub want_multi_wec_reported_state: bool,
 }
 
 /// What KubeStellar observed of a BindingPolicy.
@@ -110,6 +122,7 @@ pub struct BindingPolicyStatus {
     kind = "Binding",
     status = "BindingStatus",
     shortname = "bdg",
+    schema = "disabled",
     doc = "KubeStellar's Binding: the resolution of a BindingPolicy's selectors."
 )]
 #[serde(rename_all = "camelCase")]
@@ -151,7 +164,7 @@ pub struct DownsyncClause {
     /// Object name.
     pub name: String,
     /// Resource version bound.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[serde(default)]
     pub resource_version: String,
     /// Create only, do not update.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -159,6 +172,12 @@ pub struct DownsyncClause {
     /// StatusCollectors applied to the object.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub status_collectors: Vec<String>,
+    /// Return the object's status from its one cluster into the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub want_singleton_reported_state: bool,
+    /// Return the object's status aggregated over its clusters into the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub want_multi_wec_reported_state: bool,
 }
 
 /// A destination cluster.
@@ -182,6 +201,73 @@ pub struct BindingStatus {
     pub errors: Vec<String>,
 }
 
+/// StatusCollector says how to combine the status an object reports from its clusters, after
+/// an SQL `SELECT`: one input row per cluster, `filter` (WHERE), then either `select` (plain
+/// columns) or `groupBy` with `combinedFields` (aggregation), at most `limit` rows.
+/// Expressions are CEL over `inventory` (`.name`, the cluster), `obj` (the workload object
+/// without status), `returned` (`.status`, what the cluster reports) and `propagation`.
+#[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "control.kubestellar.io",
+    version = "v1alpha1",
+    kind = "StatusCollector",
+    status = "StatusCollectorStatus",
+    shortname = "sc",
+    schema = "disabled",
+    doc = "KubeStellar's StatusCollector: how to combine an object's status from its clusters."
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCollectorSpec {
+    /// Which rows (clusters) count: true keeps a row, false or null drops it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Groups rows for aggregation; each value is also an output column.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<NamedExpression>,
+    /// Aggregations; empty when `select` is not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub combined_fields: Vec<NamedAggregator>,
+    /// Plain columns, one row per kept cluster; empty when `combinedFields` is not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select: Vec<NamedExpression>,
+    /// At most this many rows (KubeStellar documents 20 as the usual value).
+    pub limit: i64,
+}
+
+/// A named CEL expression.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NamedExpression {
+    /// The column's name.
+    pub name: String,
+    /// The expression.
+    pub def: String,
+}
+
+/// A named aggregation: `COUNT` (no subject), `SUM`, `AVG`, `MIN` or `MAX` of `subject`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct NamedAggregator {
+    /// The column's name.
+    pub name: String,
+    /// `COUNT`, `SUM`, `AVG`, `MIN` or `MAX`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// The value aggregated (all but `COUNT`): a number, or a string that parses as one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// What KubeStellar observed of a StatusCollector.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCollectorStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default)]
+    pub observed_generation: i64,
+    /// Problems KubeStellar found (expressions that do not parse).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+}
+
 /// CombinedStatus holds the combined status from the clusters for one (workload object,
 /// BindingPolicy) pair; a StagedBindingPolicy `condition` sees it as `combinedStatus`.
 #[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -192,6 +278,7 @@ pub struct BindingStatus {
     namespaced,
     no_spec,
     shortname = "cs",
+    schema = "disabled",
     doc = "KubeStellar's CombinedStatus: combined status of one workload object under one BindingPolicy."
 )]
 #[serde(rename_all = "camelCase")]

@@ -1,6 +1,6 @@
 //! Every Orrery custom resource type, and KubeStellar's types that Orrery reads and writes.
 //!
-//! These Rust types are the single source of the CRD YAML in `manifests/crds/`
+//! Orrery's kinds are the single source of the CRD YAML in `manifests/crds/`
 //! (`cargo run -p crd-types --bin crdgen`). Doc comments become `kubectl explain` text.
 //!
 //! | group | kinds | controller |
@@ -8,7 +8,7 @@
 //! | `workflow.orrery.dev` | [`Ignitor`], [`Task`], [`TaskRun`] | ignitor-scheduler, task-workflow |
 //! | `placement.orrery.dev` | [`StagedBindingPolicy`] | staged-binding |
 //! | `hierarchy.orrery.dev` | [`Project`], [`Cluster`], [`VirtualCluster`], [`Application`] | hierarchy-executor, policy-runner |
-//! | `control.kubestellar.io` | [`BindingPolicy`], [`Binding`], [`CombinedStatus`] | KubeStellar (installed by KubeStellar in production) |
+//! | `control.kubestellar.io` | [`BindingPolicy`], [`Binding`], [`StatusCollector`], [`CombinedStatus`] | KubeStellar (its CRDs are KubeStellar's, not generated here) |
 
 // `printcolumn(type_ = ...)` repeated across columns of one `#[kube]` attribute is not a mistake.
 #![allow(clippy::duplicated_attributes)]
@@ -23,7 +23,7 @@ mod schema;
 
 pub use common::{CONDITION_READY, Condition, PluginRef};
 pub use hierarchy::{Application, Cluster, Project, VirtualCluster};
-pub use kubestellar::{Binding, BindingPolicy, CombinedStatus};
+pub use kubestellar::{Binding, BindingPolicy, CombinedStatus, StatusCollector};
 pub use placement::StagedBindingPolicy;
 pub use workflow::{Ignitor, Task, TaskRun};
 
@@ -42,11 +42,6 @@ pub fn orrery_crds() -> Vec<CustomResourceDefinition> {
         VirtualCluster::crd(),
         Application::crd(),
     ]
-}
-
-/// KubeStellar's CRDs, for tests and simulators only: KubeStellar installs its own in production.
-pub fn kubestellar_crds() -> Vec<CustomResourceDefinition> {
-    vec![BindingPolicy::crd(), Binding::crd(), CombinedStatus::crd()]
 }
 
 /// Renders a CRD as the YAML committed under `manifests/crds/`.

@@ -39,10 +39,11 @@ pub const APPROVE_ANNOTATION: &str = "placement.orrery.dev/approve";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct StagedBindingPolicySpec {
-    /// What to place, as in KubeStellar's BindingPolicy: object selectors and status collectors.
-    /// The same objects are placed in every stage.
+    /// What to place, as in KubeStellar's BindingPolicy: object selectors and the downsync
+    /// modulation (`statusCollectors`, `createOnly`, ...). The same objects are placed in every
+    /// stage.
     #[schemars(length(min = 1, max = 16))]
-    pub downsync: Vec<DownsyncPolicyClause>,
+    pub downsync: Vec<StagedDownsyncClause>,
 
     /// The stages, in order. Names are unique.
     #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -69,6 +70,91 @@ pub struct StagedBindingPolicySpec {
     pub suspend: Option<bool>,
 }
 
+/// One downsync clause, written into each stage's BindingPolicy in KubeStellar's current layout:
+/// the object test and the modulation side by side. The StatusCollectors may also be given as
+/// `statusCollection.statusCollectors`, the layout of KubeStellar 0.24; they are written as
+/// `statusCollectors`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedDownsyncClause {
+    /// API group of the objects; absent matches every group, `""` the core group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_group: Option<String>,
+    /// Lowercase plural resource names; `*` or empty matches all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub resources: Vec<String>,
+    /// Namespaces; `*` or empty matches all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub namespaces: Vec<String>,
+    /// Selectors over the labels of the object's Namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub namespace_selectors: Vec<LabelSelector>,
+    /// Selectors over the object's labels; any one must match.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub object_selectors: Vec<LabelSelector>,
+    /// Object names; `*` or empty matches all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub object_names: Vec<String>,
+    /// Create the object in a cluster but do not update it there afterwards.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub create_only: bool,
+    /// Names of the StatusCollectors that make each selected object's CombinedStatus (the
+    /// one a stage's `condition` reads).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub status_collectors: Vec<String>,
+    /// The same as `statusCollectors`, in KubeStellar 0.24's layout; the two are joined.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_collection: Option<StatusCollection>,
+    /// Return an object's status from its one cluster into the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub want_singleton_reported_state: bool,
+    /// Return an object's status aggregated over its clusters into the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub want_multi_wec_reported_state: bool,
+}
+
+/// KubeStellar 0.24's wrapper of the StatusCollector names.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCollection {
+    /// Names of StatusCollectors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub status_collectors: Vec<String>,
+}
+
+impl StagedDownsyncClause {
+    /// The clause as a BindingPolicy carries it today: StatusCollector names from both
+    /// layouts, in order, each once.
+    pub fn to_binding_policy_clause(&self) -> DownsyncPolicyClause {
+        let mut collectors: Vec<String> = Vec::new();
+        let nested = self.status_collection.iter().flat_map(|c| &c.status_collectors);
+        for name in self.status_collectors.iter().chain(nested) {
+            if !collectors.contains(name) {
+                collectors.push(name.clone());
+            }
+        }
+        DownsyncPolicyClause {
+            api_group: self.api_group.clone(),
+            resources: self.resources.clone(),
+            namespaces: self.namespaces.clone(),
+            namespace_selectors: self.namespace_selectors.clone(),
+            object_selectors: self.object_selectors.clone(),
+            object_names: self.object_names.clone(),
+            create_only: self.create_only,
+            status_collectors: collectors,
+            want_singleton_reported_state: self.want_singleton_reported_state,
+            want_multi_wec_reported_state: self.want_multi_wec_reported_state,
+        }
+    }
+}
+
 /// One stage of a staged placement.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -85,8 +171,10 @@ pub struct Stage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub filter: Option<String>,
-    /// CEL over `combinedStatus`: must hold for every filtered object's CombinedStatus for the
-    /// stage to be fulfilled. Absent on the last stage means the rollout completes there.
+    /// CEL over the CombinedStatus of each filtered object, named `combinedStatus` (as in the
+    /// KubeStellar workload stager's example) or `obj` (as its README's text says): the two are
+    /// the same value. Must hold for every filtered object for the stage to be fulfilled.
+    /// Absent: fulfilled once placed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub condition: Option<String>,

@@ -9,10 +9,7 @@ use std::path::Path;
 #[test]
 fn committed_crds_match_the_types() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
-    let sets = [
-        ("", crd_types::orrery_crds()),
-        ("kubestellar", crd_types::kubestellar_crds()),
-    ];
+    let sets = [("", crd_types::orrery_crds())];
     let mut stale = Vec::new();
     for (subdir, crds) in sets {
         for crd in crds {

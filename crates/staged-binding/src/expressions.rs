@@ -1,5 +1,5 @@
 //! A policy's CEL expressions, compiled once per generation: each stage's `filter` over
-//! `downsyncClause` and `condition` over `combinedStatus`.
+//! `downsyncClause` and `condition` over the CombinedStatus, named `combinedStatus` or `obj`.
 
 use std::sync::Arc;
 
@@ -8,8 +8,10 @@ use crd_types::placement::StagedBindingPolicySpec;
 
 /// The variable a `filter` sees.
 pub const FILTER_VARIABLE: &str = "downsyncClause";
-/// The variable a `condition` sees.
+/// The variable a `condition` sees, as the seed's example names it.
 pub const CONDITION_VARIABLE: &str = "combinedStatus";
+/// The same value, as the seed's text names it (`obj`).
+pub const CONDITION_ALIAS: &str = "obj";
 
 /// One stage's compiled expressions.
 #[derive(Debug, Clone, Default)]
@@ -26,20 +28,20 @@ pub fn compile(spec: &StagedBindingPolicySpec, shared: &SharedExpressions) -> Re
     spec.stages
         .iter()
         .map(|stage| {
-            let compile = |source: &Option<String>, variable: &str, field: &str| {
+            let compile = |source: &Option<String>, variables: &[&str], field: &str| {
                 source
                     .as_deref()
                     .map(|s| {
                         shared
-                            .compile(s, &[variable])
+                            .compile(s, variables)
                             .map(Arc::new)
                             .map_err(|err| format!("stage {:?} {field}: {err}", stage.name))
                     })
                     .transpose()
             };
             Ok(StageExpressions {
-                filter: compile(&stage.filter, FILTER_VARIABLE, "filter")?,
-                condition: compile(&stage.condition, CONDITION_VARIABLE, "condition")?,
+                filter: compile(&stage.filter, &[FILTER_VARIABLE], "filter")?,
+                condition: compile(&stage.condition, &[CONDITION_VARIABLE, CONDITION_ALIAS], "condition")?,
             })
         })
         .collect()

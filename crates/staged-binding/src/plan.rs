@@ -34,7 +34,7 @@ use crd_types::placement::{
 use jiff::{SignedDuration, Timestamp};
 use kube::{Resource, ResourceExt};
 
-use crate::expressions::{CONDITION_VARIABLE, FILTER_VARIABLE, StageExpressions};
+use crate::expressions::{CONDITION_ALIAS, CONDITION_VARIABLE, FILTER_VARIABLE, StageExpressions};
 
 /// Label on every BindingPolicy a policy owns, naming the policy.
 pub const POLICY_LABEL: &str = "placement.orrery.dev/staged-binding-policy";
@@ -161,8 +161,12 @@ pub fn stage_binding_policy(policy: &StagedBindingPolicy, index: usize) -> Bindi
         &binding_policy_name(&policy.name_any(), &stage.name),
         BindingPolicySpec {
             cluster_selectors: stage.cluster_selectors.clone(),
-            downsync: policy.spec.downsync.clone(),
-            want_singleton_reported_state: false,
+            downsync: policy
+                .spec
+                .downsync
+                .iter()
+                .map(|c| c.to_binding_policy_clause())
+                .collect(),
         },
     );
     bp.metadata.labels = Some(
@@ -267,7 +271,7 @@ fn evaluate(observed: &Observed<'_>, index: usize, expressions: &StageExpression
             };
         };
         let value = serde_json::to_value(status).unwrap_or_default();
-        match condition.evaluate_bool(&[(CONDITION_VARIABLE, &value)]) {
+        match condition.evaluate_bool(&[(CONDITION_VARIABLE, &value), (CONDITION_ALIAS, &value)]) {
             Ok(true) => {}
             Ok(false) => {
                 return Verdict::NotMet {
@@ -1088,5 +1092,63 @@ mod tests {
         );
         assert!(plan.create.is_empty() && plan.apply.is_empty());
         assert_eq!(reason(&plan, READY), NAME_TOO_LONG);
+    }
+
+    #[test]
+    fn the_seed_writes_its_status_collectors_as_todays_kubestellar_reads_them() {
+        let plan = run(
+            &seed(json!({})),
+            &World {
+                bindings: vec![],
+                combined: vec![],
+                found: vec![],
+            },
+            "2026-01-01T00:00:00Z",
+        );
+        let written = serde_json::to_value(&plan.create[0].spec).unwrap();
+        assert_eq!(
+            written["downsync"][0],
+            json!({"objectSelectors": [{"matchLabels": {"app.kubernetes.io/name": "nginx"}}], "statusCollectors": ["deployments-aggregator"]})
+        );
+    }
+
+    #[test]
+    fn kubestellar_0_24s_status_collection_is_written_in_the_current_layout() {
+        let policy = seed(json!({"downsync": [{
+            "objectSelectors": [{"matchLabels": {"app": "a"}}],
+            "createOnly": true,
+            "statusCollectors": ["one"],
+            "statusCollection": {"statusCollectors": ["two", "one"]}
+        }]}));
+        let bp = stage_binding_policy(&policy, 0);
+        let written = serde_json::to_value(&bp.spec.downsync[0]).unwrap();
+        assert_eq!(
+            written,
+            json!({"objectSelectors": [{"matchLabels": {"app": "a"}}], "createOnly": true, "statusCollectors": ["one", "two"]})
+        );
+    }
+
+    #[test]
+    fn a_condition_may_name_the_combined_status_obj_as_the_seeds_text_does() {
+        let mut policy = seed(json!({}));
+        policy.spec.stages[0].condition = Some(SEED_CONDITION.replace("combinedStatus.", "obj."));
+        let world = World {
+            bindings: vec![binding("p.dev")],
+            combined: vec![combined("p.dev", "1")],
+            found: vec![],
+        };
+        let first = run(&policy, &world, "2026-01-01T00:00:00Z");
+        policy.status = Some(first.status.clone());
+        let world = World {
+            found: first.create.clone(),
+            ..world
+        };
+        let advanced = run(&policy, &world, "2026-01-01T00:00:01Z");
+        assert_eq!(advanced.status.active_stage.as_deref(), Some("prod"));
+        // Both names in one expression are the same value.
+        policy.spec.stages[0].condition = Some("obj == combinedStatus && size(obj.results) == 1".into());
+        policy.status = Some(first.status.clone());
+        let both = run(&policy, &world, "2026-01-01T00:00:01Z");
+        assert_eq!(both.status.active_stage.as_deref(), Some("prod"));
     }
 }

@@ -4,7 +4,7 @@
 //! their progress live until Ctrl-C, then stops everything and removes its state.
 //!
 //! No kubelet runs here: the pod simulator plays its part, and the KubeStellar simulator plays
-//! KubeStellar's (its clusters report a placed workload ready a few seconds after placement).
+//! KubeStellar's (each simulated cluster runs its copy of a placed Deployment and reports it).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use orrery_e2e::ControlPlane;
-use orrery_e2e::demo::{apply_examples, progress, report_placed_workloads_ready};
+use orrery_e2e::demo::{apply_examples, progress};
 use orrery_e2e::helm::CONTROLLERS;
 use orrery_e2e::kubestellar_simulator::KubeStellarSimulator;
 use orrery_e2e::pod_simulator::PodSimulator;
@@ -28,9 +28,6 @@ struct Cli {
     /// Stop by itself after this many seconds (Ctrl-C stops it in any case).
     #[arg(long)]
     seconds: Option<u64>,
-    /// Seconds after placement at which the simulated clusters report a workload ready.
-    #[arg(long, default_value_t = 5)]
-    report_after: u64,
 }
 
 struct Controller {
@@ -58,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let _kubelet = PodSimulator::start(client.clone(), None).await?;
-    let _kubestellar = KubeStellarSimulator::start(client.clone()).await?;
+    let _kubestellar = KubeStellarSimulator::start_without_kubelets(client.clone()).await?;
     let mut controllers = Vec::new();
     for (i, (name, _)) in CONTROLLERS.iter().enumerate() {
         controllers.push(spawn(&bin_dir, name, &kubeconfig, plane.dir(), 18_081 + i as u16)?);
@@ -72,9 +69,6 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = ticker.tick() => {}
-        }
-        if let Err(err) = report_placed_workloads_ready(&client, Duration::from_secs(cli.report_after)).await {
-            eprintln!("the simulated clusters could not report: {err:#}");
         }
         for controller in &mut controllers {
             if let Some(status) = controller.process.try_wait()? {

@@ -7,10 +7,7 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../manifests/crds");
-    let sets = [
-        ("", crd_types::orrery_crds()),
-        ("kubestellar", crd_types::kubestellar_crds()),
-    ];
+    let sets = [("", crd_types::orrery_crds())];
     let mut stale = Vec::new();
     for (subdir, crds) in sets {
         let dir = root.join(subdir);
