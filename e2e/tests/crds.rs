@@ -428,3 +428,51 @@ async fn a_taskrun_spec_cannot_be_changed() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn names_that_become_label_values_or_other_names_are_bounded_at_admission() {
+    let env = TestEnv::new().await;
+    let template = json!({"spec": {"containers": [{"name": "main", "image": "busybox"}]}});
+    let long = "n".repeat(64);
+    let cases = [
+        (
+            "Task",
+            long.clone(),
+            json!({"spec": {"template": template}}),
+            Some("a Task's name is at most 63 characters"),
+        ),
+        ("Task", "n".repeat(63), json!({"spec": {"template": template}}), None),
+        (
+            "TaskRun",
+            long.clone(),
+            json!({"spec": {"taskRef": {"name": "t"}}}),
+            Some("a TaskRun's name is at most 63 characters"),
+        ),
+        (
+            "Application",
+            "a".repeat(40),
+            json!({"spec": {"versions": [{"name": "v".repeat(23), "image": "nginx"}]}}),
+            Some("<application>-<version> names each version's Deployment and Service"),
+        ),
+        (
+            "Application",
+            "a".repeat(40),
+            json!({"spec": {"versions": [{"name": "v".repeat(22), "image": "nginx"}]}}),
+            None,
+        ),
+    ];
+    for (kind, name, body, refused) in cases {
+        let created = api(&env.client, &env.namespace, kind)
+            .create(&PostParams::default(), &object(kind, &name, body))
+            .await;
+        match (created, refused) {
+            (Ok(_), None) => {}
+            (Err(kube::Error::Api(status)), Some(expected))
+                if status.code == 422 && status.message.contains(expected) => {}
+            (other, expected) => panic!(
+                "{kind} {name}: expected {expected:?}, got {:?}",
+                other.map(|o| o.metadata.name)
+            ),
+        }
+    }
+}

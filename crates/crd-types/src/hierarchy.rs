@@ -540,6 +540,8 @@ pub struct VirtualClusterStatus {
     shortname = "oapp",
     category = "orrery",
     doc = "An application: versions behind one HTTPRoute whose weights split traffic between them.",
+    validation = Rule::new("self.metadata.name.size() <= 63").message("an Application's name is at most 63 characters: it is a label value on its pods"),
+    validation = Rule::new("self.spec.versions.all(v, self.metadata.name.size() + v.name.size() <= 62)").message("<application>-<version> names each version's Deployment and Service: at most 63 characters"),
     printcolumn(name = "VIRTUALCLUSTER", type_ = "string", json_path = ".spec.virtualCluster"),
     printcolumn(
         name = "POLICY",

@@ -11,6 +11,19 @@ use crate::common::{Condition, MicroTime, PluginRef, Time};
 /// whatever reaches a pod as `ORCA_DATA` fits in 4096 bytes.
 pub const MAX_DATA_BYTES: usize = 4096;
 
+/// `data` cut to its first [`MAX_DATA_BYTES`] bytes, at a character: what a run hands on
+/// (a long cancellation reason, say) must still fit in a TaskRun's `spec.data`.
+pub fn within_data_limit(mut data: String) -> String {
+    if data.len() > MAX_DATA_BYTES {
+        let mut end = MAX_DATA_BYTES;
+        while !data.is_char_boundary(end) {
+            end -= 1;
+        }
+        data.truncate(end);
+    }
+    data
+}
+
 /// Annotation that fires an Ignitor once from kubectl; its value is any token that differs from
 /// the last one honoured (e.g. a timestamp): `kubectl annotate ignitor x workflow.orrery.dev/fire=$(date +%s)`.
 pub const FIRE_ANNOTATION: &str = "workflow.orrery.dev/fire";
@@ -224,6 +237,7 @@ pub struct Ignition {
     shortname = "tsk",
     category = "orrery",
     doc = "A Task runs a pod to completion when an Ignitor fires or another Task succeeds or fails.",
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a Task's name is at most 63 characters: it is a label value on its runs and their pods"),
     printcolumn(name = "STATE", type_ = "string", json_path = ".status.state"),
     printcolumn(name = "LASTSUCCESS", type_ = "string", json_path = ".status.lastSuccess"),
     printcolumn(name = "LASTFAILURE", type_ = "string", json_path = ".status.lastFailure"),
@@ -526,6 +540,7 @@ pub struct PrunedRuns {
     shortname = "tr",
     category = "orrery",
     doc = "One execution of a Task: its pod, its result and its actions' results.",
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a TaskRun's name is at most 63 characters: it is a label value on its pods"),
     printcolumn(name = "TASK", type_ = "string", json_path = ".spec.taskRef.name"),
     printcolumn(name = "PHASE", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "INITIATOR", type_ = "string", json_path = ".spec.initiator.name"),
@@ -685,6 +700,15 @@ where
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn data_is_cut_to_the_limit_at_a_character() {
+        assert_eq!(within_data_limit("short".into()), "short");
+        let cut = within_data_limit("é".repeat(MAX_DATA_BYTES));
+        assert_eq!(cut.len(), MAX_DATA_BYTES);
+        let odd = within_data_limit(format!("a{}", "é".repeat(MAX_DATA_BYTES)));
+        assert_eq!(odd.len(), MAX_DATA_BYTES - 1, "never half a character");
+    }
 
     #[test]
     fn an_action_is_a_name_or_an_object_and_anything_else_is_kept_as_invalid() {

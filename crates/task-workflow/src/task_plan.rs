@@ -97,7 +97,7 @@ pub fn new_run(task: &Task, initiator: Initiator, data: Option<String>, trigger:
         TaskRunSpec {
             task_ref: TaskRef { name: task.name_any() },
             initiator: Some(initiator),
-            data,
+            data: data.map(crd_types::workflow::within_data_limit),
             joined: vec![],
         },
     );
@@ -453,7 +453,26 @@ fn prune(task: &Task, status: &mut TaskStatus, runs: &[&TaskRun], now: Timestamp
 mod tests {
     use super::*;
     use crate::testing::{finished, initiated_by_ignitor, simple_task, t};
-    use crd_types::workflow::{Ignition, IgnitorSpec, IgnitorStatus};
+    use crd_types::workflow::{Ignition, IgnitorSpec, IgnitorStatus, InitiatorKind, MAX_DATA_BYTES};
+
+    #[test]
+    fn a_run_is_handed_at_most_the_data_a_taskrun_holds() {
+        let initiator = Initiator {
+            kind: InitiatorKind::Task,
+            name: "before".into(),
+            run: None,
+        };
+        let long = format!("cancelled: {}", "why ".repeat(5000));
+        let run = new_run(
+            &simple_task("next"),
+            initiator,
+            Some(long.clone()),
+            &["Task", "before", "r"],
+        );
+        let data = run.spec.data.expect("data handed on");
+        assert_eq!(data.len(), MAX_DATA_BYTES);
+        assert!(long.starts_with(&data));
+    }
 
     fn ignitor(name: &str, sequence: i64, at: &str) -> Ignitor {
         let mut ignitor = Ignitor::new(
