@@ -267,6 +267,20 @@ pub fn images_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// An image reference as containerd stores it: `busybox:1` is `docker.io/library/busybox:1`,
+/// `orrery-test/busybox:1` is `docker.io/orrery-test/busybox:1`.
+fn normalise_image(reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_registry = reference.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_registry {
+        reference.to_owned()
+    } else if reference.contains('/') {
+        format!("docker.io/{reference}")
+    } else {
+        format!("docker.io/library/{reference}")
+    }
+}
+
 fn netns_name(instance: u8) -> String {
     format!("orrery-node-{instance}")
 }
@@ -360,6 +374,29 @@ impl Node {
             ],
         )
         .with_context(|| format!("importing {}", archive.display()))
+    }
+
+    /// Gives image `source` (already imported) the further name `target`, as if `target` had
+    /// been pulled: for manifests naming public images (`busybox:1.36`) that nothing here may
+    /// pull. Names are normalised as the kubelet does (`busybox:1.36` is
+    /// `docker.io/library/busybox:1.36`).
+    pub fn tag(&self, source: &str, target: &str) -> anyhow::Result<()> {
+        let socket = self.socket();
+        run(
+            "ctr",
+            &[
+                "--address",
+                &socket.to_string_lossy(),
+                "--namespace",
+                "k8s.io",
+                "image",
+                "tag",
+                "--force",
+                &normalise_image(source),
+                &normalise_image(target),
+            ],
+        )
+        .with_context(|| format!("naming {source} {target}"))
     }
 
     /// GETs `url` from the node's own network namespace, where kube-proxy's rules are (as the
