@@ -7,12 +7,14 @@ default:
     @just --list
 
 # The demo, on a machine with no cluster: a local control plane, every controller as a local
-# process, examples/ applied, progress shown live until Ctrl-C (pods are simulated).
-demo:
+# process, examples/ applied, progress shown live until Ctrl-C. Pods run on the real node where
+# it can start (root, cgroups, e2e/node/setup.sh run once), else the pod simulator plays the
+# kubelet; the demo says which. `just demo --simulate` always simulates.
+demo *args:
     cargo build -q -p ignitor-scheduler -p task-workflow -p staged-binding -p hierarchy-executor -p policy-runner -p kubectl-orrery
     cargo build -q -p orrery-e2e --bin orrery-demo
     bash e2e/control-plane/build.sh > /dev/null
-    target/debug/orrery-demo
+    target/debug/orrery-demo {{args}}
 
 # With KUBECONFIG pointing at a real cluster: install the chart there (every controller, its
 # CRDs and RBAC) into namespace orrery-system. Extra arguments go to helm, e.g.

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what the real node of the e2e harness needs, from the machine's Debian packages:
 # containerd and runc (the container runtime), the CNI plugins (pod networking), iptables
-# (Services through kube-proxy) and a static busybox (the test image). Run once per machine,
-# as root; running it again changes nothing. The kubelet, kube-scheduler and kube-proxy are
-# not packages: they are subcommands of the control-plane binary (e2e/control-plane).
+# (Services through kube-proxy), a static busybox (the test image) and curl (tests fetch
+# Services from the node). Run once per machine, as root; running it again changes nothing.
+# The kubelet, kube-scheduler and kube-proxy are not packages: they are subcommands of the
+# control-plane binary (e2e/control-plane).
 set -euo pipefail
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -17,7 +18,7 @@ if ! command -v apt-get >/dev/null; then
   exit 1
 fi
 
-packages=(containerd runc containernetworking-plugins iptables busybox-static)
+packages=(containerd runc containernetworking-plugins iptables busybox-static curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -31,7 +32,7 @@ fi
 
 # The harness runs its own containerd per node (own socket, root and state directories);
 # the packaged service is not needed and is left as the package installed it.
-for tool in containerd containerd-shim-runc-v2 runc ctr iptables nsenter ip; do
+for tool in containerd containerd-shim-runc-v2 runc ctr iptables nsenter ip curl; do
   command -v "$tool" >/dev/null || { echo "setup.sh: $tool is missing after installation" >&2; exit 1; }
 done
 for plugin in bridge host-local loopback; do

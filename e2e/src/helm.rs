@@ -5,8 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use kube::api::DynamicObject;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{DynamicObject, ListParams};
+use kube::{Api, Client, ResourceExt};
 
+use crate::ControlPlane;
 use crate::control_plane::cached_tool;
 
 /// The namespace the chart is rendered into, as the kustomize bases use.
@@ -76,4 +79,56 @@ pub fn kustomize_base(controller: &str) -> anyhow::Result<String> {
          # `just manifests`: change the chart, not this file.\n{}",
         controller_only(controller)?
     ))
+}
+
+/// The controllers' images (`images/build.sh`'s), every one, or `None` where one is missing
+/// (said why; a failure with `ORRERY_REQUIRE_NODE=1`).
+pub fn controller_images() -> Option<Vec<PathBuf>> {
+    CONTROLLERS
+        .iter()
+        .map(|(controller, _)| crate::node::controller_image(controller))
+        .collect()
+}
+
+/// Installs the chart on `plane`'s real node as a user would, with default values but for the
+/// images: `images` are imported into the node's containerd (never pulled) and the CRDs are the
+/// harness's. `helm install --wait` into [`NAMESPACE`]; fails with every pod's state when it
+/// does not finish.
+pub async fn install_on_node(plane: &ControlPlane, client: &Client, images: &[PathBuf]) -> anyhow::Result<()> {
+    let node = plane.node().context("the control plane has no node")?;
+    for image in images {
+        node.import(image)?;
+    }
+    let output = tokio::process::Command::new(binary()?)
+        .args(["install", "orrery"])
+        .arg(chart_dir())
+        .args([
+            "--namespace",
+            NAMESPACE,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "4m",
+        ])
+        .args(["--set", "crds.install=false", "--set", "image.registry=orrery"])
+        .args(["--set", "image.pullPolicy=Never"])
+        .arg("--kubeconfig")
+        .arg(plane.kubeconfig_path())
+        .output()
+        .await?;
+    if !output.status.success() {
+        let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+            .list(&ListParams::default())
+            .await?;
+        let states: Vec<String> = pods
+            .items
+            .iter()
+            .map(|p| format!("{}: {:?}", p.name_any(), p.status.as_ref().map(|s| &s.conditions)))
+            .collect();
+        bail!(
+            "helm install --wait: {}\npods: {states:#?}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }

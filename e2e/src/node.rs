@@ -37,6 +37,11 @@ pub const PAUSE_IMAGE: &str = "orrery-test/pause:1";
 /// Debian's static busybox (`sh`, `httpd`, `sleep`, `wget`, ...), present on every node.
 pub const BUSYBOX_IMAGE: &str = "orrery-test/busybox:1";
 
+/// The pods' bridge, inside the node's network namespace.
+const BRIDGE: &str = "orrery0";
+/// The control plane's Service range (`--service-cluster-ip-range`).
+const SERVICE_RANGE: &str = "10.0.0.0/16";
+
 /// Where the nodes' directories are, one per instance number.
 const NODES_DIR: &str = "/tmp/orrery-nodes";
 /// How long a node may take from containerd's start to the Node being Ready.
@@ -59,6 +64,7 @@ pub fn unavailable() -> Option<String> {
         "iptables",
         "nsenter",
         "ip",
+        "curl",
     ] {
         if !on_path(tool) {
             return Some(format!("{tool} is missing: run e2e/node/setup.sh as root once"));
@@ -207,6 +213,13 @@ impl NodeNetwork {
         )?;
         run("ip", &["-n", &ns, "link", "set", &node_link, "up"])?;
         run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        // The pods' bridge, made here rather than by the CNI plugin (which takes it over) so
+        // that the node's own connections to Services (a ClusterIP fetched from the node, as a
+        // host-network pod would) find a route before kube-proxy's rules rewrite them: with no
+        // default route they would fail first. What no rule rewrites finds no one there.
+        run("ip", &["-n", &ns, "link", "add", BRIDGE, "type", "bridge"])?;
+        run("ip", &["-n", &ns, "link", "set", BRIDGE, "up"])?;
+        run("ip", &["-n", &ns, "route", "add", SERVICE_RANGE, "dev", BRIDGE])?;
         // The host reaches pods (the API server answers them) through the node.
         run("ip", &["route", "add", &self.pod_subnet(), "via", &self.node_address()])?;
         // The node routes between its pods and the host; Services between pods on its bridge
@@ -252,6 +265,20 @@ pub fn images_dir() -> anyhow::Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// An image reference as containerd stores it: `busybox:1` is `docker.io/library/busybox:1`,
+/// `orrery-test/busybox:1` is `docker.io/orrery-test/busybox:1`.
+fn normalise_image(reference: &str) -> String {
+    let first = reference.split('/').next().unwrap_or_default();
+    let has_registry = reference.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    if has_registry {
+        reference.to_owned()
+    } else if reference.contains('/') {
+        format!("docker.io/{reference}")
+    } else {
+        format!("docker.io/library/{reference}")
+    }
 }
 
 fn netns_name(instance: u8) -> String {
@@ -349,6 +376,60 @@ impl Node {
         .with_context(|| format!("importing {}", archive.display()))
     }
 
+    /// Gives image `source` (already imported) the further name `target`, as if `target` had
+    /// been pulled: for manifests naming public images (`busybox:1.36`) that nothing here may
+    /// pull. Names are normalised as the kubelet does (`busybox:1.36` is
+    /// `docker.io/library/busybox:1.36`).
+    pub fn tag(&self, source: &str, target: &str) -> anyhow::Result<()> {
+        let socket = self.socket();
+        run(
+            "ctr",
+            &[
+                "--address",
+                &socket.to_string_lossy(),
+                "--namespace",
+                "k8s.io",
+                "image",
+                "tag",
+                "--force",
+                &normalise_image(source),
+                &normalise_image(target),
+            ],
+        )
+        .with_context(|| format!("naming {source} {target}"))
+    }
+
+    /// GETs `url` from the node's own network namespace, where kube-proxy's rules are (as the
+    /// node itself, or a host-network pod, would reach a Service's ClusterIP), with `curl`:
+    /// the body, or why not.
+    pub async fn fetch(&self, url: &str) -> anyhow::Result<String> {
+        let output = tokio::process::Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.network.netns()))
+            .args([
+                "--",
+                "curl",
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--max-time",
+                "3",
+                url,
+            ])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("running curl in the node's network namespace")?;
+        if !output.status.success() {
+            bail!(
+                "GET {url} from the node: {} ({})",
+                String::from_utf8_lossy(&output.stderr).trim(),
+                output.status
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
     /// The last lines of one of the node's logs (`containerd`, `kubelet`, `kube-proxy`,
     /// `kube-scheduler`).
     pub fn log_tail(&self, name: &str, lines: usize) -> String {
@@ -407,7 +488,7 @@ state = "{d}/containerd/state"
                 "name": format!("orrery-node-{n}"),
                 "plugins": [{
                     "type": "bridge",
-                    "bridge": "orrery0",
+                    "bridge": BRIDGE,
                     "isGateway": true,
                     "ipMasq": false,
                     "hairpinMode": true,
@@ -415,7 +496,7 @@ state = "{d}/containerd/state"
                         "type": "host-local",
                         "dataDir": format!("{d}/cni/ipam"),
                         "ranges": [[{"subnet": self.network.pod_subnet()}]],
-                        "routes": [{"dst": "10.0.0.0/16"}, {"dst": format!("10.251.{n}.0/30")}]
+                        "routes": [{"dst": SERVICE_RANGE}, {"dst": format!("10.251.{n}.0/30")}]
                     }
                 }]
             }))?,
@@ -858,4 +939,21 @@ pub async fn wait_default_service_account(client: &Client, namespace: &str) {
         },
     )
     .await
+}
+
+/// `target/images/<controller>.tar`, as `images/build.sh` writes it; `None` (saying why) when
+/// it is not there, which is a failure with `ORRERY_REQUIRE_NODE=1` (CI).
+pub fn controller_image(controller: &str) -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/images")
+        .join(format!("{controller}.tar"));
+    if path.is_file() {
+        return Some(path);
+    }
+    let reason = format!("{} is missing: run images/build.sh", path.display());
+    if std::env::var("ORRERY_REQUIRE_NODE").is_ok_and(|v| v == "1") {
+        panic!("ORRERY_REQUIRE_NODE=1 but {reason}");
+    }
+    eprintln!("skipped: {reason}");
+    None
 }

@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 /// How long [`Prometheus::start`] waits for readiness and first scrapes; both take about 5 s.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The Prometheus binary: `$ORRERY_PROMETHEUS`, or fetched (once, cached) by `prometheus/fetch.sh`.
+/// The Prometheus binary: `$ORRERY_PROMETHEUS`, or built (once, cached) by `prometheus/fetch.sh`.
 pub fn binary() -> anyhow::Result<PathBuf> {
     crate::control_plane::cached_tool("ORRERY_PROMETHEUS", "prometheus/fetch.sh")
 }
@@ -203,14 +203,23 @@ impl Prometheus {
     /// 5 s: Prometheus hands new targets to its scrapers at most every 5 s. Errors carry the end
     /// of its log.
     pub async fn start(targets: &[SocketAddr]) -> anyhow::Result<Self> {
-        let binary = binary()?;
         let targets: BTreeSet<String> = targets.iter().map(ToString::to_string).collect();
+        let count = targets.len();
+        let scrape_configs = serde_json::json!([{
+            "job_name": "orrery-e2e",
+            "static_configs": [{"targets": targets}],
+        }]);
+        Self::start_with(scrape_configs, count).await
+    }
+
+    /// Starts Prometheus with `scrape_configs` (as in its configuration file: service
+    /// discovery, relabelling), scraping and evaluating every second, and returns once it is
+    /// ready and has scraped `targets` active targets once each, as [`Prometheus::start`].
+    pub async fn start_with(scrape_configs: serde_json::Value, targets: usize) -> anyhow::Result<Self> {
+        let binary = binary()?;
         let config = serde_json::json!({
             "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{
-                "job_name": "orrery-e2e",
-                "static_configs": [{"targets": targets}],
-            }],
+            "scrape_configs": scrape_configs,
         });
         let config = serde_yaml::to_string(&config)?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
@@ -219,7 +228,7 @@ impl Prometheus {
         let mut attempt = 1;
         loop {
             let mut prometheus = Self::spawn(&binary, &config, http.clone())?;
-            match prometheus.wait_scraping(targets.len()).await {
+            match prometheus.wait_scraping(targets).await {
                 Ok(()) => return Ok(prometheus),
                 Err(err) if attempt < 3 && prometheus.log().contains("address already in use") => {
                     tracing::debug!("Prometheus lost its port, retrying: {err:#}");

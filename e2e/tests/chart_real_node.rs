@@ -20,70 +20,20 @@ use orrery_e2e::node::BUSYBOX_IMAGE;
 use orrery_e2e::{Deadline, TestEnv, poll_until};
 use serde_json::json;
 
-fn image(controller: &str) -> Option<std::path::PathBuf> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/images")
-        .join(format!("{controller}.tar"));
-    if path.is_file() {
-        return Some(path);
-    }
-    let reason = format!("{} is missing: run images/build.sh", path.display());
-    if std::env::var("ORRERY_REQUIRE_NODE").is_ok_and(|v| v == "1") {
-        panic!("ORRERY_REQUIRE_NODE=1 but {reason}");
-    }
-    eprintln!("skipped: {reason}");
-    None
-}
-
 #[tokio::test]
 async fn the_chart_runs_on_the_real_node_and_a_deleted_leader_hands_over() {
-    let mut images = Vec::new();
-    for (controller, _) in CONTROLLERS {
-        let Some(path) = image(controller) else { return };
-        images.push(path);
-    }
+    let Some(images) = helm::controller_images() else {
+        return;
+    };
     let Some(env) = TestEnv::with_node().await else { return };
-    let node = env.plane().node().expect("a node");
-    for path in &images {
-        node.import(path).unwrap();
-    }
-    let namespace = "orrery-system";
+    let namespace = helm::NAMESPACE;
     let kubeconfig = env.plane().kubeconfig_path();
     let started = Instant::now();
-    // The CRDs are installed by the harness already.
-    let output = std::process::Command::new(helm::binary().unwrap())
-        .args(["install", "orrery"])
-        .arg(helm::chart_dir())
-        .args([
-            "--namespace",
-            namespace,
-            "--create-namespace",
-            "--wait",
-            "--timeout",
-            "4m",
-        ])
-        .args(["--set", "crds.install=false", "--set", "image.registry=orrery"])
-        .args(["--set", "image.pullPolicy=Never"])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .output()
-        .unwrap();
+    helm::install_on_node(env.plane(), &env.client, &images).await.unwrap();
     let deployments = Api::<Deployment>::namespaced(env.client.clone(), namespace);
     let pods = Api::<Pod>::namespaced(env.client.clone(), namespace);
-    if !output.status.success() {
-        let list = pods.list(&ListParams::default()).await.unwrap();
-        let states: Vec<String> = list
-            .items
-            .iter()
-            .map(|p| format!("{}: {:?}", p.name_any(), p.status.as_ref().map(|s| &s.conditions)))
-            .collect();
-        panic!(
-            "helm install --wait: {}\npods: {states:#?}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
     eprintln!(
-        "helm install --wait finished in {:.1}s",
+        "images imported and helm install --wait finished in {:.1}s",
         started.elapsed().as_secs_f64()
     );
     poll_until(
@@ -115,7 +65,7 @@ async fn the_chart_runs_on_the_real_node_and_a_deleted_leader_hands_over() {
     )
     .await;
     eprintln!(
-        "every Deployment 2/2 Ready {:.1}s after helm install started",
+        "every Deployment 2/2 Ready {:.1}s after the images' import started",
         started.elapsed().as_secs_f64()
     );
     // The kubelet probed them: every container Ready, none restarted by its liveness probe.

@@ -1,5 +1,8 @@
 //! Pods that really run: the control plane with a real node (containerd, runc, the kubelet,
-//! kube-proxy, kube-scheduler; see `orrery_e2e::node`). Where the node cannot start here (not
+//! kube-proxy, kube-scheduler; see `orrery_e2e::node`): exit codes and termination messages,
+//! the `kubernetes` Service, ORCA workflows, a controller's own image as a pod, Services
+//! through kube-proxy, and an Application whose versions serve HTTP and whose canary a health
+//! gate rolls back when its container really crash-loops. Where the node cannot start here (not
 //! root, no cgroups, packages missing) each test says why and passes without running; with
 //! `ORRERY_REQUIRE_NODE=1`, as CI sets, that is a failure instead.
 
@@ -315,25 +318,9 @@ async fn an_image_not_present_and_a_command_that_does_not_exist_give_runs_that_s
     workflow.stop().await;
 }
 
-/// `target/images/<controller>.tar`, as `images/build.sh` writes it, or why it is not there.
-fn controller_image(controller: &str) -> Option<std::path::PathBuf> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../target/images")
-        .join(format!("{controller}.tar"));
-    if path.is_file() {
-        return Some(path);
-    }
-    let reason = format!("{} is missing: run images/build.sh", path.display());
-    if std::env::var("ORRERY_REQUIRE_NODE").is_ok_and(|v| v == "1") {
-        panic!("ORRERY_REQUIRE_NODE=1 but {reason}");
-    }
-    eprintln!("skipped: {reason}");
-    None
-}
-
 #[tokio::test]
 async fn task_workflows_image_runs_as_a_pod_reaches_the_api_server_as_its_service_account_and_runs_a_task() {
-    let Some(image) = controller_image("task-workflow") else {
+    let Some(image) = orrery_e2e::node::controller_image("task-workflow") else {
         return;
     };
     let Some(env) = TestEnv::with_node().await else { return };
@@ -496,4 +483,297 @@ async fn a_service_reaches_a_busybox_httpd_pod_through_kube_proxy() {
             node.log_tail("kube-proxy", 15)
         );
     }
+}
+
+/// A version's container: busybox `httpd` answering `/` with the version's name.
+fn serve(version: &str) -> String {
+    format!("echo {version} > /var/www/index.html && exec httpd -f -p 8080 -h /var/www")
+}
+
+/// A version's container that serves for `seconds`, then says so in its termination message
+/// and exits 1: the kubelet restarts it, again and again, backing off (a crash loop).
+fn serve_then_crash(version: &str, seconds: u32) -> String {
+    format!(
+        "echo {version} > /var/www/index.html && httpd -p 8080 -h /var/www && sleep {seconds}; \
+         echo '{version} stopped serving' > /dev/termination-log; exit 1"
+    )
+}
+
+/// The ClusterIP of Service `name`, once it exists.
+async fn cluster_ip(env: &TestEnv, name: &str) -> String {
+    let services = env.namespaced::<k8s_openapi::api::core::v1::Service>();
+    poll_until(&format!("Service {name}"), POD_DEADLINE, || async {
+        let service = services.get_opt(name).await.map_err(|e| e.to_string())?;
+        service
+            .and_then(|s| s.spec?.cluster_ip)
+            .ok_or_else(|| "not there yet".to_owned())
+    })
+    .await
+}
+
+/// Polls `GET http://<Service name's ClusterIP>:8080/` from the node until the body is one of
+/// `bodies`; returns it.
+async fn served_through(env: &TestEnv, service: &str, bodies: &[&str]) -> String {
+    let node = env.plane().node().expect("a node");
+    let url = format!("http://{}:8080/", cluster_ip(env, service).await);
+    poll_until(
+        &format!("{url} (Service {service}) to answer {bodies:?}"),
+        POD_DEADLINE,
+        || async {
+            let answer = match node.fetch(&url).await {
+                Ok(body) if bodies.contains(&body.trim_end()) => return Ok(body.trim_end().to_owned()),
+                Ok(body) => format!("answered {body:?}"),
+                Err(err) => format!("{err:#}"),
+            };
+            Err(format!("{answer}; pods: {}", pod_states(env).await))
+        },
+    )
+    .await
+}
+
+/// Each pod of the test's namespace: its IP, phase and containers' states, for a failure's message.
+async fn pod_states(env: &TestEnv) -> String {
+    let Ok(list) = env.namespaced::<Pod>().list(&ListParams::default()).await else {
+        return "(cannot list them)".into();
+    };
+    let states: Vec<String> = list
+        .items
+        .iter()
+        .map(|p| {
+            let status = p.status.clone().unwrap_or_default();
+            let containers: Vec<String> = status
+                .container_statuses
+                .unwrap_or_default()
+                .iter()
+                .map(|c| format!("ready={} restarts={} {:?}", c.ready, c.restart_count, c.state))
+                .collect();
+            format!(
+                "{} {:?} {:?} {containers:?}",
+                p.metadata.name.clone().unwrap_or_default(),
+                status.pod_ip,
+                status.phase
+            )
+        })
+        .collect();
+    states.join("; ")
+}
+
+/// v2's weight in the HTTPRoute's weighted rule (the last one), once the route exists.
+async fn canary_weight(env: &TestEnv, app: &str) -> Option<i32> {
+    let route = env
+        .namespaced::<gateway_api::httproutes::HttpRoute>()
+        .get_opt(app)
+        .await
+        .ok()??;
+    let weighted = route.spec.rules?.last()?.backend_refs.clone()?;
+    Some(
+        weighted
+            .iter()
+            .filter(|b| b.name == format!("{app}-v2"))
+            .map(|b| b.weight.unwrap_or(1))
+            .sum(),
+    )
+}
+
+async fn wait_canary_weight(env: &TestEnv, app: &str, want: i32) {
+    poll_until(
+        &format!("{app}'s route to give v2 {want}%"),
+        Deadline(Duration::from_secs(120)),
+        || async {
+            match canary_weight(env, app).await {
+                Some(weight) if weight == want => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_applications_versions_serve_http_and_a_health_gate_rolls_back_a_real_crash_loop() {
+    use crd_types::hierarchy::{Application, Cluster, VirtualCluster};
+
+    let Some(env) = TestEnv::with_node().await else { return };
+    // The test's namespace taken over by a VirtualCluster on this control plane as a Cluster;
+    // the executor and the runner watch only that namespace. No pod simulator runs here: pods,
+    // readiness and restart counts are the kubelet's.
+    let name = env.namespace.clone();
+    env.let_adopt(&name).await;
+    orrery_e2e::create(
+        &Api::<Cluster>::all(env.client.clone()),
+        json!({"metadata": {"name": name},
+               "spec": {"executor": {"name": "default", "parameters": {"installGatewayAPI": true}}}}),
+    )
+    .await;
+    orrery_e2e::create(
+        &Api::<VirtualCluster>::all(env.client.clone()),
+        json!({"metadata": {"name": name}, "spec": {"cluster": name, "namespace": name}}),
+    )
+    .await;
+    let executor = InProcess::start(
+        env.client.clone(),
+        &env.namespace,
+        hierarchy_executor::controller::NAME,
+        hierarchy_executor::run,
+    );
+    let runner = InProcess::start(
+        env.client.clone(),
+        &env.namespace,
+        policy_runner::NAME,
+        policy_runner::controller::run,
+    );
+
+    // v1 serves; v2 serves for 12 s after each start, then crashes. The canary takes its first
+    // step (20%) once v2 is ready and then waits an hour; the health gate allows v2 one restart.
+    let created = std::time::Instant::now();
+    orrery_e2e::create(
+        &env.namespaced::<Application>(),
+        json!({"metadata": {"name": "shop"}, "spec": {
+            "virtualCluster": name,
+            "port": 8080,
+            "versions": [
+                {"name": "v1", "image": BUSYBOX_IMAGE, "args": ["sh", "-c", serve("v1")]},
+                {"name": "v2", "image": BUSYBOX_IMAGE, "args": ["sh", "-c", serve_then_crash("v2", 12)]},
+            ],
+            "route": {"gateway": "public"},
+            "policies": [
+                {"name": "canary", "parameters": {"stepWeight": 20, "maxWeight": 80, "interval": "1h"}},
+                {"name": "health-gate", "parameters": {"minReadyPercent": 0, "maxRestarts": 1}},
+            ],
+        }}),
+    )
+    .await;
+
+    // Each version's Service answers with that version, through kube-proxy's rules.
+    served_through(&env, "shop-v1", &["v1"]).await;
+    eprintln!(
+        "v1 served through its Service {:.1}s after the Application was created",
+        created.elapsed().as_secs_f64()
+    );
+    wait_canary_weight(&env, "shop", 20).await;
+    eprintln!(
+        "the canary's first step (v2 20%) in the route {:.1}s after the Application was created",
+        created.elapsed().as_secs_f64()
+    );
+    served_through(&env, "shop-v2", &["v2"]).await;
+    eprintln!(
+        "v2 served through its Service {:.1}s after the Application was created",
+        created.elapsed().as_secs_f64()
+    );
+    let stable = served_through(&env, "shop", &["v1", "v2"]).await;
+    eprintln!("the stable Service answered: {stable}");
+
+    // v2's container exits 1 and the kubelet restarts it: the crash loop has begun.
+    let pods = env.namespaced::<Pod>();
+    let v2_pods = ListParams::default().labels("hierarchy.orrery.dev/version=v2");
+    let (first_exit, exit_code, message) = poll_until("v2's container to exit and restart", POD_DEADLINE, || async {
+        let list = pods.list(&v2_pods).await.map_err(|e| e.to_string())?;
+        for pod in &list.items {
+            for container in pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .into_iter()
+                .flatten()
+            {
+                if container.restart_count >= 1
+                    && let Some(terminated) = container.last_state.as_ref().and_then(|s| s.terminated.as_ref())
+                {
+                    return Ok((
+                        terminated.finished_at.clone(),
+                        terminated.exit_code,
+                        terminated.message.clone().unwrap_or_default(),
+                    ));
+                }
+            }
+        }
+        Err(format!(
+            "{:?}",
+            list.items
+                .iter()
+                .map(|p| p.status.as_ref().map(|s| &s.container_statuses))
+                .collect::<Vec<_>>()
+        ))
+    })
+    .await;
+    assert_eq!((exit_code, message.as_str()), (1, "v2 stopped serving\n"));
+
+    // The second restart is past the limit: the gate rolls v2 back.
+    wait_canary_weight(&env, "shop", 0).await;
+    let rolled_back_at = jiff::Timestamp::now();
+    if let Some(first_exit) = first_exit {
+        eprintln!(
+            "v2 rolled back {:.1}s after its container first exited (the kubelet's finishedAt, to the second)",
+            rolled_back_at.duration_since(first_exit.0).as_secs_f64()
+        );
+    }
+    // And after the restart past the limit, if the container has not restarted again since.
+    for pod in pods.list(&v2_pods).await.unwrap() {
+        for container in pod.status.and_then(|s| s.container_statuses).unwrap_or_default() {
+            if let (2, Some(started)) = (
+                container.restart_count,
+                container.state.and_then(|s| s.running).and_then(|r| r.started_at),
+            ) {
+                eprintln!(
+                    "... and {:.1}s after the kubelet started it for the second time (to the second)",
+                    rolled_back_at.duration_since(started.0).as_secs_f64()
+                );
+            }
+        }
+    }
+    let apps = env.namespaced::<Application>();
+    let step_message = poll_until("the canary to say why it rolled back", Deadline::default(), || async {
+        let app = apps.get("shop").await.map_err(|e| e.to_string())?;
+        let pipeline = app.status.and_then(|s| s.common.policy).ok_or("no pipeline status")?;
+        let message = pipeline
+            .steps
+            .first()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default();
+        if message.contains("step 2 (health-gate) rolled back") {
+            Ok(message)
+        } else {
+            Err(message)
+        }
+    })
+    .await;
+    let counted: i32 = step_message
+        .rsplit_once("v2 restarted ")
+        .and_then(|(_, rest)| rest.strip_suffix(" times (at most 1)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the gate names v2's restarts: {step_message}"));
+    assert!(counted >= 2, "{step_message}");
+
+    // What the executor reports is what the kubelet counts.
+    poll_until(
+        "the Application's v2 restarts to equal the kubelet's count",
+        POD_DEADLINE,
+        || async {
+            let kubelet: i32 = pods
+                .list(&v2_pods)
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref())
+                .flatten()
+                .map(|c| c.restart_count)
+                .sum();
+            let app = apps.get("shop").await.map_err(|e| e.to_string())?;
+            let reported = app
+                .status
+                .and_then(|s| s.versions.into_iter().find(|v| v.name == "v2"))
+                .map(|v| v.restarts);
+            if reported == Some(kubelet) && kubelet >= 2 {
+                Ok(())
+            } else {
+                Err(format!("reported {reported:?}, the kubelet's {kubelet}"))
+            }
+        },
+    )
+    .await;
+    // v1 still serves behind the stable Service.
+    served_through(&env, "shop", &["v1"]).await;
+    runner.stop().await;
+    executor.stop().await;
 }

@@ -3,8 +3,12 @@
 //! workflow, a staged rollout dev → prod, a Project tree with a canary Application) and shows
 //! their progress live until Ctrl-C, then stops everything and removes its state.
 //!
-//! No kubelet runs here: the pod simulator plays its part, and the KubeStellar simulator plays
-//! KubeStellar's (each simulated cluster runs its copy of a placed Deployment and reports it).
+//! Pods run on the real node (`orrery_e2e::node`: containerd, runc, the kubelet) where it can
+//! start (root, cgroups, `e2e/node/setup.sh` run once); the images the examples name are the
+//! node's busybox under those names, since nothing is pulled. Elsewhere, or with `--simulate`,
+//! the pod simulator plays the kubelet's part; the demo says which, and why. The KubeStellar
+//! simulator plays KubeStellar's part either way (each simulated cluster runs its copy of a
+//! placed Deployment, on the node or the simulator as the rest, and reports it).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +32,48 @@ struct Cli {
     /// Stop by itself after this many seconds (Ctrl-C stops it in any case).
     #[arg(long)]
     seconds: Option<u64>,
+    /// Play the kubelet's part with the pod simulator even where the real node can start.
+    #[arg(long)]
+    simulate: bool,
+}
+
+/// The images `examples/` name, given to the node's busybox: it has `sh` and `httpd`, which is
+/// what the examples' containers run.
+const EXAMPLE_IMAGES: [&str; 2] = ["busybox:1.36", "busybox:1.37"];
+
+/// The control plane, with the real node where it can start: the plane, and what plays the
+/// kubelet (said to the user).
+fn start_plane(simulate: bool) -> anyhow::Result<(ControlPlane, String)> {
+    let why_not = if simulate {
+        "--simulate asked for the pod simulator".to_owned()
+    } else if let Some(reason) = orrery_e2e::node::unavailable() {
+        reason
+    } else {
+        eprintln!(
+            "starting the control plane and a real node (the first run builds them; later runs reuse the build)..."
+        );
+        match ControlPlane::with_node() {
+            Ok(plane) => {
+                let node = plane.node().context("a node")?;
+                for image in EXAMPLE_IMAGES {
+                    node.tag(orrery_e2e::node::BUSYBOX_IMAGE, image)?;
+                }
+                let says = format!(
+                    "pods run on a real node (containerd, runc, the kubelet; its files in {}):\n\
+                     the examples' busybox images are the node's own, as nothing is pulled here",
+                    node.dir().display()
+                );
+                return Ok((plane, says));
+            }
+            Err(err) => format!("{err:#}"),
+        }
+    };
+    eprintln!("the real node is not used: {why_not}; the pod simulator plays the kubelet instead");
+    eprintln!("starting the control plane (the first run builds it; later runs reuse the build)...");
+    let plane = ControlPlane::start()?;
+    let says =
+        format!("pods are played by the pod simulator (no kubelet), as the real node does not run here:\n{why_not}");
+    Ok((plane, says))
 }
 
 struct Controller {
@@ -43,8 +89,9 @@ async fn main() -> anyhow::Result<()> {
         .parent()
         .context("the demo binary has no directory")?
         .to_path_buf();
-    eprintln!("starting the control plane (the first run builds it; later runs reuse the build)...");
-    let plane = tokio::task::spawn_blocking(ControlPlane::start).await??;
+    let simulate = cli.simulate;
+    let (plane, pods) = tokio::task::spawn_blocking(move || start_plane(simulate)).await??;
+    eprintln!("{pods}");
     let crds = plane.install_crds_blocking()?;
     let client = plane.client().await;
     let kubeconfig = plane.kubeconfig_path();
@@ -54,7 +101,11 @@ async fn main() -> anyhow::Result<()> {
         crds.len()
     );
 
-    let _kubelet = PodSimulator::start(client.clone(), None).await?;
+    // The simulator only where no kubelet runs.
+    let _kubelet = match plane.node() {
+        Some(_) => None,
+        None => Some(PodSimulator::start(client.clone(), None).await?),
+    };
     let _kubestellar = KubeStellarSimulator::start_without_kubelets(client.clone()).await?;
     let mut controllers = Vec::new();
     for (i, (name, _)) in CONTROLLERS.iter().enumerate() {
@@ -85,9 +136,9 @@ async fn main() -> anyhow::Result<()> {
         // Clear the screen and draw from the top, like `watch`.
         print!("\x1b[2J\x1b[H");
         println!(
-            "Orrery demo, {}s in: every controller runs as a local process; pods are played by the pod\n\
-             simulator (no kubelet) and KubeStellar by its simulator. In another terminal:\n\
-             \n  export KUBECONFIG={} PATH={}:$PATH\n  kubectl get tasks,taskruns,sbp,applications -A\n  kubectl orrery tree shop\n  kubectl orrery runs task2 -n default\n\
+            "Orrery demo, {}s in: every controller runs as a local process;\n{pods}.\n\
+             KubeStellar is played by its simulator. In another terminal:\n\
+             \n  export KUBECONFIG={} PATH={}:$PATH\n  kubectl get tasks,taskruns,sbp,applications,pods -A\n  kubectl orrery tree shop\n  kubectl orrery runs task2 -n default\n\
              \nControllers' logs are in {}. Ctrl-C stops everything and cleans up.\n",
             started.elapsed().as_secs(),
             kubeconfig.display(),
