@@ -65,6 +65,16 @@ struct Failing {
     shown: Option<(&'static str, String)>,
 }
 
+impl Failing {
+    fn new(now: Instant) -> Self {
+        Failing {
+            in_a_row: 0,
+            last: now,
+            shown: None,
+        }
+    }
+}
+
 /// The error policy every controller shares: a failed object is tried again after a pause that
 /// doubles with each failure in a row (1 s, 2 s, 4 s … up to 60 s), per object, and starts over
 /// once it succeeds. A conflict is read again at once and does not count; a request the API
@@ -95,27 +105,13 @@ impl Retries {
             if failing.len() >= REMEMBERED {
                 failing.retain(|_, f| now.duration_since(f.last) < 2 * MAX_RETRY);
             }
-            let entry = failing.entry(key.clone()).or_insert(Failing {
-                in_a_row: 0,
-                last: now,
-                shown: None,
-            });
+            let entry = failing.entry(key.clone()).or_insert_with(|| Failing::new(now));
             entry.in_a_row = entry.in_a_row.saturating_add(1);
             entry.last = now;
             entry.in_a_row
         };
-        if error.is_refused() {
-            tracing::warn!(
-                controller,
-                object = %key,
-                reason = error.reason(),
-                error = %error,
-                failures = in_a_row,
-                "reconcile refused by the API server; waiting for a change"
-            );
-            return Action::await_change();
-        }
-        let pause = backoff(in_a_row);
+        // A refusal is given again for the same request: wait for a change instead.
+        let pause = (!error.is_refused()).then(|| backoff(in_a_row));
         tracing::warn!(
             controller,
             object = %key,
@@ -123,9 +119,10 @@ impl Retries {
             error = %error,
             failures = in_a_row,
             retry_in = ?pause,
-            "reconcile failed"
+            "{}",
+            if pause.is_some() { "reconcile failed" } else { "reconcile refused by the API server; waiting for a change" }
         );
-        Action::requeue(pause)
+        pause.map_or_else(Action::await_change, Action::requeue)
     }
 
     /// Records that `object` reconciled: its next failure pauses briefly again. Says whether a
@@ -152,11 +149,7 @@ impl Retries {
     {
         let key = ObjectRef::from_obj(object).erase();
         let mut failing = self.failing.lock();
-        let entry = failing.entry(key).or_insert(Failing {
-            in_a_row: 0,
-            last: Instant::now(),
-            shown: None,
-        });
+        let entry = failing.entry(key).or_insert_with(|| Failing::new(Instant::now()));
         if entry.shown.as_ref().is_some_and(|(r, m)| *r == reason && m == message) {
             return false;
         }
@@ -320,6 +313,22 @@ mod tests {
         let conflict = crate::Error::Conflict("ConfigMap a".into());
         assert_eq!(retries.failed("test", &a, &conflict), Action::requeue(CONFLICT_RETRY));
         assert_eq!(retries.failures(&a), 1);
+    }
+
+    #[test]
+    fn a_refused_request_waits_for_a_change_and_is_shown_once() {
+        let retries = Retries::default();
+        let a = config_map("a");
+        let refused = crate::Error::Api {
+            action: "creating TaskRun r".into(),
+            source: kube::Error::Api(kube::core::Status::failure("invalid", "Invalid").with_code(422).boxed()),
+        };
+        assert_eq!(retries.failed("test", &a, &refused), Action::await_change());
+        assert!(retries.show(&a, "ApiError", "invalid"), "shown the first time");
+        assert!(!retries.show(&a, "ApiError", "invalid"), "not written again");
+        assert!(retries.show(&a, "ApiError", "other words"), "a new message is");
+        assert!(retries.succeeded(&a), "a shown failure is to be cleared");
+        assert!(!retries.succeeded(&a));
     }
 
     #[test]
