@@ -368,7 +368,9 @@ async fn a_missed_deadline_pauses_or_rolls_back() {
                     &env,
                     short,
                     stages.clone(),
-                    json!({"progressDeadlineSeconds": 3, "onFailure": on_failure}),
+                    // Long enough for dev's copy to be made ready (by kube-controller-manager and
+                    // the pod simulator) on a loaded machine; test's never is.
+                    json!({"progressDeadlineSeconds": 10, "onFailure": on_failure}),
                 ),
             )
             .await
@@ -376,7 +378,7 @@ async fn a_missed_deadline_pauses_or_rolls_back() {
         wait_stage(&env.client, &name, "dev").await;
         ready_in(&env, &["dev1"]).await;
         wait_stage(&env.client, &name, "test").await;
-        // test1 never runs the workload ready: after 3 s the stage fails.
+        // test1 never runs the workload ready: after 10 s the stage fails.
         let failed = wait_condition(
             &env.client,
             &name,
