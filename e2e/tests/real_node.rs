@@ -610,9 +610,8 @@ async fn an_applications_versions_serve_http_and_a_health_gate_rolls_back_a_real
         json!({"metadata": {"name": name}, "spec": {"cluster": name, "namespace": name}}),
     )
     .await;
-    let executor = InProcess::start(
+    let executor = InProcess::start_cluster_wide(
         env.client.clone(),
-        &env.namespace,
         hierarchy_executor::controller::NAME,
         hierarchy_executor::run,
     );
