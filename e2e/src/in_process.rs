@@ -49,6 +49,11 @@ impl InProcess {
         InProcess { stop, task }
     }
 
+    /// Whether it is still running: neither returned nor panicked.
+    pub fn is_running(&self) -> bool {
+        !self.task.is_finished()
+    }
+
     /// Kills it mid-work, as a crashed or evicted pod would be: no graceful shutdown.
     pub async fn kill(self) {
         self.task.abort();

@@ -268,18 +268,18 @@ pub struct TaskSpec {
 
     /// Ignitors whose firing starts this task.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 253)), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)), extend("x-kubernetes-list-type" = "set", "nullable" = true))]
     pub start_on_ignition: Vec<String>,
 
     /// Tasks whose success starts this task.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 253)), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)), extend("x-kubernetes-list-type" = "set", "nullable" = true))]
     pub start_on_success: Vec<String>,
 
     /// Tasks whose failure starts this task. Naming the task itself retries it forever in
     /// ORCA; here `maxConsecutiveFailures` bounds such loops.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 253)), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253)), extend("x-kubernetes-list-type" = "set", "nullable" = true))]
     pub start_on_failure: Vec<String>,
 
     /// How the triggers combine. Without it any one trigger starts the task (ORCA's rule).
@@ -288,12 +288,12 @@ pub struct TaskSpec {
 
     /// Actions run when a run succeeds: a name, or `{name, parameters}`.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), extend("nullable" = true))]
     pub success_actions: Vec<ActionRef>,
 
     /// Actions run when a run fails: a name, or `{name, parameters}`.
     #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), extend("nullable" = true))]
     pub failure_actions: Vec<ActionRef>,
 
     /// Retries of a failed run, with exponential backoff, before the run counts as failed.

@@ -116,10 +116,9 @@ impl Recorder {
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
             return Ok(());
         }
-        let name = format!(
-            "{}.{:x}",
+        let name = event_name(
             regarding.name.as_deref().unwrap_or(&self.controller),
-            now.as_nanosecond()
+            now.as_nanosecond(),
         );
         let k8s_event = K8sEvent {
             action: Some(event.action.clone()),
@@ -158,6 +157,20 @@ impl Recorder {
         );
         Ok(())
     }
+}
+
+/// `<object>.<time in hex>`, as kubectl's Events are named, within the 253 characters of a
+/// name: an object's name may take all of them, so it is cut (where it still ends in a letter
+/// or digit) rather than the Event refused.
+fn event_name(object: &str, nanos: i128) -> String {
+    const MAX_NAME: usize = 253;
+    let suffix = format!(".{nanos:x}");
+    let mut end = object.len().min(MAX_NAME.saturating_sub(suffix.len()));
+    while !object.is_char_boundary(end) {
+        end -= 1;
+    }
+    let prefix = object[..end].trim_end_matches(['.', '-']);
+    format!("{prefix}{suffix}")
 }
 
 /// The API server refuses a note over 1 KiB: longer ones are cut, on a character boundary.
@@ -205,6 +218,19 @@ mod tests {
             uid: Some(format!("uid-{name}")),
             ..ObjectReference::default()
         }
+    }
+
+    #[test]
+    fn event_names_fit_whatever_the_object_name() {
+        let nanos = 1_798_000_000_000_000_000_i128;
+        assert_eq!(event_name("web", nanos), format!("web.{nanos:x}"));
+        let long = "i".repeat(253);
+        let name = event_name(&long, nanos);
+        assert_eq!(name.len(), 253);
+        assert!(name.ends_with(&format!(".{nanos:x}")), "{name}");
+        let dotted = format!("{}.{}", "a".repeat(235), "b".repeat(17));
+        let name = event_name(&dotted, nanos);
+        assert!(!name.contains(".."), "{name}");
     }
 
     #[test]

@@ -39,6 +39,9 @@ pub struct RequestLabels {
 pub struct ReconcileMetrics {
     runs: Family<ControllerLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
+    /// Failures of each controller whatever their reason, for reading back without knowing
+    /// the reasons (not exported: `failures` is).
+    failed_runs: Family<ControllerLabels, Counter>,
     duration: Family<ControllerLabels, Histogram, fn() -> Histogram>,
 }
 
@@ -47,6 +50,7 @@ impl Default for ReconcileMetrics {
         Self {
             runs: Family::default(),
             failures: Family::default(),
+            failed_runs: Family::default(),
             // 1 ms to 8 s.
             duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 2.0, 14))),
         }
@@ -84,6 +88,24 @@ impl ReconcileMetrics {
             .get()
     }
 
+    /// How many reconciles of `controller` ran so far, failed or not.
+    pub fn runs(&self, controller: &str) -> u64 {
+        self.runs
+            .get_or_create(&ControllerLabels {
+                controller: controller.to_owned(),
+            })
+            .get()
+    }
+
+    /// How many reconciles of `controller` failed so far, whatever the reason.
+    pub fn failed_runs(&self, controller: &str) -> u64 {
+        self.failed_runs
+            .get_or_create(&ControllerLabels {
+                controller: controller.to_owned(),
+            })
+            .get()
+    }
+
     /// Records one reconcile of `controller` that took `elapsed`, failing with `failure` (a
     /// stable reason) or not.
     pub fn observe(&self, controller: &str, elapsed: Duration, failure: Option<&str>) {
@@ -93,6 +115,7 @@ impl ReconcileMetrics {
         self.runs.get_or_create(&labels).inc();
         self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
         if let Some(reason) = failure {
+            self.failed_runs.get_or_create(&labels).inc();
             self.failures
                 .get_or_create(&FailureLabels {
                     controller: controller.to_owned(),
