@@ -139,19 +139,32 @@ async fn a_refused_request_shows_on_the_object_and_is_not_retried_until_it_chang
         message.contains("runs are frozen here"),
         "the server's words: {message}"
     );
-    let events: Vec<Event> = env
-        .namespaced::<Event>()
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(RECONCILE_FAILED)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("blocked")
-        })
-        .collect();
-    assert_eq!(events.len(), 1, "one Warning Event: {events:?}");
+    // The Event follows the condition.
+    let events: Vec<Event> = poll_until("the Warning Event", Deadline(Duration::from_secs(10)), || async {
+        let events: Vec<Event> = env
+            .namespaced::<Event>()
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(RECONCILE_FAILED)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("blocked")
+            })
+            .collect();
+        if events.is_empty() {
+            Err("none yet".to_owned())
+        } else {
+            Ok(events)
+        }
+    })
+    .await;
+    assert_eq!(
+        events.len(),
+        1,
+        "one Warning Event, however often it repeats: {events:?}"
+    );
     assert_eq!(events[0].type_.as_deref(), Some("Warning"));
 
     // Refused: no retry while nothing changes. Writing the condition and the Ignitor's last
