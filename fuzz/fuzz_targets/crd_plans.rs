@@ -214,10 +214,17 @@ fn hierarchy(world: &World) {
 
 fn pipelines(world: &World, now: Timestamp) {
     let registry = policy_runner::registry::Registry::builtin();
-    let outside = Fixed(world.answer.clone().ok_or_else(|| "unreachable in the fuzzer".to_owned()));
+    let outside = Fixed(
+        world
+            .answer
+            .clone()
+            .ok_or_else(|| "unreachable in the fuzzer".to_owned()),
+    );
     let run = |planned: Option<pipeline::Planned>| planned.map(|p| p.status);
     for app in &world.applications {
-        let _ = run(futures::executor::block_on(pipeline::plan(app, &registry, now, &outside)));
+        let _ = run(futures::executor::block_on(pipeline::plan(
+            app, &registry, now, &outside,
+        )));
     }
     for p in &world.projects {
         let _ = run(futures::executor::block_on(pipeline::plan(p, &registry, now, &outside)));
@@ -226,7 +233,9 @@ fn pipelines(world: &World, now: Timestamp) {
         let _ = run(futures::executor::block_on(pipeline::plan(c, &registry, now, &outside)));
     }
     for vc in &world.virtual_clusters {
-        let _ = run(futures::executor::block_on(pipeline::plan(vc, &registry, now, &outside)));
+        let _ = run(futures::executor::block_on(pipeline::plan(
+            vc, &registry, now, &outside,
+        )));
     }
 }
 

@@ -64,9 +64,15 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(schedule @ Schedule::Cron { .. }) = Schedule::parse(scheduled, zone, now) {
         // A cron schedule is accepted only when it fires within its search horizon.
         let next = schedule.next_after(now);
-        assert!(next.is_some(), "{scheduled:?} in {zone:?} accepted at {now} but never fires");
+        assert!(
+            next.is_some(),
+            "{scheduled:?} in {zone:?} accepted at {now} but never fires"
+        );
         if let Some(next) = next {
-            assert!(next > now, "{scheduled:?} in {zone:?}: next firing {next} not after {now}");
+            assert!(
+                next > now,
+                "{scheduled:?} in {zone:?}: next firing {next} not after {now}"
+            );
             if let Some(after) = schedule.next_after(next) {
                 assert!(after > next, "{scheduled:?} in {zone:?}: {after} not after {next}");
             }
@@ -74,9 +80,16 @@ fuzz_target!(|data: &[u8]| {
         let since = before(now, last_back);
         let (count, latest) = schedule.due_between(since, now, 50);
         assert!(count <= 50);
-        assert_eq!(count == 0, latest.is_none(), "{scheduled:?}: {count} due, latest {latest:?}");
+        assert_eq!(
+            count == 0,
+            latest.is_none(),
+            "{scheduled:?}: {count} due, latest {latest:?}"
+        );
         if let Some(latest) = latest {
-            assert!(latest > since && latest <= now, "{scheduled:?}: latest {latest} outside ({since}, {now}]");
+            assert!(
+                latest > since && latest <= now,
+                "{scheduled:?}: latest {latest} outside ({since}, {now}]"
+            );
         }
     }
 
