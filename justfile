@@ -68,9 +68,18 @@ bench:
     cargo bench -p orrery-e2e --bench hierarchy
     cargo bench -p orrery-e2e --bench policies
 
-# Fuzz CEL compile+evaluate (needs nightly and cargo-fuzz).
-fuzz seconds="60":
-    cd fuzz && cargo +nightly fuzz run compile_evaluate -- -max_total_time={{seconds}}
+# Fuzz for `seconds` per target (needs nightly and cargo-fuzz): CEL compile+evaluate; cron
+# schedules in time zones; every CRD through its controller's planning; policy and executor
+# parameters. The last three are safe Rust looking for panics and hangs, so they run without
+# AddressSanitizer; they start from fuzz/seeds/ (made from examples/ by fuzz/seed.py) and count a
+# run over 10 s as a hang. Flags go to `cargo fuzz run`, e.g. `just fuzz 600 --dev` builds faster.
+# What fails is kept in fuzz/artifacts/.
+fuzz seconds="60" *flags:
+    cd fuzz && cargo +nightly fuzz run {{flags}} compile_evaluate -- -max_total_time={{seconds}}
+    cd fuzz && for target in cron_schedule crd_plans policy_parameters; do \
+        mkdir -p corpus/$target; \
+        cargo +nightly fuzz run -s none {{flags}} $target corpus/$target seeds/$target -- -max_total_time={{seconds}} -timeout=10; \
+    done
 
 # Evaluate a CEL expression against a YAML/JSON file: just cel 'combinedStatus.results.size() > 0' combinedStatus=cs.yaml
 cel expr +vars:

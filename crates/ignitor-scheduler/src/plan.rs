@@ -143,7 +143,7 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                     let reason = if on_time { reason } else { "CatchUp" };
                     fired = Some(fire(&mut status, spec, now, at, reason));
                 } else {
-                    status.missed_count += 1;
+                    status.missed_count = status.missed_count.saturating_add(1);
                     events.push(missed_event(1, late));
                 }
                 set_ready(
@@ -182,13 +182,13 @@ pub fn plan(observed: &Observed<'_>) -> Plan {
                         } else {
                             "CatchUp"
                         };
-                        status.missed_count += earlier;
+                        status.missed_count = status.missed_count.saturating_add(earlier);
                         if earlier > 0 {
                             events.push(missed_event(earlier, late));
                         }
                         fired = Some(fire(&mut status, spec, now, Some(latest), reason));
                     } else {
-                        status.missed_count += i64::from(due);
+                        status.missed_count = status.missed_count.saturating_add(i64::from(due));
                         events.push(missed_event(i64::from(due), late));
                     }
                 }
@@ -260,7 +260,14 @@ fn fire(
     scheduled: Option<Timestamp>,
     reason: &str,
 ) -> Ignition {
-    let sequence = status.last_ignition.as_ref().map(|i| i.sequence).unwrap_or(0) + 1;
+    // Counters come back from the stored status, which anyone allowed to write it may set to
+    // anything: they stop at the top rather than overflow.
+    let sequence = status
+        .last_ignition
+        .as_ref()
+        .map(|i| i.sequence)
+        .unwrap_or(0)
+        .saturating_add(1);
     let ignition = Ignition {
         sequence,
         time: micros(now),
@@ -268,7 +275,7 @@ fn fire(
         data: spec.data.clone(),
         reason: reason.to_owned(),
     };
-    status.ignitions_count += 1;
+    status.ignitions_count = status.ignitions_count.saturating_add(1);
     status.last_ignition = Some(ignition.clone());
     ignition
 }
@@ -333,6 +340,35 @@ mod tests {
     fn ready(plan: &Plan) -> (String, String) {
         let c = find_condition(&plan.status.conditions, CONDITION_READY).expect("Ready is always set");
         (c.status.clone(), c.reason.clone())
+    }
+
+    #[test]
+    fn counters_at_their_maximum_in_the_stored_status_do_not_overflow() {
+        // A status written with the largest sequence and counts made the
+        // next firing overflow (a panic in the reconcile).
+        let status = IgnitorStatus {
+            last_ignition: Some(Ignition {
+                sequence: i64::MAX,
+                time: micros(t("2026-01-01T00:00:00Z")),
+                scheduled_time: None,
+                data: None,
+                reason: "Schedule".into(),
+            }),
+            ignitions_count: i64::MAX,
+            missed_count: i64::MAX,
+            ..IgnitorStatus::default()
+        };
+        let manual = run(&spec("NOW"), &status, "2026-01-01T00:00:01Z", Some("again"));
+        assert_eq!(manual.fired.map(|i| i.sequence), Some(i64::MAX));
+        assert_eq!(manual.status.ignitions_count, i64::MAX);
+        let skip = IgnitorSpec {
+            missed_firing_policy: Some(MissedFiringPolicy::Skip),
+            starting_deadline_seconds: Some(1),
+            ..spec("* * * * *")
+        };
+        let missed = run(&skip, &status, "2026-01-02T00:00:30Z", None);
+        assert_eq!(missed.fired, None);
+        assert_eq!(missed.status.missed_count, i64::MAX);
     }
 
     #[test]

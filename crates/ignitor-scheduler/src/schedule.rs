@@ -93,6 +93,17 @@ impl Schedule {
             "@midnight" => "@daily",
             other => other,
         };
+        // croner reads an empty item of a list (`* , * * *`) as one that matches nothing and
+        // then searches for seconds before it gives up: refuse it here, at once.
+        if pattern
+            .split_whitespace()
+            .any(|field| field.split(',').any(str::is_empty))
+        {
+            return Err(ScheduleError::InvalidSchedule {
+                schedule: scheduled.into(),
+                message: "a field has an empty item in its comma-separated list".into(),
+            });
+        }
         let cron = CronParser::builder()
             .seconds(Seconds::Optional)
             .build()
@@ -189,6 +200,18 @@ mod tests {
         let now = t("2026-01-01T00:00:00Z"); // a Thursday
         let schedule = Schedule::parse("30 9 * * MON", None, now).expect("valid");
         assert_eq!(schedule.next_after(now), Some(t("2026-01-05T09:30:00Z")));
+    }
+
+    #[test]
+    fn an_empty_list_item_is_refused_at_once() {
+        // Found by fuzzing: croner took seconds to find that `,` matches nothing.
+        let now = t("2026-01-01T00:00:00Z");
+        for pattern in ["* , * * *", "0 1,,2 * * *", "0,5, * * * *", ",0 * * * *"] {
+            // Before, this was NeverFires, reached only after the long search.
+            let err = Schedule::parse(pattern, None, now).expect_err(pattern);
+            assert_eq!(err.reason(), "InvalidSchedule", "{pattern}");
+        }
+        assert!(Schedule::parse("0 1,2 * * *", None, now).is_ok());
     }
 
     #[test]
