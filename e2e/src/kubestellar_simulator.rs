@@ -613,8 +613,8 @@ async fn binding_policies(client: &Client) -> anyhow::Result<Vec<BindingPolicy>>
     Ok(bps)
 }
 
-async fn pass(client: &Client, kubelets: Option<&Kubelets>, written: &mut Written) -> anyhow::Result<()> {
-    let bps = binding_policies(client).await?;
+/// The inventory's clusters and every Deployment (workloads and clusters' copies).
+async fn clusters_and_deployments(client: &Client) -> anyhow::Result<(Vec<ConfigMap>, Vec<Deployment>)> {
     let clusters = Api::<ConfigMap>::namespaced(client.clone(), INVENTORY_NAMESPACE)
         .list(&ListParams::default().labels(&format!("{INVENTORY_LABEL}=cluster")))
         .await?
@@ -623,6 +623,12 @@ async fn pass(client: &Client, kubelets: Option<&Kubelets>, written: &mut Writte
         .list(&ListParams::default())
         .await?
         .items;
+    Ok((clusters, deployments))
+}
+
+async fn pass(client: &Client, kubelets: Option<&Kubelets>, written: &mut Written) -> anyhow::Result<()> {
+    let bps = binding_policies(client).await?;
+    let (clusters, deployments) = clusters_and_deployments(client).await?;
     let collectors: HashMap<String, StatusCollectorSpec> = Api::<StatusCollector>::all(client.clone())
         .list(&ListParams::default())
         .await?
@@ -745,14 +751,7 @@ async fn collect_copies(
         return Ok(());
     }
     let bps = binding_policies(client).await?;
-    let clusters = Api::<ConfigMap>::namespaced(client.clone(), INVENTORY_NAMESPACE)
-        .list(&ListParams::default().labels(&format!("{INVENTORY_LABEL}=cluster")))
-        .await?
-        .items;
-    let deployments = Api::<Deployment>::all(client.clone())
-        .list(&ListParams::default())
-        .await?
-        .items;
+    let (clusters, deployments) = clusters_and_deployments(client).await?;
     let mut still_wanted = HashSet::new();
     for bp in &bps {
         let spec = resolve(bp, &clusters, &deployments);

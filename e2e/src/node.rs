@@ -358,22 +358,24 @@ impl Node {
         self.dir().join("containerd.sock")
     }
 
+    /// Runs `ctr image <args>` against the node's containerd, in the kubelet's namespace.
+    fn ctr_image(&self, args: &[&str]) -> anyhow::Result<()> {
+        let socket = self.socket();
+        let mut all = vec![
+            "--address",
+            socket.to_str().context("a UTF-8 socket path")?,
+            "--namespace",
+            "k8s.io",
+            "image",
+        ];
+        all.extend_from_slice(args);
+        run("ctr", &all)
+    }
+
     /// Imports an image archive (docker-archive or OCI tar) into the node's containerd.
     pub fn import(&self, archive: &Path) -> anyhow::Result<()> {
-        let socket = self.socket();
-        run(
-            "ctr",
-            &[
-                "--address",
-                &socket.to_string_lossy(),
-                "--namespace",
-                "k8s.io",
-                "image",
-                "import",
-                &archive.to_string_lossy(),
-            ],
-        )
-        .with_context(|| format!("importing {}", archive.display()))
+        self.ctr_image(&["import", &archive.to_string_lossy()])
+            .with_context(|| format!("importing {}", archive.display()))
     }
 
     /// Gives image `source` (already imported) the further name `target`, as if `target` had
@@ -381,22 +383,8 @@ impl Node {
     /// pull. Names are normalised as the kubelet does (`busybox:1.36` is
     /// `docker.io/library/busybox:1.36`).
     pub fn tag(&self, source: &str, target: &str) -> anyhow::Result<()> {
-        let socket = self.socket();
-        run(
-            "ctr",
-            &[
-                "--address",
-                &socket.to_string_lossy(),
-                "--namespace",
-                "k8s.io",
-                "image",
-                "tag",
-                "--force",
-                &normalise_image(source),
-                &normalise_image(target),
-            ],
-        )
-        .with_context(|| format!("naming {source} {target}"))
+        self.ctr_image(&["tag", "--force", &normalise_image(source), &normalise_image(target)])
+            .with_context(|| format!("naming {source} {target}"))
     }
 
     /// GETs `url` from the node's own network namespace, where kube-proxy's rules are (as the
