@@ -400,7 +400,8 @@ fn prune(task: &Task, status: &mut TaskStatus, runs: &[&TaskRun], now: Timestamp
         .spec
         .ttl_seconds_after_finished
         .map(|seconds| k8s_openapi::jiff::SignedDuration::from_secs(i64::from(seconds.max(0))));
-    let expires = |run: &TaskRun| Some(completed_at(run)? + ttl?);
+    // A finish time so late that its expiry cannot be represented never expires.
+    let expires = |run: &TaskRun| completed_at(run)?.checked_add(ttl?).ok();
     let mut next_expiry: Option<Timestamp> = None;
     for (wanted, limit) in [
         (TaskRunPhase::Succeeded, keep(task.spec.successful_runs_history_limit)),
@@ -652,6 +653,17 @@ mod tests {
 
         task.spec.ttl_seconds_after_finished = None;
         let plan = plan_task(&view(&task, runs.iter().collect(), &[]));
+        assert!(plan.delete.is_empty() && plan.next_expiry.is_none());
+    }
+
+    #[test]
+    fn a_finish_time_at_the_end_of_time_never_expires_and_does_not_overflow() {
+        let mut task = simple_task("task1");
+        task.spec.ttl_seconds_after_finished = Some(i32::MAX);
+        let mut run = finished("task1", "late", TaskRunPhase::Succeeded, 0, "");
+        let latest = Timestamp::MAX;
+        run.status.as_mut().unwrap().completion_time = Some(crd_types::common::micros(latest));
+        let plan = plan_task(&view(&task, vec![&run], &[]));
         assert!(plan.delete.is_empty() && plan.next_expiry.is_none());
     }
 
