@@ -689,6 +689,14 @@ async fn killed_mid_build_it_finishes_on_restart_with_no_duplicate_or_orphan() {
 
     let executor = start(&env);
     wait_ready(&projects, &name).await;
+    // A Project's readiness may be the one written before the kill, when its VirtualClusters had
+    // no Applications yet: each Application Ready is what says its objects are all made.
+    for team in teams {
+        let apps: Api<Application> = Api::namespaced(env.client.clone(), &format!("{name}-{team}"));
+        for app in ["cart", "shop"] {
+            wait_ready(&apps, &format!("{app}-{team}")).await;
+        }
+    }
 
     // Exactly the objects the templates describe, each owned by an Application that exists.
     for team in teams {
