@@ -266,13 +266,18 @@ async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
         );
         let port = free_port();
         let log = std::fs::File::create(env.plane().dir().join(format!("{binary}-ready.log"))).unwrap();
-        let child = Command::new(&path)
+        let mut command = Command::new(&path);
+        command
             .arg("--kubeconfig")
             .arg(env.plane().kubeconfig_path())
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{port}"))
-            .arg("--leader-elect=false")
-            .args(["--watch-namespace", &env.namespace])
+            .arg("--leader-elect=false");
+        // hierarchy-executor's trees span namespaces: it refuses one (tested below).
+        if binary != "hierarchy-executor" {
+            command.args(["--watch-namespace", &env.namespace]);
+        }
+        let child = command
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -291,6 +296,38 @@ async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
         .await;
         assert_eq!(get(controller.port, "/healthz").await.unwrap().0, 200, "{binary}");
     }
+}
+
+/// hierarchy-executor given one namespace to watch exits at once, saying why, rather than
+/// running with the flag ignored.
+#[tokio::test]
+async fn hierarchy_executor_refuses_a_namespace_to_watch_and_exits_saying_why() {
+    let env = TestEnv::new().await;
+    let log_path = env
+        .plane()
+        .dir()
+        .join(format!("{}-hierarchy-namespace.log", env.namespace));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = Command::new(built_binaries().join("hierarchy-executor"))
+        .arg("--kubeconfig")
+        .arg(env.plane().kubeconfig_path())
+        .arg("--http-addr")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--leader-elect=false")
+        .args(["--watch-namespace", &env.namespace])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let status = poll_until("hierarchy-executor to exit", Deadline::default(), || {
+        let exited = child.try_wait().map_err(|e| e.to_string());
+        async move { exited?.ok_or_else(|| "still running".to_owned()) }
+    })
+    .await;
+    assert!(!status.success(), "a refusal is a failure: {status}");
+    let logged = std::fs::read_to_string(&log_path).unwrap();
+    assert!(logged.contains("--watch-namespace"), "the log says why: {logged}");
 }
 
 /// A controller without the right to list what it watches says so in its log, as a warning
