@@ -8,8 +8,7 @@
 use std::future::Future;
 
 use orrery_runtime::Egress;
-use orrery_runtime::egress::{HttpClient, SendError};
-use serde_json::Value;
+use orrery_runtime::egress::HttpClient;
 
 use crate::pipeline::Outside;
 use crate::policy::{Answer, Request};
@@ -53,23 +52,13 @@ impl Outside for Http {
                     .timeout(timeout),
                 Request::Post { url, body, timeout } => client.post(parse_url(&url)?).json(&body).timeout(timeout),
             };
-            let response = client.send(builder).await.map_err(|error| describe(&error, what))?;
-            let status = response.status();
-            let bytes = response
-                .bytes()
-                .await
-                .map_err(|error| describe(&SendError::Failed(error), what))?;
-            if bytes.len() > MAX_ANSWER_BYTES {
-                return Err(format!(
-                    "the answer is {} bytes, more than {MAX_ANSWER_BYTES}",
-                    bytes.len()
-                ));
-            }
-            match serde_json::from_slice::<Value>(&bytes) {
-                Ok(value) if status.is_success() => Ok(value),
+            let answer = client.fetch_json(builder, what, MAX_ANSWER_BYTES).await?;
+            let status = answer.status;
+            match answer.json {
+                Some(value) if status.is_success() => Ok(value),
                 // Prometheus answers a refused query as JSON with a 4xx/5xx status; its
                 // errorType (a fixed word) is read from it, never its free text.
-                Ok(value) if is_query && value.get("errorType").is_some() => Ok(value),
+                Some(value) if is_query && value.get("errorType").is_some() => Ok(value),
                 _ if !status.is_success() => Err(format!("HTTP {status}")),
                 _ => Err("the answer is not JSON".into()),
             }
@@ -79,31 +68,4 @@ impl Outside for Http {
 
 fn parse_url(text: &str) -> Result<reqwest::Url, String> {
     reqwest::Url::parse(text).map_err(|error| format!("not a valid URL: {error}"))
-}
-
-/// Why a request failed, in words that carry nothing the remote end sent (a TLS error would
-/// name its certificate's hosts).
-fn describe(error: &SendError, what: &str) -> String {
-    match error {
-        SendError::Refused(refused) => refused.to_string(),
-        SendError::Failed(error) if error.is_timeout() => format!("the {what} timed out"),
-        SendError::Failed(error) if error.is_connect() => match io_kind(error) {
-            Some(kind) => format!("cannot connect: {kind}"),
-            None => "cannot connect".into(),
-        },
-        SendError::Failed(error) if error.is_body() || error.is_decode() => "cannot read the answer".into(),
-        SendError::Failed(_) => format!("the {what} failed"),
-    }
-}
-
-/// The kind of the operating system's error behind `error`, e.g. "connection refused".
-fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
-    let mut current = Some(error);
-    while let Some(error) = current {
-        if let Some(io) = error.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        current = error.source();
-    }
-    None
 }

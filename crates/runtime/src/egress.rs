@@ -355,6 +355,72 @@ impl HttpClient {
     }
 }
 
+/// An answer read by [`HttpClient::fetch_json`]: its HTTP status and its body as JSON (`None`
+/// when it is not JSON).
+#[derive(Debug)]
+pub struct JsonAnswer {
+    /// The HTTP status.
+    pub status: reqwest::StatusCode,
+    /// The body, if it is JSON.
+    pub json: Option<serde_json::Value>,
+}
+
+impl HttpClient {
+    /// Sends `request` ([`HttpClient::send`]) and reads an answer of at most `max_bytes` as
+    /// JSON. `what` names the request in errors (`call`, `query`).
+    ///
+    /// # Errors
+    ///
+    /// Why no answer was read, in words that carry nothing the remote end sent (a TLS error
+    /// would name its certificate's hosts; a body could be anything the address serves).
+    pub async fn fetch_json(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+        max_bytes: usize,
+    ) -> Result<JsonAnswer, String> {
+        let response = self.send(request).await.map_err(|error| describe(&error, what))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|error| describe(&SendError::Failed(error), what))?;
+        if bytes.len() > max_bytes {
+            return Err(format!("the answer is {} bytes, more than {max_bytes}", bytes.len()));
+        }
+        Ok(JsonAnswer {
+            status,
+            json: serde_json::from_slice(&bytes).ok(),
+        })
+    }
+}
+
+/// Why a request failed, in words that carry nothing the remote end sent.
+fn describe(error: &SendError, what: &str) -> String {
+    match error {
+        SendError::Refused(refused) => refused.to_string(),
+        SendError::Failed(error) if error.is_timeout() => format!("the {what} timed out"),
+        SendError::Failed(error) if error.is_connect() => match io_kind(error) {
+            Some(kind) => format!("cannot connect: {kind}"),
+            None => "cannot connect".into(),
+        },
+        SendError::Failed(error) if error.is_body() || error.is_decode() => "cannot read the answer".into(),
+        SendError::Failed(_) => format!("the {what} failed"),
+    }
+}
+
+/// The kind of the operating system's error behind `error`, e.g. "connection refused".
+fn io_kind(error: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        current = error.source();
+    }
+    None
+}
+
 /// The refusal of the resolver somewhere in `error`'s sources.
 fn refusal_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a Refused> {
     let mut current = Some(error);
