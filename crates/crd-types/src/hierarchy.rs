@@ -51,6 +51,11 @@ pub struct HierarchyStatus {
     /// and put them back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_repair: Option<Repair>,
+    /// What an executor of its own reports beyond `Ready`: a `webhook` executor's hook status,
+    /// a `template` executor's rendered `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::free_form_object")]
+    pub executor_status: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// Objects an executor found deleted or changed, and restored.

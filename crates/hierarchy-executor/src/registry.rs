@@ -33,6 +33,10 @@ pub enum ParameterType {
     String,
     /// A whole number.
     Integer,
+    /// A list (its items are the executor's to check).
+    List,
+    /// An object (its fields are the executor's to check).
+    Object,
 }
 
 /// One parameter an executor accepts.
@@ -158,6 +162,8 @@ fn validate(executor: &Executor, parameters: &Parameters) -> Result<(), String> 
             ParameterType::Bool => value.is_boolean(),
             ParameterType::String => value.is_string(),
             ParameterType::Integer => value.is_i64() || value.is_u64(),
+            ParameterType::List => value.is_array(),
+            ParameterType::Object => value.is_object(),
         };
         if !fits {
             return Err(format!(
@@ -167,6 +173,8 @@ fn validate(executor: &Executor, parameters: &Parameters) -> Result<(), String> 
                     ParameterType::Bool => "true or false",
                     ParameterType::String => "a string",
                     ParameterType::Integer => "a whole number",
+                    ParameterType::List => "a list",
+                    ParameterType::Object => "an object",
                 },
                 value
             ));

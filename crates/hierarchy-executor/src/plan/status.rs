@@ -116,6 +116,8 @@ pub fn common_status(
         // policy-runner's field: never written here.
         policy: None,
         last_repair,
+        // Executors of their own report there: nothing of this executor's.
+        executor_status: None,
     }
 }
 
@@ -170,8 +172,7 @@ mod tests {
             observed_generation: Some(1),
             conditions,
             executor: Some("hierarchy-executor".into()),
-            policy: None,
-            last_repair: None,
+            ..HierarchyStatus::default()
         }
     }
 
