@@ -35,7 +35,9 @@ use rand::Rng;
 
 pub use control_plane::ControlPlane;
 pub use in_process::InProcess;
-pub use wait::{Deadline, TimedOut, poll_until, ready_condition, stays, until, wait_gone, wait_not_ready, wait_ready};
+pub use wait::{
+    Deadline, TimedOut, poll_until, ready_condition, stays, until, wait_gone, wait_not_ready, wait_ready, warnings_for,
+};
 
 /// The control plane of this test binary, started on first use and stopped when the binary exits.
 pub fn shared_control_plane() -> &'static ControlPlane {

@@ -168,3 +168,31 @@ where
     )
     .await;
 }
+
+/// The notes of the Warning Events with `reason` about `name`, once there are `count`.
+pub async fn warnings_for(env: &crate::TestEnv, name: &str, reason: &str, count: usize) -> Vec<String> {
+    poll_until(
+        &format!("{count} {reason} Event(s) about {name}"),
+        Deadline::default(),
+        || async {
+            let events = env
+                .namespaced::<k8s_openapi::api::events::v1::Event>()
+                .list(&kube::api::ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let notes: Vec<String> = events
+                .items
+                .into_iter()
+                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+                .filter(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning"))
+                .map(|e| e.note.unwrap_or_default())
+                .collect();
+            if notes.len() >= count {
+                Ok(notes)
+            } else {
+                Err(format!("{notes:?}"))
+            }
+        },
+    )
+    .await
+}

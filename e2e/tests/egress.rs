@@ -15,12 +15,11 @@ use crd_types::common::{CONDITION_READY, find_condition};
 use crd_types::hierarchy::{Application, PolicyPipelineStatus};
 use crd_types::workflow::{ActionResult, Task, TaskRun};
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use orrery_e2e::pod_simulator::PodSimulator;
-use orrery_e2e::{Deadline, InProcess, TestEnv, create, poll_until};
+use orrery_e2e::{Deadline, InProcess, TestEnv, create, poll_until, warnings_for};
 use orrery_runtime::Context;
 use orrery_runtime::egress::{IpNet, api_server_addresses};
 use serde_json::{Value, json};
@@ -127,34 +126,6 @@ async fn stopped_with(env: &TestEnv, name: &str, reason: &str) -> String {
             Err(format!("{}: {}", ready.reason, ready.message))
         }
     })
-    .await
-}
-
-/// The notes of the Warning Events with `reason` about `name`, once there are `count`.
-async fn warnings_for(env: &TestEnv, name: &str, reason: &str, count: usize) -> Vec<String> {
-    poll_until(
-        &format!("{count} {reason} Event(s) about {name}"),
-        Deadline::default(),
-        || async {
-            let events = env
-                .namespaced::<Event>()
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            let notes: Vec<String> = events
-                .items
-                .into_iter()
-                .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-                .filter(|e| e.reason.as_deref() == Some(reason) && e.type_.as_deref() == Some("Warning"))
-                .map(|e| e.note.unwrap_or_default())
-                .collect();
-            if notes.len() >= count {
-                Ok(notes)
-            } else {
-                Err(format!("{notes:?}"))
-            }
-        },
-    )
     .await
 }
 
