@@ -11,7 +11,7 @@ default:
 # it can start (root, cgroups, e2e/node/setup.sh run once), else the pod simulator plays the
 # kubelet; the demo says which. `just demo --simulate` always simulates.
 demo *args:
-    cargo build -q -p ignitor-scheduler -p task-workflow -p staged-binding -p hierarchy-executor -p policy-runner -p kubectl-orrery
+    cargo build -q -p ignitor-scheduler -p task-workflow -p staged-binding -p hierarchy-executor -p policy-runner -p lambda-executor -p kubectl-orrery
     cargo build -q -p orrery-e2e --bin orrery-demo
     bash e2e/control-plane/build.sh > /dev/null
     target/debug/orrery-demo {{args}}

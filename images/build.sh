@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 source images/archive.sh
 controllers=("$@")
 if [ ${#controllers[@]} -eq 0 ]; then
-  controllers=(ignitor-scheduler task-workflow staged-binding hierarchy-executor policy-runner)
+  controllers=(ignitor-scheduler task-workflow staged-binding hierarchy-executor policy-runner lambda-executor)
 fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 target=x86_64-unknown-linux-gnu

@@ -16,12 +16,13 @@ use crate::control_plane::cached_tool;
 pub const NAMESPACE: &str = "orrery-system";
 
 /// Every controller the chart can enable: its name and its values key.
-pub const CONTROLLERS: [(&str, &str); 5] = [
+pub const CONTROLLERS: [(&str, &str); 6] = [
     ("ignitor-scheduler", "ignitorScheduler"),
     ("task-workflow", "taskWorkflow"),
     ("staged-binding", "stagedBinding"),
     ("hierarchy-executor", "hierarchyExecutor"),
     ("policy-runner", "policyRunner"),
+    ("lambda-executor", "lambdaExecutor"),
 ];
 
 /// The helm binary: `$ORRERY_HELM`, or built (once, cached) by `e2e/helm/fetch.sh`.

@@ -49,7 +49,7 @@ async fn install_policies(env: &TestEnv) {
         .collect();
     assert_eq!(
         kinds.iter().filter(|k| **k == "ValidatingAdmissionPolicy").count(),
-        8,
+        9,
         "one policy per rule: {kinds:?}"
     );
     for object in &policies {
@@ -132,6 +132,17 @@ async fn install_policies(env: &TestEnv) {
                         Api::all(client.clone()),
                         "probe",
                         json!({"templates": {"virtualClusters": [{"name": "probe", "spec": {"namespace": "admission-probe", "access": [{"kind": "User", "name": "x", "role": "view"}]}}]}}),
+                        &dry_run,
+                    )
+                    .await
+                    .map(drop),
+                ),
+                (
+                    "lambda-children",
+                    create::<Project>(
+                        Api::all(client.clone()),
+                        "probe",
+                        json!({"executor": lambda_executor_making("configmaps", Some("admission-probe"))}),
                         &dry_run,
                     )
                     .await
@@ -807,6 +818,105 @@ async fn an_application_needs_its_creator_to_create_its_workloads_there() {
     assert_eq!(
         stored.spec.versions[0].image, "web:1",
         "the tenant's Application is untouched"
+    );
+}
+
+/// A `webhook` executor making `resource` (core group), its children in `namespace` (for
+/// the cluster-scoped kinds).
+fn lambda_executor_making(resource: &str, namespace: Option<&str>) -> Value {
+    let mut parameters =
+        json!({"url": "http://hook.example/sync", "childResources": [{"apiVersion": "v1", "resource": resource}]});
+    if let Some(namespace) = namespace {
+        parameters["namespace"] = json!(namespace);
+    }
+    json!({"name": "webhook", "parameters": parameters})
+}
+
+#[tokio::test]
+async fn a_lambda_executor_makes_only_what_its_creator_could_create() {
+    let env = TestEnv::new().await;
+    install_policies(&env).await;
+    let ns = env.namespace.clone();
+    // Mallory may create Applications and their workloads in the team's namespace, and
+    // Projects with Application templates anywhere; not ConfigMaps or Secrets.
+    let mallory = grant(
+        &env,
+        "mallory",
+        json!([
+            {"apiGroups": ["hierarchy.orrery.dev"], "resources": ["projects", "applications"], "verbs": ["create", "patch"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create"]},
+            {"apiGroups": [""], "resources": ["services"], "verbs": ["create"]},
+        ]),
+    )
+    .await;
+    let m = mallory.name.clone();
+    let apps = Api::<Application>::namespaced(mallory.client.clone(), &ns);
+    let with_executor = |resource: &str| {
+        let mut spec = application_spec();
+        spec["executor"] = lambda_executor_making(resource, None);
+        spec
+    };
+    let refused = create(
+        apps.clone(),
+        "shop",
+        with_executor("configmaps"),
+        &PostParams::default(),
+    )
+    .await;
+    assert_refused(
+        refused,
+        "lambda-children",
+        &format!(
+            "Application shop has lambda-executor create configmaps in namespace {ns} (spec.executor.parameters.childResources): {m} lacks create on configmaps in namespace {ns}"
+        ),
+    );
+    assert_not_stored(&env.namespaced::<Application>(), "shop").await;
+
+    // In a Project's templates the kind is needed everywhere.
+    let refused = create_project(
+        &mallory,
+        &format!("{ns}-p"),
+        json!({"applications": [{"name": "web", "namespace": ns, "spec": with_executor("secrets")}]}),
+        &PostParams::default(),
+    )
+    .await;
+    assert_refused(
+        refused,
+        "project-templates",
+        &format!(
+            "Project {ns}-p has templates whose webhook or template executor makes secrets (childResources): {m} lacks create on secrets in every namespace"
+        ),
+    );
+
+    // With ConfigMaps granted in the namespace, the Application is admitted; switching its
+    // executor to making Secrets is not.
+    grant_in(
+        &env,
+        &mallory,
+        &ns,
+        "configmaps",
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]}]),
+    )
+    .await;
+    create(
+        apps.clone(),
+        "shop",
+        with_executor("configmaps"),
+        &PostParams::default(),
+    )
+    .await
+    .unwrap();
+    let changed = apps
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"executor": lambda_executor_making("secrets", None)}})),
+        )
+        .await;
+    assert_refused(
+        changed,
+        "lambda-children",
+        &format!("{m} lacks create on secrets in namespace {ns}"),
     );
 }
 

@@ -162,7 +162,7 @@ fn each_controller_brings_only_its_crds_and_least_privilege_rbac() {
         let policies = match controller {
             "hierarchy-executor" => 5,
             "task-workflow" => 2,
-            "staged-binding" => 1,
+            "staged-binding" | "lambda-executor" => 1,
             _ => 0,
         };
         for _ in 0..policies {
@@ -535,7 +535,14 @@ fn the_egress_allow_list_and_protected_namespace_reach_the_controllers() {
         );
         let cidrs = egress_cidrs(&network_policy(&objects, controller));
         let mut expected = vec![vec![], vec!["192.0.2.10/32".to_owned()]];
-        if ["task-workflow", "policy-runner", "hierarchy-executor"].contains(&controller) {
+        if [
+            "task-workflow",
+            "policy-runner",
+            "hierarchy-executor",
+            "lambda-executor",
+        ]
+        .contains(&controller)
+        {
             expected.push(vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned()]);
         }
         assert_eq!(cidrs, expected, "{controller}");

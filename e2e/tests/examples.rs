@@ -12,6 +12,7 @@ use crd_types::common::{CONDITION_READY, find_condition};
 use crd_types::hierarchy::{Application, Project};
 use crd_types::placement::StagedBindingPolicy;
 use crd_types::workflow::{TaskRun, TaskRunPhase};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Api;
 use kube::api::ListParams;
 use orrery_e2e::demo::{apply_examples, example_objects, progress};
@@ -41,11 +42,18 @@ async fn every_example_applies_and_does_what_it_says() {
             hierarchy_executor::run,
         ),
         InProcess::start_cluster_wide(client.clone(), policy_runner::NAME, policy_runner::controller::run),
+        InProcess::start_cluster_wide(client.clone(), lambda_executor::NAME, lambda_executor::run),
     ];
 
     let applied = apply_examples(&client).await.unwrap();
     assert_eq!(applied.len(), example_objects().unwrap().len());
-    for kind in ["Ignitor/ignitor1", "Task/task2", "StagedBindingPolicy/", "Project/shop"] {
+    for kind in [
+        "Ignitor/ignitor1",
+        "Task/task2",
+        "StagedBindingPolicy/",
+        "Project/shop",
+        "Project/notes",
+    ] {
         assert!(applied.iter().any(|a| a.starts_with(kind)), "{kind} in {applied:?}");
     }
 
@@ -127,6 +135,36 @@ async fn every_example_applies_and_does_what_it_says() {
                 Ok(())
             } else {
                 Err(format!("Ready {ready:?}, weights {weights:?}"))
+            }
+        },
+    )
+    .await;
+
+    // The template executor's release notes, and the notes Project Ready through them.
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), "notes");
+    let notes_apps: Api<Application> = Api::namespaced(client.clone(), "notes");
+    poll_until(
+        "the release notes rendered and the notes Project Ready",
+        Deadline(Duration::from_secs(120)),
+        || async {
+            let Some(notes) = config_maps.get_opt("release-notes").await.map_err(|e| e.to_string())? else {
+                let app = notes_apps.get_opt("release-notes").await.map_err(|e| e.to_string())?;
+                let ready = app
+                    .and_then(|a| a.status)
+                    .and_then(|s| find_condition(&s.common.conditions, CONDITION_READY).cloned());
+                return Err(format!("no release notes yet; the Application's Ready: {ready:?}"));
+            };
+            let latest = notes.data.unwrap_or_default().get("latest").cloned();
+            let project = projects.get("notes").await.map_err(|e| e.to_string())?;
+            let ready = project
+                .status
+                .as_ref()
+                .and_then(|s| find_condition(&s.conditions, CONDITION_READY))
+                .map(|c| (c.status.clone(), c.message.clone()));
+            if latest.as_deref() == Some("v2 runs busybox:1.37") && ready.as_ref().is_some_and(|r| r.0 == "True") {
+                Ok(())
+            } else {
+                Err(format!("latest {latest:?}, Ready {ready:?}"))
             }
         },
     )

@@ -11,6 +11,7 @@ _rules.tpl, and its section in values.yaml.
 - {name: staged-binding, key: stagedBinding, crds: [stagedbindingpolicies.placement.orrery.dev]}
 - {name: hierarchy-executor, key: hierarchyExecutor, outbound: true, crds: [projects.hierarchy.orrery.dev, clusters.hierarchy.orrery.dev, virtualclusters.hierarchy.orrery.dev, applications.hierarchy.orrery.dev]}
 - {name: policy-runner, key: policyRunner, outbound: true, crds: [projects.hierarchy.orrery.dev, clusters.hierarchy.orrery.dev, virtualclusters.hierarchy.orrery.dev, applications.hierarchy.orrery.dev]}
+- {name: lambda-executor, key: lambdaExecutor, outbound: true, crds: [projects.hierarchy.orrery.dev, clusters.hierarchy.orrery.dev, virtualclusters.hierarchy.orrery.dev, applications.hierarchy.orrery.dev]}
 {{- end }}
 
 {{- define "orrery.labels" -}}

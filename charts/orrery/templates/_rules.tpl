@@ -133,3 +133,26 @@ is rendered with the rules, so the manifests say why too.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{- define "orrery.rules.lambda-executor" -}}
+# lambda-executor runs the hierarchy resources whose executor is `webhook` or `template`: it
+# reads them, holds its finalizer on those whose hook finalizes, and writes only their status;
+# it applies, reads and prunes their children, of the kinds in lambdaExecutor.childResources
+# only (each resource also declares its own kinds, and its creator must be able to create
+# them: see the admission policies); Events. Webhook calls go to the addresses the resources
+# name, outside the API server.
+- apiGroups: ["hierarchy.orrery.dev"]
+  resources: ["projects", "clusters", "virtualclusters", "applications"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["hierarchy.orrery.dev"]
+  resources: ["projects/status", "clusters/status", "virtualclusters/status", "applications/status"]
+  verbs: ["patch"]
+{{- range .Values.lambdaExecutor.childResources }}
+- apiGroups: [{{ .apiGroup | quote }}]
+  resources: [{{ .resource | quote }}]
+  verbs: ["get", "list", "create", "patch", "delete"]
+{{- end }}
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}
