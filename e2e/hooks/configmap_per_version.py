@@ -8,10 +8,12 @@ annotation `hooks.orrery.dev/mode` makes it misbehave on purpose:
   elsewhere   - puts its ConfigMap in namespace kube-system
   garbage     - answers a JSON string instead of a sync response
   error       - answers HTTP 500
+  slow        - answers after 3 seconds
 Finalizing: returns no children, and `finalized: true` once none of its ConfigMaps is left.
 """
 import json
 import sys
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -57,6 +59,8 @@ class Hook(BaseHTTPRequestHandler):
     def do_POST(self):
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         mode = request["parent"]["metadata"].get("annotations", {}).get("hooks.orrery.dev/mode", "")
+        if mode == "slow":
+            time.sleep(3)
         if mode == "error":
             self.send_response(500)
             self.end_headers()

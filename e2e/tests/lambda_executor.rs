@@ -236,10 +236,12 @@ async fn a_failing_hook_or_a_child_it_may_not_make_is_a_condition_and_nothing_is
     let (_hook, url) = start_hook().await;
     let lambda = start_lambda(&env).await;
     let apps: Api<Application> = env.namespaced();
+    let mut executor = webhook(&url);
+    executor["parameters"]["timeoutSeconds"] = json!(1);
     let app = create(
         &apps,
         json!({"metadata": {"name": "moody"},
-               "spec": {"executor": webhook(&url), "versions": [{"name": "v1", "image": "moody:1"}]}}),
+               "spec": {"executor": executor, "versions": [{"name": "v1", "image": "moody:1"}]}}),
     )
     .await;
     let uid = app.uid().unwrap();
@@ -258,6 +260,7 @@ async fn a_failing_hook_or_a_child_it_may_not_make_is_a_condition_and_nothing_is
         ),
         ("garbage", "HookFailed", "the answer is not a JSON object"),
         ("error", "HookFailed", "HTTP 500 Internal Server Error"),
+        ("slow", "HookFailed", "the call timed out"),
     ];
     for (mode, reason, expected) in cases {
         apps.patch(
@@ -300,6 +303,29 @@ async fn a_failing_hook_or_a_child_it_may_not_make_is_a_condition_and_nothing_is
         assert!(notes.iter().any(|n| n.contains(expected)), "{reason}: {notes:?}");
     }
 
+    // The hook is called only where the operator allows: never the metadata service.
+    let point_at = |url: &str| {
+        json!({"metadata": {"annotations": {"hooks.orrery.dev/mode": null}},
+               "spec": {"executor": {"parameters": {"url": url}}}})
+    };
+    apps.patch(
+        "moody",
+        &PatchParams::default(),
+        &Patch::Merge(point_at("http://169.254.169.254/latest/meta-data")),
+    )
+    .await
+    .unwrap();
+    poll_until("the metadata service refused", Deadline::default(), || async {
+        match orrery_e2e::ready_condition(&apps, "moody").await? {
+            (status, r, message) if status == "False" && r == "HookFailed" && message.contains("link-local") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    apps.patch("moody", &PatchParams::default(), &Patch::Merge(point_at(&url)))
+        .await
+        .unwrap();
+
     // Someone else's ConfigMap under a name the hook wants is never taken over.
     let config_maps: Api<ConfigMap> = env.namespaced();
     config_maps
@@ -312,8 +338,9 @@ async fn a_failing_hook_or_a_child_it_may_not_make_is_a_condition_and_nothing_is
     apps.patch(
         "moody",
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {"hooks.orrery.dev/mode": null}},
-                             "spec": {"versions": [{"name": "v1", "image": "moody:1"}, {"name": "v2", "image": "moody:2"}]}})),
+        &Patch::Merge(
+            json!({"spec": {"versions": [{"name": "v1", "image": "moody:1"}, {"name": "v2", "image": "moody:2"}]}}),
+        ),
     )
     .await
     .unwrap();
