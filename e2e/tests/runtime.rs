@@ -255,6 +255,7 @@ async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
         "staged-binding",
         "hierarchy-executor",
         "policy-runner",
+        "lambda-executor",
         "example-executor",
     ];
     for binary in binaries {
