@@ -316,7 +316,7 @@ async fn check_condition(client: &Client, case: &Case, expect: &Expect) -> Optio
 }
 
 /// The controllers, and the names each records its reconciles under (task-workflow runs two).
-const CONTROLLERS: [(&str, &[&str]); 5] = [
+const CONTROLLERS: [(&str, &[&str]); 6] = [
     (
         ignitor_scheduler::controller::NAME,
         &[ignitor_scheduler::controller::NAME],
@@ -328,6 +328,7 @@ const CONTROLLERS: [(&str, &[&str]); 5] = [
         &[hierarchy_executor::controller::NAME],
     ),
     (policy_runner::NAME, &[policy_runner::NAME]),
+    (lambda_executor::NAME, &[lambda_executor::NAME]),
 ];
 
 fn start(client: &Client, name: &str) -> (InProcess, ReconcileMetrics) {
@@ -338,6 +339,7 @@ fn start(client: &Client, name: &str) -> (InProcess, ReconcileMetrics) {
         task_workflow::controller::NAME => InProcess::start_with(context, stop, task_workflow::run),
         staged_binding::controller::NAME => InProcess::start_with(context, stop, staged_binding::run),
         hierarchy_executor::controller::NAME => InProcess::start_with(context, stop, hierarchy_executor::run),
+        lambda_executor::NAME => InProcess::start_with(context, stop, lambda_executor::run),
         _ => InProcess::start_with(context, stop, policy_runner::controller::run),
     };
     (controller, metrics)

@@ -259,6 +259,10 @@ async fn sync<K: Parent>(resource: &K, state: &State) -> Result<Action, Error> {
 
     let (desired, answer) = match &lambda.source {
         Source::Webhook(hook) => {
+            // An address refused by itself is refused again: wait for the resource to change.
+            if let Some(refused) = refused_address(state, hook) {
+                return report(resource, state, Outcome::not_ready("HookFailed", refused), deleting).await;
+            }
             let answer = call::<K>(state, hook, &lambda, &kinds, &observed, &parent, deleting).await;
             let answer = match answer {
                 Ok(answer) => answer,
@@ -418,6 +422,18 @@ async fn call<K: Parent>(
         return Err(format!("HTTP {}", answer.status));
     }
     hook::parse_response(answer.json.ok_or_else(|| "the answer is not JSON".to_owned())?)
+}
+
+/// Why the hook's address is refused, when it is an address `--allowed-egress` refuses (a name
+/// is checked as it resolves, on every call).
+fn refused_address(state: &State, hook: &Webhook) -> Option<String> {
+    let url = reqwest::Url::parse(&hook.url).ok()?;
+    state
+        .context
+        .egress
+        .check_url(&url)
+        .err()
+        .map(|refused| refused.to_string())
 }
 
 /// The declared kinds as discovery knows them; an unknown or cluster-scoped one refuses.
