@@ -199,7 +199,7 @@ async fn sync<K: Parent>(resource: &K, state: &State) -> Result<Action, Error> {
     let api = K::api(client.clone(), resource.namespace().as_deref());
     let deleting = resource.meta().deletion_timestamp.is_some();
     let executor = resource.executor();
-    let (name, parameters) = match state.registry.claim(K::KIND, executor) {
+    let parsed = match state.registry.claim(K::KIND, executor) {
         Claim::NotClaimed(_) => {
             // Another executor's now: a finalizer of ours would hold its deletion forever.
             set_finalizer(&api, resource, FINALIZER, false)
@@ -207,27 +207,17 @@ async fn sync<K: Parent>(resource: &K, state: &State) -> Result<Action, Error> {
                 .map_err(Error::Api)?;
             return Ok(Action::await_change());
         }
-        Claim::InvalidParameters(message) => {
-            return report(
-                resource,
-                state,
-                Outcome::not_ready("InvalidParameters", message),
-                deleting,
-            )
-            .await;
+        Claim::InvalidParameters(message) => Err(message),
+        Claim::Claimed(parameters) => {
+            let name = executor.map_or("", |e| e.name.as_str());
+            lambda::parse(name, &parameters, K::KIND, resource.namespace().as_deref())
         }
-        Claim::Claimed(parameters) => (executor.map_or("", |e| e.name.as_str()), parameters),
     };
-    let lambda = match lambda::parse(name, &parameters, K::KIND, resource.namespace().as_deref()) {
+    let lambda = match parsed {
         Ok(lambda) => lambda,
         Err(message) => {
-            return report(
-                resource,
-                state,
-                Outcome::not_ready("InvalidParameters", message),
-                deleting,
-            )
-            .await;
+            let invalid = Outcome::not_ready("InvalidParameters", message);
+            return report(resource, state, invalid, deleting).await;
         }
     };
     let finalizes = matches!(&lambda.source, Source::Webhook(hook) if hook.finalize);
