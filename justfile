@@ -68,6 +68,16 @@ bench:
     cargo bench -p orrery-e2e --bench hierarchy
     cargo bench -p orrery-e2e --bench policies
 
+# The chaos campaign: a mixed workload (workflow chains, a cron Ignitor, Project trees released
+# by canary) with every controller in-process, under controller kills, API server restarts and
+# throttling (429s from a FlowSchema), each alone then all at once, for `seconds` of faults;
+# then the invariants (nothing lost, nothing run twice, no stuck work, no writes at rest) and
+# the figures. ORRERY_CHAOS_SEED repeats a fault schedule. Built with the dev profile: the
+# release profile's fat LTO would take longer to build than the campaign takes to run.
+chaos seconds="300":
+    bash e2e/control-plane/build.sh > /dev/null
+    ORRERY_CHAOS_SECONDS={{seconds}} cargo bench -p orrery-e2e --profile dev --bench chaos
+
 # Fuzz for `seconds` per target (needs nightly and cargo-fuzz): CEL compile+evaluate; cron
 # schedules in time zones; every CRD through its controller's planning; policy and executor
 # parameters. The last three are safe Rust looking for panics and hangs, so they run without

@@ -2,12 +2,14 @@
 // benchmarks and demo: embedded etcd, kube-apiserver (RBAC on) and, as a second process of
 // this same binary, kube-controller-manager.
 //
-//	control-plane serve --dir DIR [--controller-manager=true] [--address IP]
+//	control-plane serve --dir DIR [--controller-manager=true] [--address IP] [--port N] [--priority-and-fairness]
 //
 // writes DIR/kubeconfig (admin, system:masters) once the API server is ready, and runs until
 // SIGINT/SIGTERM or until the process that started it exits. With --address the API server
 // listens on that address instead of 127.0.0.1 and advertises it in the `kubernetes` Service,
-// so pods of a real node reach it.
+// so pods of a real node reach it. Started again on the same DIR and --port, it serves the
+// same data with the same certificates. --priority-and-fairness turns on API Priority and
+// Fairness (FlowSchemas and PriorityLevelConfigurations throttle clients with 429s).
 //
 // The same binary is the real node's Kubernetes parts, from the same k8s.io/kubernetes module
 // (see node.go): `kubelet`, `kube-scheduler` and `kube-proxy` take those commands' own flags,
@@ -61,7 +63,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false] [--address IP]\n       control-plane kubelet|kube-scheduler|kube-proxy|supervise ...")
+		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false] [--address IP] [--port N] [--priority-and-fairness]\n       control-plane kubelet|kube-scheduler|kube-proxy|supervise ...")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
@@ -70,6 +72,7 @@ func main() {
 	port := fs.Int("port", 0, "API server port (0: a free one)")
 	removeDir := fs.Bool("remove-dir-on-exit", false, "delete --dir when stopping (for throwaway test control planes)")
 	address := fs.String("address", "127.0.0.1", "address the API server listens on and advertises (a real node's pods reach it there)")
+	flowControl := fs.Bool("priority-and-fairness", false, "turn on API Priority and Fairness (off: the plain in-flight limits)")
 	_ = fs.Parse(os.Args[2:])
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "--dir is required")
@@ -80,7 +83,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "--address %q is not an IPv4 address\n", *address)
 		os.Exit(2)
 	}
-	err := serve(*dir, *withKCM, *port, ip)
+	err := serve(*dir, *withKCM, *port, ip, *flowControl)
 	if *removeDir {
 		_ = os.RemoveAll(*dir)
 	}
@@ -90,7 +93,7 @@ func main() {
 	}
 }
 
-func serve(dir string, withKCM bool, port int, address net.IP) error {
+func serve(dir string, withKCM bool, port int, address net.IP, flowControl bool) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -141,7 +144,7 @@ func serve(dir string, withKCM bool, port int, address net.IP) error {
 		"--allow-privileged=true",
 		"--authorization-mode=RBAC",
 		"--disable-admission-plugins=" + disabledAdmission,
-		"--enable-priority-and-fairness=false",
+		"--enable-priority-and-fairness=" + strconv.FormatBool(flowControl),
 		"--service-account-issuer=" + host + "/",
 		"--service-account-key-file=" + pki.saKey,
 		"--service-account-signing-key-file=" + pki.saKey,

@@ -23,7 +23,9 @@ type pkiFiles struct {
 
 // writePKI makes a throwaway CA, a serving certificate for 127.0.0.1/localhost (and address,
 // the `kubernetes` Service's 10.0.0.1) signed by it,
-// a service-account signing key, and a token file with the admin user.
+// a service-account signing key, and a token file with the admin user. A restart on the same
+// directory keeps what an earlier start wrote, so clients trusting that CA reconnect and
+// ServiceAccount tokens stay valid.
 func writePKI(dir string, address net.IP) (*pkiFiles, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -34,6 +36,9 @@ func writePKI(dir string, address net.IP) (*pkiFiles, error) {
 		servingKey:  filepath.Join(dir, "serving.key"),
 		saKey:       filepath.Join(dir, "service-account.key"),
 		tokens:      filepath.Join(dir, "tokens.csv"),
+	}
+	if f.allExist() {
+		return f, nil
 	}
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -102,4 +107,14 @@ func writePKI(dir string, address net.IP) (*pkiFiles, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// allExist tells whether every file was written (the tokens file is written last).
+func (f *pkiFiles) allExist() bool {
+	for _, path := range []string{f.caCert, f.servingCert, f.servingKey, f.saKey, f.tokens} {
+		if _, err := os.Stat(path); err != nil {
+			return false
+		}
+	}
+	return true
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -21,7 +22,10 @@ pub const FIELD_MANAGER: &str = "orrery-e2e";
 #[derive(Debug)]
 pub struct ControlPlane {
     node: Option<Node>,
-    process: Child,
+    /// Replaced by [`ControlPlane::restart`], which callers sharing the plane may call.
+    process: Mutex<Child>,
+    /// The `serve` arguments, to start it again the same way.
+    serve_args: Vec<String>,
     dir: tempfile::TempDir,
     config: Config,
     /// Seconds from spawn to the API server answering `/readyz`.
@@ -39,6 +43,13 @@ impl ControlPlane {
     /// with its directory, so the second attempt's error is the one reported.
     pub fn start_with(controller_manager: bool) -> anyhow::Result<Self> {
         Self::start_at(controller_manager, "127.0.0.1")
+    }
+
+    /// Starts one with kube-controller-manager and API Priority and Fairness on, so that
+    /// FlowSchemas and PriorityLevelConfigurations throttle clients (with 429s) as a
+    /// production API server does. The other constructors leave it off.
+    pub fn start_with_flow_control() -> anyhow::Result<Self> {
+        Self::start_at_with(true, "127.0.0.1", &["--priority-and-fairness"])
     }
 
     /// Starts one with a real node ([`crate::node`]): the API server listens on the host's
@@ -69,52 +80,89 @@ impl ControlPlane {
     }
 
     fn start_at(controller_manager: bool, address: &str) -> anyhow::Result<Self> {
-        match Self::start_once(controller_manager, address) {
+        Self::start_at_with(controller_manager, address, &[])
+    }
+
+    fn start_at_with(controller_manager: bool, address: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
+        match Self::start_once(controller_manager, address, extra_args) {
             Err(first) if first.to_string().starts_with("control plane exited") => {
                 eprintln!("warning: {first:#}; starting it again");
-                Self::start_once(controller_manager, address)
+                Self::start_once(controller_manager, address, extra_args)
             }
             other => other,
         }
     }
 
-    fn start_once(controller_manager: bool, address: &str) -> anyhow::Result<Self> {
-        let binary = binary()?;
+    fn start_once(controller_manager: bool, address: &str, extra_args: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("orrery-control-plane-").tempdir()?;
-        let log = std::fs::File::create(dir.path().join("control-plane.log"))?;
+        let mut serve_args = vec![
+            "serve".to_owned(),
+            format!("--dir={}", dir.path().display()),
+            format!("--controller-manager={controller_manager}"),
+            format!("--address={address}"),
+            "--remove-dir-on-exit".to_owned(),
+        ];
+        serve_args.extend(extra_args.iter().map(|a| (*a).to_owned()));
         let started = Instant::now();
-        let process = Command::new(&binary)
-            .arg("serve")
-            .arg("--dir")
-            .arg(dir.path())
-            .arg(format!("--controller-manager={controller_manager}"))
-            .arg(format!("--address={address}"))
-            .arg("--remove-dir-on-exit")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawning {}", binary.display()))?;
+        let process = spawn(dir.path(), &serve_args)?;
         let mut plane = ControlPlane {
             node: None,
-            process,
+            process: Mutex::new(process),
+            serve_args,
             config: Config::new("https://127.0.0.1:1".parse()?),
             dir,
             startup: Duration::ZERO,
         };
-        let kubeconfig = plane.kubeconfig_path();
+        plane.wait_serving(started)?;
+        plane.startup = started.elapsed();
+        plane.config = load_kubeconfig(&plane.kubeconfig_path())?;
+        // Started again, it must listen where its clients already point.
+        let port = plane
+            .config
+            .cluster_url
+            .port_u16()
+            .context("the kubeconfig names no port")?;
+        plane.serve_args.push(format!("--port={port}"));
+        Ok(plane)
+    }
+
+    /// Waits until the program has written the kubeconfig, which it does once the API server
+    /// is ready.
+    fn wait_serving(&self, started: Instant) -> anyhow::Result<()> {
+        let kubeconfig = self.kubeconfig_path();
         while !kubeconfig.exists() {
-            if let Some(status) = plane.process.try_wait()? {
-                bail!("control plane exited with {status}; log:\n{}", plane.log_tail());
+            if let Some(status) = self.process().try_wait()? {
+                bail!("control plane exited with {status}; log:\n{}", self.log_tail());
             }
             if started.elapsed() > Duration::from_secs(180) {
-                bail!("control plane not ready after 180s; log:\n{}", plane.log_tail());
+                bail!("control plane not ready after 180s; log:\n{}", self.log_tail());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        plane.startup = started.elapsed();
-        plane.config = load_kubeconfig(&kubeconfig)?;
-        Ok(plane)
+        Ok(())
+    }
+
+    /// Kills the control plane (SIGKILL: etcd, kube-apiserver and kube-controller-manager go at
+    /// once, as in a crash) and starts it again on the same directory and port, with the same
+    /// certificates; returns how long it was away, once it serves again. Clients made before
+    /// reconnect by themselves; watches resume or list again. Blocking, like the start.
+    pub fn restart(&self) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        {
+            let mut process = self.process();
+            process.kill().context("killing the control plane")?;
+            process.wait()?;
+            // Only the new process may write the kubeconfig this waits for.
+            let _ = std::fs::remove_file(self.kubeconfig_path());
+            *process = spawn(self.dir(), &self.serve_args)?;
+        }
+        self.wait_serving(started)?;
+        Ok(started.elapsed())
+    }
+
+    fn process(&self) -> std::sync::MutexGuard<'_, Child> {
+        // A poisoned lock only means a restart panicked; the child it holds is still the one to use.
+        self.process.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The admin kubeconfig file.
@@ -156,7 +204,7 @@ impl ControlPlane {
 
     /// Process id of the control plane (for memory readings).
     pub fn pid(&self) -> u32 {
-        self.process.id()
+        self.process().id()
     }
 
     /// Installs Orrery's CRDs (`manifests/crds/`) and KubeStellar's as its tests know them
@@ -187,20 +235,37 @@ impl Drop for ControlPlane {
         drop(self.node.take());
         // SIGTERM lets the API server and etcd shut down cleanly; the program also stops by
         // itself when this process goes away, which is what happens to the shared one.
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.process.id().to_string())
-            .status();
+        let process = self
+            .process
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _ = Command::new("kill").arg("-TERM").arg(process.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.process.try_wait() {
+            if let Ok(Some(_)) = process.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+        let _ = process.kill();
+        let _ = process.wait();
     }
+}
+
+/// Spawns the control-plane program with `serve_args`, its output appended to its log in `dir`.
+fn spawn(dir: &Path, serve_args: &[String]) -> anyhow::Result<Child> {
+    let binary = binary()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("control-plane.log"))?;
+    Command::new(&binary)
+        .args(serve_args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("spawning {}", binary.display()))
 }
 
 /// The control-plane binary: `$ORRERY_CONTROL_PLANE`, or built (once, cached) by `build.sh`.

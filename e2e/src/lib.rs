@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod bench;
+pub mod chaos;
 pub mod control_plane;
 pub mod demo;
 pub mod helm;

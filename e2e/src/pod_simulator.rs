@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::TryStreamExt;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
@@ -169,22 +169,25 @@ impl PodSimulator {
             let stream = watcher(pods.clone(), watcher::Config::default())
                 .default_backoff()
                 .applied_objects();
-            let _ = stream
-                .try_for_each(|pod| {
-                    let pods = pods.clone();
-                    let in_flight = in_flight.clone();
-                    async move {
-                        if let Some(step) = next_step_with(&pod, default) {
-                            act(pods, pod, step, in_flight, default);
-                        }
-                        Ok(())
+            // A watch error (the API server away) is retried with backoff by the watcher; the
+            // simulator goes on, as a kubelet does.
+            stream
+                .for_each(|pod| {
+                    if let Ok(pod) = pod
+                        && let Some(step) = next_step_with(&pod, default)
+                    {
+                        act(pods.clone(), pod, step, in_flight.clone(), default);
                     }
+                    std::future::ready(())
                 })
                 .await;
         });
         Ok(Self { task })
     }
 }
+
+/// How long a step that failed (the API server away or refusing) waits before it is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 fn act(pods: Api<Pod>, pod: Pod, step: Step, in_flight: Arc<Mutex<HashSet<(String, String)>>>, default: Unannotated) {
     let key = (pod.namespace().unwrap_or_default(), pod.name_any());
@@ -200,14 +203,24 @@ fn act(pods: Api<Pod>, pod: Pod, step: Step, in_flight: Arc<Mutex<HashSet<(Strin
         let (mut pod, mut step) = (pod, step);
         loop {
             if let Err(err) = perform(&pods, &pod, step).await {
-                tracing::debug!(pod = %key.1, error = %err, "pod simulator step failed; retrying on the next event");
+                tracing::debug!(pod = %key.1, error = %err, "pod simulator step failed; trying again");
+                // As a kubelet syncs its pods again later: the API server may be away a while.
+                tokio::time::sleep(RETRY_PAUSE).await;
             }
             if let Ok(mut set) = in_flight.lock() {
                 set.remove(&key);
             }
             // Release, then look again: an event skipped while we worked is not lost.
-            let Ok(Some(latest)) = pods.get_opt(&key.1).await else {
-                return;
+            let mut tries = 0;
+            let latest = loop {
+                match pods.get_opt(&key.1).await {
+                    Ok(Some(latest)) => break latest,
+                    Ok(None) => return,
+                    // Two minutes without an answer: the control plane is gone for good.
+                    Err(_) if tries >= 240 => return,
+                    Err(_) => tries += 1,
+                }
+                tokio::time::sleep(RETRY_PAUSE).await;
             };
             match next_step_with(&latest, default) {
                 Some(next) if claim(&in_flight, &key) => (pod, step) = (latest, next),

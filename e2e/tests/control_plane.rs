@@ -201,3 +201,58 @@ async fn a_manual_pod_runs_until_the_test_ends_it_and_deletions_complete() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_restarted_control_plane_keeps_its_objects_and_its_clients_reconnect() {
+    // A control plane of its own: the restart must not disturb the other tests of this file.
+    let plane = tokio::task::spawn_blocking(|| orrery_e2e::ControlPlane::start_with(false))
+        .await
+        .unwrap()
+        .unwrap();
+    let client = plane.client().await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    configmaps
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "before-restart"}, "data": {"kept": "yes"}})),
+        )
+        .await
+        .unwrap();
+    let pid_before = plane.pid();
+
+    let plane = std::sync::Arc::new(plane);
+    let restarting = plane.clone();
+    let away = tokio::task::spawn_blocking(move || restarting.restart())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(plane.pid(), pid_before, "a new process serves");
+    eprintln!("the control plane was away for {away:?}");
+
+    // The client made before the restart: its old connections are gone, it opens new ones to
+    // the same address with the same CA.
+    let kept = poll_until("the ConfigMap through the old client", Deadline::default(), || async {
+        configmaps.get("before-restart").await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(kept.data.unwrap()["kept"], "yes");
+    configmaps
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "after-restart"}})),
+        )
+        .await
+        .unwrap();
+    let names: Vec<String> = configmaps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    assert!(
+        names.contains(&"before-restart".to_owned()) && names.contains(&"after-restart".to_owned()),
+        "{names:?}"
+    );
+}
