@@ -161,42 +161,71 @@ where
 }
 
 /// Whether `error`, or an error it wraps, is the API server refusing a request it will refuse
-/// again: 422 (invalid) or 403 (forbidden, exceeded quota).
+/// again until the object changes: 422 (invalid), or 403 from an admission policy or webhook.
+/// Any other 403 comes and goes without the object changing (RBAC granted later, or not yet
+/// loaded by an API server just restarted; a quota raised; a namespace's deletion ending), so
+/// it is retried with backoff.
 pub fn is_refused(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
-        if let Some(kube::Error::Api(status)) = error.downcast_ref::<kube::Error>()
-            && matches!(status.code, 403 | 422)
-        {
-            return true;
+        if let Some(kube::Error::Api(status)) = error.downcast_ref::<kube::Error>() {
+            return match status.code {
+                422 => true,
+                403 => is_admission_denial(&status.message),
+                _ => false,
+            };
         }
         next = error.source();
     }
     false
 }
 
+/// How the API server words a denial by a ValidatingAdmissionPolicy (`... denied request: ...`)
+/// or an admission webhook (`admission webhook "x" denied the request`).
+fn is_admission_denial(message: &str) -> bool {
+    message.contains("denied request") || message.contains("denied the request")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn api_error(code: u16) -> crate::Error {
+    fn api_error_saying(code: u16, message: &str) -> crate::Error {
         crate::Error::Api {
             action: "creating TaskRun x".into(),
-            source: kube::Error::Api(
-                kube::core::Status::failure("is invalid", "Invalid")
-                    .with_code(code)
-                    .boxed(),
-            ),
+            source: kube::Error::Api(kube::core::Status::failure(message, "Invalid").with_code(code).boxed()),
         }
+    }
+
+    fn api_error(code: u16) -> crate::Error {
+        api_error_saying(code, "is invalid")
     }
 
     #[test]
     fn refusals_are_found_through_the_errors_they_are_wrapped_in() {
         assert!(is_refused(&api_error(422)));
-        assert!(is_refused(&api_error(403)));
+        assert!(is_refused(&api_error_saying(
+            403,
+            "taskruns.workflow.orrery.dev \"x\" is forbidden: ValidatingAdmissionPolicy 'freeze' with binding 'freeze' denied request: frozen"
+        )));
+        assert!(is_refused(&api_error_saying(
+            403,
+            "admission webhook \"policy.example\" denied the request: no"
+        )));
         assert!(!is_refused(&api_error(500)));
         assert!(!is_refused(&api_error(429)));
         assert!(!is_refused(&crate::Error::Conflict("x".into())));
+    }
+
+    #[test]
+    fn a_403_that_can_pass_without_the_object_changing_is_retried() {
+        for message in [
+            "taskruns.workflow.orrery.dev \"x\" is forbidden: User \"orrery\" cannot patch resource \"taskruns/status\" in API group \"workflow.orrery.dev\"",
+            "pods \"x\" is forbidden: exceeded quota: team, requested: pods=1, used: pods=10, limited: pods=10",
+            "pods \"x\" is forbidden: unable to create new content in namespace team because it is being terminated",
+        ] {
+            assert!(!is_refused(&api_error_saying(403, message)), "{message}");
+        }
     }
 
     #[test]

@@ -28,8 +28,8 @@ pub trait Failure: std::error::Error + Send + Sync + 'static {
         false
     }
 
-    /// Whether the API server refused a request it will refuse again (422 invalid, 403
-    /// forbidden): not retried until the object or its inputs change.
+    /// Whether the API server refused a request it will refuse again (422 invalid, 403 from an
+    /// admission policy or webhook): not retried until the object or its inputs change.
     fn is_refused(&self) -> bool
     where
         Self: Sized,
@@ -78,7 +78,8 @@ impl Failing {
 /// The error policy every controller shares: a failed object is tried again after a pause that
 /// doubles with each failure in a row (1 s, 2 s, 4 s … up to 60 s), per object, and starts over
 /// once it succeeds. A conflict is read again at once and does not count; a request the API
-/// server refused (422, 403) is not tried again until the object or its inputs change. Each
+/// server refused (422, an admission denial) is not tried again until the object or its inputs
+/// change. Each
 /// failure is logged naming the object.
 #[derive(Clone, Debug, Default)]
 pub struct Retries {
