@@ -2,6 +2,7 @@
 //! or edited, pruning one no longer described) and rolls its Clusters' readiness up.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crd_types::hierarchy::{HierarchyStatus, Project};
 use kube::runtime::controller::Action;
@@ -16,6 +17,11 @@ use super::{Error, NAME, Request, State, roll_up_children};
 use crate::plan::status::{Execution, claim};
 use crate::plan::{Readiness, as_applied, project, tenancy};
 use crate::registry::Kind;
+
+/// A Project whose Applications wait for their VirtualCluster's namespace.
+const WAITING_FOR_NAMESPACES: &str = "WaitingForNamespaces";
+/// How soon a Project waiting for a namespace looks again.
+const NAMESPACE_RECHECK: Duration = Duration::from_secs(5);
 
 pub(super) async fn reconcile(project: Arc<Project>, state: Arc<State>) -> Result<Action, Error> {
     state
@@ -54,6 +60,11 @@ async fn execute(project: &Project, state: &State) -> Result<Action, Error> {
             },
         },
     };
+    // The Project hears of its VirtualClusters, not of the namespaces they make: while an
+    // Application waits for one, look again rather than count on an event.
+    if matches!(&outcome.readiness, Readiness::NotReady { reason, .. } if reason == WAITING_FOR_NAMESPACES) {
+        outcome.recheck = Some(NAMESPACE_RECHECK);
+    }
     let api = Api::all(state.context.client.clone());
     finish(
         state,
@@ -82,7 +93,7 @@ async fn run_templates(
         Readiness::Ready
     } else {
         Readiness::NotReady {
-            reason: "WaitingForNamespaces".into(),
+            reason: WAITING_FOR_NAMESPACES.into(),
             message: format!(
                 "Applications wait for their VirtualCluster's namespace: {}",
                 waiting.join(", ")
