@@ -1176,3 +1176,73 @@ async fn a_tasks_actions_act_only_in_its_own_namespace() {
     .await;
     workflow.stop().await;
 }
+
+/// A task-workflow that may not create pods (an RBAC rule missing, or an API server just
+/// restarted that has not loaded it yet) keeps the run waiting and says why on it; once the
+/// rule is there the run goes on. A missing permission is not the run's failure.
+#[tokio::test]
+async fn a_run_waits_while_pods_may_not_be_created_and_goes_on_once_they_may() {
+    let env = TestEnv::new().await;
+    let _kubelet = PodSimulator::start(env.client.clone(), Some(&env.namespace))
+        .await
+        .unwrap();
+    let user = format!("{}-workflow-without-pods", env.namespace);
+    access::grant(
+        &env,
+        &user,
+        None,
+        json!([
+            {"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks", "ignitors", "taskruns"], "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+            {"apiGroups": ["workflow.orrery.dev"], "resources": ["tasks/status", "taskruns/status"], "verbs": ["patch"]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "delete"]},
+            {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+        ]),
+    )
+    .await
+    .unwrap();
+    let client = access::client_as(&env, &user).unwrap();
+    let workflow = InProcess::start(
+        client,
+        &env.namespace,
+        task_workflow::controller::NAME,
+        task_workflow::run,
+    );
+    env.namespaced::<Task>()
+        .create(&PostParams::default(), &task("unpermitted", json!({})))
+        .await
+        .unwrap();
+    env.namespaced::<TaskRun>()
+        .create(&PostParams::default(), &manual_run("unpermitted", "unpermitted-1"))
+        .await
+        .unwrap();
+    let runs = env.namespaced::<TaskRun>();
+    poll_until(
+        "the run to say it cannot create its pod",
+        Deadline::default(),
+        || async {
+            let run = runs.get("unpermitted-1").await.map_err(|e| e.to_string())?;
+            let status = run.status.clone().unwrap_or_default();
+            assert_ne!(
+                status.phase,
+                Some(TaskRunPhase::Failed),
+                "a missing permission failed the run: {status:?}"
+            );
+            match crd_types::common::find_condition(&status.conditions, orrery_runtime::failures::RECONCILE_FAILED) {
+                Some(c) if c.message.contains("cannot create resource \"pods\"") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+
+    access::grant(
+        &env,
+        &user,
+        Some(&env.namespace),
+        json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["create"]}]),
+    )
+    .await
+    .unwrap();
+    wait_run(&env, "unpermitted-1", TaskRunPhase::Succeeded).await;
+    workflow.stop().await;
+}
