@@ -247,7 +247,8 @@ async fn sync<K: Parent>(resource: &K, state: &State) -> Result<Action, Error> {
     let observed = observe(client, &kinds, &lambda.namespace, &resource.uid().unwrap_or_default()).await?;
     let parent = serde_json::to_value(resource).unwrap_or(Value::Null);
 
-    let (desired, answer) = match &lambda.source {
+    // The template's ids of the desired children, in their order (empty for a hook).
+    let (desired, answer, ids) = match &lambda.source {
         Source::Webhook(hook) => {
             // An address refused by itself is refused again: wait for the resource to change.
             if let Some(refused) = refused_address(state, hook) {
@@ -266,10 +267,13 @@ async fn sync<K: Parent>(resource: &K, state: &State) -> Result<Action, Error> {
                     return Err(Error::Hook(message));
                 }
             };
-            (answer.children.clone(), Some(answer))
+            (answer.children.clone(), Some(answer), Vec::new())
         }
         Source::Template(template) => match template.children(&parent) {
-            Ok(children) => (children.into_iter().map(|(_, child)| child).collect(), None),
+            Ok(children) => {
+                let (ids, desired) = children.into_iter().unzip();
+                (desired, None, ids)
+            }
             Err(message) => {
                 return report(resource, state, Outcome::not_ready("TemplateFailed", message), deleting).await;
             }
@@ -325,8 +329,8 @@ async fn sync<K: Parent>(resource: &K, state: &State) -> Result<Action, Error> {
             }
         }
         (Source::Template(template), _) => {
-            let (included, by_id) = by_id(template, &parent, &plan, &now_there);
-            let readiness = template.readiness(&parent, &included, &by_id);
+            let by_id = by_id(&ids, &plan, &now_there);
+            let readiness = template.readiness(&parent, &ids, &by_id);
             Outcome {
                 ready: readiness.is_ok(),
                 reason: if readiness.is_ok() { "Synced" } else { "NotReady" }.into(),
@@ -342,22 +346,10 @@ async fn sync<K: Parent>(resource: &K, state: &State) -> Result<Action, Error> {
     Ok(Action::requeue(if changed { resync.min(AFTER_CHANGE) } else { resync }))
 }
 
-/// The ids of the template's children for `parent`, and those children by id as the API
-/// server last returned them.
-fn by_id(
-    template: &crate::template::Template,
-    parent: &Value,
-    plan: &Plan,
-    now_there: &[(usize, String, Value)],
-) -> (Vec<String>, BTreeMap<String, Value>) {
-    let ids: Vec<String> = template
-        .children(parent)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    let observed = ids
-        .iter()
+/// The template's children by id (`ids` in the order of `plan.desired`), as the API server
+/// last returned them.
+fn by_id(ids: &[String], plan: &Plan, now_there: &[(usize, String, Value)]) -> BTreeMap<String, Value> {
+    ids.iter()
         .zip(&plan.desired)
         .filter_map(|(id, child)| {
             now_there
@@ -365,8 +357,7 @@ fn by_id(
                 .find(|(kind, name, _)| *kind == child.kind && *name == child.name)
                 .map(|(_, _, object)| (id.clone(), object.clone()))
         })
-        .collect();
-    (ids, observed)
+        .collect()
 }
 
 /// Asks the hook, with the children it made.
