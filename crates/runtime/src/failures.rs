@@ -186,6 +186,11 @@ fn is_admission_denial(message: &str) -> bool {
     message.contains("denied request") || message.contains("denied the request")
 }
 
+/// How RBAC words a refusal: `User "x" cannot create resource "pods" ...`.
+pub fn is_rbac_denial(message: &str) -> bool {
+    message.contains(" cannot ") && message.contains(" resource ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

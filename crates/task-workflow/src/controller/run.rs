@@ -71,7 +71,9 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
             Err(kube::Error::Api(response)) if response.code == 409 => {}
             // Not allowed to create pods: RBAC may grant it later (or an API server just
             // restarted has not loaded it yet), so this is tried again, not the run failed.
-            Err(kube::Error::Api(response)) if response.code == 403 && is_rbac_denial(&response.message) => {
+            Err(kube::Error::Api(response))
+                if response.code == 403 && orrery_runtime::failures::is_rbac_denial(&response.message) =>
+            {
                 return Err(Error::api(Error::Pod, format!("creating pod {}", pod.name_any()))(
                     kube::Error::Api(response),
                 ));
@@ -143,11 +145,6 @@ async fn reconcile_run(run: &TaskRun, state: &State) -> Result<Action, Error> {
 /// Whether `run` is still cached at the version our last status write of it replaced: that
 /// copy is stale, and the write's own event reconciles it again. Once the cache has moved on,
 /// the write is forgotten.
-/// How RBAC words a refusal: `User "x" cannot create resource "pods" ...`.
-fn is_rbac_denial(message: &str) -> bool {
-    message.contains(" cannot ") && message.contains(" resource ")
-}
-
 fn awaits_own_write(state: &State, key: &ObjectRef<TaskRun>, run: &TaskRun) -> bool {
     let mut written_over = state.run_written_over.lock();
     let version = run.resource_version();
