@@ -375,3 +375,107 @@ async fn a_missing_watch_permission_is_logged() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn after_an_api_server_restart_every_trigger_finds_its_object_cached() {
+    use futures::StreamExt;
+    use kube::runtime::reflector::ObjectRef;
+    use std::sync::{Arc, Mutex};
+
+    // A control plane of its own: it restarts it.
+    let plane = Arc::new(
+        tokio::task::spawn_blocking(|| orrery_e2e::ControlPlane::start_with(false))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let client = plane.client().await;
+    let configmaps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "default");
+    let create = |name: String| {
+        let configmaps = configmaps.clone();
+        async move {
+            let object = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+            match configmaps.create(&PostParams::default(), &object).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+                Err(err) => Err(err.to_string()),
+            }
+        }
+    };
+    for i in 0..10 {
+        create(format!("before-{i}")).await.unwrap();
+    }
+
+    // What a controller's reconcile would read when each trigger arrives.
+    let config = orrery_runtime::watcher_config(&configmaps).await;
+    let (cache, triggers) =
+        orrery_runtime::watched_and_cached(&orrery_runtime::Readiness::default(), configmaps.clone(), config);
+    let seen = Arc::new(Mutex::new((Vec::<String>::new(), Vec::<String>::new(), 0_usize)));
+    let consumer = tokio::spawn({
+        let seen = seen.clone();
+        async move {
+            let mut triggers = std::pin::pin!(triggers);
+            while let Some(trigger) = triggers.next().await {
+                let mut seen = seen.lock().unwrap();
+                match trigger {
+                    Ok(object) => {
+                        let cached = cache.get(&ObjectRef::from_obj(&object)).map(|c| c.resource_version());
+                        if cached != Some(object.resource_version()) {
+                            seen.1.push(format!("{} (cached: {cached:?})", object.name_any()));
+                        }
+                        seen.0.push(object.name_any());
+                    }
+                    Err(error) if error.to_string().contains("too old resource version") => seen.2 += 1,
+                    Err(_) => {}
+                }
+            }
+        }
+    });
+    poll_until("the first list triggered", Deadline::default(), || async {
+        let count = seen.lock().unwrap().0.len();
+        if count >= 10 {
+            Ok(())
+        } else {
+            Err(format!("{count} triggers"))
+        }
+    })
+    .await;
+
+    // Objects made while the watch is away come back in a new list: a write it does not see
+    // leaves its resourceVersion older than the restarted API server's cache.
+    let elsewhere: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), "kube-public");
+    let unseen = serde_json::from_value(json!({"metadata": {"name": "unseen"}})).unwrap();
+    elsewhere.create(&PostParams::default(), &unseen).await.unwrap();
+    let restarting = plane.clone();
+    tokio::task::spawn_blocking(move || restarting.restart())
+        .await
+        .unwrap()
+        .unwrap();
+    for i in 0..10 {
+        poll_until("a ConfigMap created", Deadline::default(), || {
+            create(format!("after-{i}"))
+        })
+        .await;
+    }
+    poll_until(
+        "every new ConfigMap triggered",
+        Deadline(std::time::Duration::from_secs(60)),
+        || async {
+            let seen = seen.lock().unwrap();
+            let missing: Vec<String> = (0..10)
+                .map(|i| format!("after-{i}"))
+                .filter(|name| !seen.0.contains(name))
+                .collect();
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("not triggered: {missing:?}"))
+            }
+        },
+    )
+    .await;
+    consumer.abort();
+    let (_, early, relists) = seen.lock().unwrap().clone();
+    assert!(relists > 0, "the watch never listed again: nothing here was tested");
+    assert!(early.is_empty(), "triggered before they were cached: {early:?}");
+}

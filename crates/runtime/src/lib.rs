@@ -40,7 +40,7 @@ pub use lock::Lock;
 pub use metrics::{Metrics, ReconcileMetrics};
 pub use reconcile::{Failure, Retries, log_results, requeue_at, requeue_at_or_await, until};
 pub use shared::{
-    SharedCache, strip, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_as_shared,
+    SharedCache, once_listed, strip, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_as_shared,
     watched_and_cached_metadata_shared, watched_and_cached_slim, watcher_config,
 };
 pub use telemetry::init_tracing;

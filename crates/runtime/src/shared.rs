@@ -5,7 +5,7 @@
 //! is tracked by the replica's [`Readiness`]: `/readyz` waits for all of them. `managedFields` and
 //! `kubectl apply`'s last-applied-configuration annotation (a second copy of the object) are
 //! dropped on the way in: together they are most of an object's metadata and no controller
-//! reads them.
+//! reads them. A list's objects trigger only once the whole list is cached ([`once_listed`]).
 
 use futures::Stream;
 use kube::api::ObjectMeta;
@@ -69,10 +69,8 @@ where
 {
     let (store, writer) = reflector::store();
     readiness.track(&store);
-    (
-        store,
-        stripped(api, config).modify(slim).reflect(writer).applied_objects(),
-    )
+    let events = stripped(api, config).modify(slim).reflect(writer);
+    (store.clone(), once_listed(store, events).applied_objects())
 }
 
 /// One watch of `api`, shared as [`watched_and_cached_as_shared`], whose cache keeps each
@@ -116,8 +114,8 @@ where
 {
     let (store, writer) = reflector::store();
     readiness.track(&store);
-    let events = events_as(api, config, observe, cached);
-    (store, events.reflect(writer).applied_objects())
+    let events = events_as(api, config, observe, cached).reflect(writer);
+    (store.clone(), once_listed(store, events).applied_objects())
 }
 
 /// A cache the controllers of one process share.
@@ -234,7 +232,39 @@ where
 {
     let (store, writer) = reflector::store();
     readiness.track(&store);
-    (store, stripped(api, config).reflect(writer).applied_objects())
+    let events = stripped(api, config).reflect(writer);
+    (store.clone(), once_listed(store, events).applied_objects())
+}
+
+/// `events`, a watch's events each already applied to `store`, with a list's objects held
+/// back until the whole list is in `store`: then every object in it follows `InitDone` as an
+/// `Apply`, as kube's shared stores dispatch them.
+///
+/// A watch that lists again (its resourceVersion expired when the API server restarted, say)
+/// fills a new cache while the old one still answers reads, and swaps them once the list is
+/// done. A listed object that triggered its reconcile before the swap would be read from the
+/// old cache: one created meanwhile is "no longer cached" and dropped, one changed meanwhile
+/// is read as it was, and neither is triggered again.
+pub fn once_listed<K>(
+    store: Store<K>,
+    events: impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    use futures::StreamExt;
+    use watcher::Event;
+
+    events.flat_map(move |event| {
+        let (passed, listed) = match event {
+            Ok(Event::InitApply(_)) => (None, Vec::new()),
+            Ok(Event::InitDone) => (Some(Ok(Event::InitDone)), store.state()),
+            other => (Some(other), Vec::new()),
+        };
+        // Cloned one at a time as the controller takes them, not all at once.
+        let listed = listed.into_iter().map(|object| Ok(Event::Apply(K::clone(&object))));
+        futures::stream::iter(passed.into_iter().chain(listed))
+    })
 }
 
 /// The watcher configuration for `api`'s kind: streaming lists where the API server offers
@@ -303,6 +333,60 @@ mod tests {
         object.metadata.annotations = Some([(LAST_APPLIED_ANNOTATION.to_string(), "{}".to_string())].into());
         strip(&mut object);
         assert_eq!(object.metadata.annotations, None, "no empty map is kept");
+    }
+
+    fn named(name: &str, version: &str) -> ConfigMap {
+        let mut object = ConfigMap::default();
+        object.metadata.name = Some(name.into());
+        object.metadata.namespace = Some("ns".into());
+        object.metadata.resource_version = Some(version.into());
+        object
+    }
+
+    #[tokio::test]
+    async fn a_relisted_object_triggers_only_once_the_whole_list_is_cached() {
+        use futures::StreamExt;
+        use kube::ResourceExt;
+        use kube::runtime::reflector::ObjectRef;
+        use watcher::Event;
+
+        let (store, writer) = reflector::store();
+        // A first list, a change, then a relist (after a 410) that finds `a` changed and `c` new.
+        let events = futures::stream::iter(
+            [
+                Event::Init,
+                Event::InitApply(named("a", "1")),
+                Event::InitDone,
+                Event::Apply(named("b", "2")),
+                Event::Init,
+                Event::InitApply(named("a", "3")),
+                Event::InitApply(named("b", "2")),
+                Event::InitApply(named("c", "4")),
+                Event::InitDone,
+                Event::Apply(named("c", "5")),
+            ]
+            .map(Ok),
+        )
+        .reflect(writer);
+        let mut triggers = std::pin::pin!(once_listed(store.clone(), events).applied_objects());
+        let mut seen = Vec::new();
+        while let Some(object) = triggers.next().await {
+            let object = object.unwrap();
+            let cached = store.get(&ObjectRef::from_obj(&object)).map(|c| c.resource_version());
+            assert_eq!(
+                cached,
+                Some(object.resource_version()),
+                "{} triggered before the cache held it",
+                object.name_any()
+            );
+            seen.push(format!(
+                "{}@{}",
+                object.name_any(),
+                object.resource_version().unwrap_or_default()
+            ));
+        }
+        seen[2..5].sort();
+        assert_eq!(seen, ["a@1", "b@2", "a@3", "b@2", "c@4", "c@5"].map(String::from));
     }
 
     #[test]

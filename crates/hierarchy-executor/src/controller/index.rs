@@ -113,8 +113,9 @@ where
 
 /// A watch of `api` filling a cache (tracked by `readiness` when given: a cache whose kind may
 /// not be installed is not) and `indexes`, each object trimmed by `slim` once indexed. Its
-/// events are yielded once cached and indexed; take `applied_objects()` or, for a trigger that
-/// must also see deletions, `touched_objects()`.
+/// events are yielded once cached and indexed, a list's objects once the whole list is
+/// ([`orrery_runtime::once_listed`]); take `applied_objects()` or, for a trigger that must
+/// also see deletions, [`touched_or_gone`].
 pub(super) fn indexed<K, S>(
     readiness: Option<&Readiness>,
     api: Api<K>,
@@ -146,7 +147,7 @@ where
         })
         .modify(slim)
         .reflect(writer);
-    (store, events)
+    (store.clone(), orrery_runtime::once_listed(store, events))
 }
 
 /// The objects `events` (a stream [`indexed`] returned, with its `store`) touched, as
