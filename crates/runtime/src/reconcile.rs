@@ -17,13 +17,14 @@ use tracing::Instrument;
 use crate::lock::Lock;
 
 /// A reconcile's error as the runtime sees it: a stable reason, the label of
-/// `orrery_reconcile_failures`, and whether it is a conflict (read again at once, no backoff).
+/// `orrery_reconcile_failures`, and whether it is a conflict (read again soon, not counted as a
+/// failure).
 /// Each controller crate's error enum implements it, one reason per variant.
 pub trait Failure: std::error::Error + Send + Sync + 'static {
     /// Stable reason for metrics and logs: the variant's name.
     fn reason(&self) -> &'static str;
 
-    /// Whether the object changed between our read and our write: read again at once.
+    /// Whether the object changed between our read and our write: read again soon.
     fn is_conflict(&self) -> bool {
         false
     }
@@ -48,8 +49,11 @@ impl Failure for crate::Error {
     }
 }
 
-/// How soon a conflict is read again.
+/// How soon a conflict is read again; each conflict in a row doubles it.
 const CONFLICT_RETRY: Duration = Duration::from_millis(50);
+/// The longest pause after conflicts in a row: a cache that lags (its watch backing off after
+/// an API server restart) would otherwise have the same stale write sent 20 times a second.
+const MAX_CONFLICT_RETRY: Duration = Duration::from_secs(5);
 /// The first pause after a failure; each failure in a row doubles it.
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// The longest pause between two tries of one object.
@@ -60,6 +64,7 @@ const REMEMBERED: usize = 4096;
 #[derive(Debug, Clone)]
 struct Failing {
     in_a_row: u32,
+    conflicts_in_a_row: u32,
     last: Instant,
     /// The failure shown on the object (reason, message), if one is.
     shown: Option<(&'static str, String)>,
@@ -69,6 +74,7 @@ impl Failing {
     fn new(now: Instant) -> Self {
         Failing {
             in_a_row: 0,
+            conflicts_in_a_row: 0,
             last: now,
             shown: None,
         }
@@ -77,7 +83,8 @@ impl Failing {
 
 /// The error policy every controller shares: a failed object is tried again after a pause that
 /// doubles with each failure in a row (1 s, 2 s, 4 s … up to 60 s), per object, and starts over
-/// once it succeeds. A conflict is read again at once and does not count; a request the API
+/// once it succeeds. A conflict is read again soon (50 ms, doubling with each conflict in a row
+/// up to 5 s) and is not counted as a failure; a request the API
 /// server refused (422, an admission denial) is not tried again until the object or its inputs
 /// change. Each
 /// failure is logged naming the object.
@@ -96,10 +103,7 @@ impl Retries {
         E: Failure,
     {
         let key = ObjectRef::from_obj(object).erase();
-        if error.is_conflict() {
-            tracing::debug!(controller, object = %key, error = %error, "conflict; reading again");
-            return Action::requeue(CONFLICT_RETRY);
-        }
+        let conflict = error.is_conflict();
         let now = Instant::now();
         let in_a_row = {
             let mut failing = self.failing.lock();
@@ -107,10 +111,20 @@ impl Retries {
                 failing.retain(|_, f| now.duration_since(f.last) < 2 * MAX_RETRY);
             }
             let entry = failing.entry(key.clone()).or_insert_with(|| Failing::new(now));
-            entry.in_a_row = entry.in_a_row.saturating_add(1);
             entry.last = now;
-            entry.in_a_row
+            let count = if conflict {
+                &mut entry.conflicts_in_a_row
+            } else {
+                &mut entry.in_a_row
+            };
+            *count = count.saturating_add(1);
+            *count
         };
+        if conflict {
+            let pause = doubled(CONFLICT_RETRY, in_a_row, MAX_CONFLICT_RETRY);
+            tracing::debug!(controller, object = %key, error = %error, conflicts = in_a_row, retry_in = ?pause, "conflict; reading again");
+            return Action::requeue(pause);
+        }
         // A refusal is given again for the same request: wait for a change instead.
         let pause = (!error.is_refused()).then(|| backoff(in_a_row));
         tracing::warn!(
@@ -171,8 +185,13 @@ impl Retries {
 
 /// The pause before the next try after `in_a_row` failures in a row.
 fn backoff(in_a_row: u32) -> Duration {
+    doubled(FIRST_RETRY, in_a_row, MAX_RETRY)
+}
+
+/// `first`, doubled for each of `in_a_row` after the first, at most `max`.
+fn doubled(first: Duration, in_a_row: u32, max: Duration) -> Duration {
     let doublings = in_a_row.saturating_sub(1).min(16);
-    FIRST_RETRY.saturating_mul(1 << doublings).min(MAX_RETRY)
+    first.saturating_mul(1 << doublings).min(max)
 }
 
 /// How long until `at`; zero if it is past.
@@ -310,10 +329,18 @@ mod tests {
         retries.succeeded(&a);
         assert_eq!(retries.failures(&a), 0);
         assert_eq!(retries.failed("test", &a, &failure), Action::requeue(FIRST_RETRY));
-        // A conflict is read again at once and does not count.
+        // A conflict is read again soon and does not count as a failure; conflicts in a row
+        // (a cache lagging behind) back off to their own ceiling, and start over after a success.
         let conflict = crate::Error::Conflict("ConfigMap a".into());
-        assert_eq!(retries.failed("test", &a, &conflict), Action::requeue(CONFLICT_RETRY));
+        for millis in [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000] {
+            assert_eq!(
+                retries.failed("test", &a, &conflict),
+                Action::requeue(Duration::from_millis(millis))
+            );
+        }
         assert_eq!(retries.failures(&a), 1);
+        retries.succeeded(&a);
+        assert_eq!(retries.failed("test", &a, &conflict), Action::requeue(CONFLICT_RETRY));
     }
 
     #[test]
