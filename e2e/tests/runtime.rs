@@ -479,3 +479,109 @@ async fn after_an_api_server_restart_every_trigger_finds_its_object_cached() {
     assert!(relists > 0, "the watch never listed again: nothing here was tested");
     assert!(early.is_empty(), "triggered before they were cached: {early:?}");
 }
+
+#[tokio::test]
+async fn a_failing_watch_does_not_hold_back_the_other_triggers_of_its_controller() {
+    use futures::{StreamExt, TryStreamExt};
+    use kube::runtime::Controller;
+    use kube::runtime::controller::Action;
+    use orrery_runtime::Configured;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let env = TestEnv::new().await;
+    // A user who may watch ConfigMaps here and nothing else: its other watches fail, again and
+    // again (a 403 each time they start), as a controller's watches do while an API server
+    // restarts.
+    let user = "trigger-watcher";
+    orrery_e2e::access::grant(
+        &env,
+        user,
+        Some(&env.namespace),
+        json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]),
+    )
+    .await
+    .unwrap();
+    let client = orrery_e2e::access::client_as(&env, user).unwrap();
+    let (context, _stop) = orrery_runtime::Context::standalone(client.clone(), "trigger-test");
+    let configmaps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &env.namespace);
+    let config = orrery_runtime::watcher_config(&configmaps).await;
+    let (cache, trigger) = orrery_runtime::watched_and_cached(&context.readiness, configmaps, config.clone());
+    let failing = |kind: &str| {
+        let resource = kube::api::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk("", "v1", kind));
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::namespaced_with(client.clone(), &env.namespace, &resource);
+        // Only its failures matter here: what it would yield is dropped.
+        orrery_runtime::watched(api, config.clone()).map_ok(|_| ConfigMap::default())
+    };
+    let mut controller = Controller::for_stream(trigger, cache);
+    for kind in [
+        "Secret",
+        "ServiceAccount",
+        "Pod",
+        "Service",
+        "Endpoints",
+        "PersistentVolumeClaim",
+    ] {
+        controller = controller.watches_stream(failing(kind), |_| None);
+    }
+
+    let reconciled: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let controller = controller
+        .configured(&context)
+        .run(
+            |object: Arc<ConfigMap>, seen: Arc<Arc<Mutex<HashMap<String, Instant>>>>| async move {
+                seen.lock()
+                    .unwrap()
+                    .entry(object.name_any())
+                    .or_insert_with(Instant::now);
+                Ok::<_, kube::Error>(Action::await_change())
+            },
+            |_, _: &kube::Error, _| Action::await_change(),
+            Arc::new(reconciled.clone()),
+        )
+        .for_each(|_| async {});
+    let running = tokio::spawn(controller);
+
+    // kube's default backoff on a controller's triggers taken together grew with each failure
+    // of the Secret watch (0.8 s, 1.6 s, 3.2 s, 6.4 s, 12.8 s): ConfigMaps made meanwhile
+    // waited that long for their reconcile.
+    let configmaps = env.namespaced::<ConfigMap>();
+    let mut created = Vec::new();
+    for i in 0..16 {
+        let name = format!("trigger-{i}");
+        let object = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        configmaps.create(&PostParams::default(), &object).await.unwrap();
+        created.push((name, Instant::now()));
+        let reconciled = reconciled.clone();
+        let name = created.last().unwrap().0.clone();
+        poll_until("the ConfigMap reconciled", Deadline(Duration::from_secs(60)), || {
+            let reconciled = reconciled.clone();
+            let name = name.clone();
+            async move {
+                reconciled
+                    .lock()
+                    .unwrap()
+                    .get(&name)
+                    .copied()
+                    .ok_or_else(|| "not yet".to_owned())
+            }
+        })
+        .await;
+        // Paced, so the Secret watch fails several times over the run.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    running.abort();
+    let reconciled = reconciled.lock().unwrap().clone();
+    let slowest = created
+        .iter()
+        .map(|(name, at)| reconciled[name].duration_since(*at))
+        .max()
+        .unwrap();
+    eprintln!("slowest trigger while a watch kept failing: {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a ConfigMap waited {slowest:?} for its reconcile"
+    );
+}

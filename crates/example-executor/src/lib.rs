@@ -23,7 +23,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, Resource, ResourceExt};
-use orrery_runtime::{BoxError, Context, Failure, apply_status, log_results, watched_and_cached, watcher_config};
+use orrery_runtime::{
+    BoxError, Configured, Context, Failure, apply_status, log_results, watched_and_cached, watcher_config,
+};
 
 /// The controller's name: its field manager, and what it writes in `status.executor`.
 pub const NAME: &str = "example-executor";
@@ -71,7 +73,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let (applications, trigger) = watched_and_cached(&context.readiness, context.api::<Application>(), config);
     let state = Arc::new((context.clone(), Registry::of(&[EXAMPLE])));
     let results = Controller::for_stream(trigger, applications)
-        .with_config(context.controller_config())
+        .configured(&context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(
             reconcile,

@@ -8,7 +8,8 @@ use jiff::Timestamp;
 use kube::runtime::controller::{Action, Controller};
 use kube::{Api, Resource, ResourceExt};
 use orrery_runtime::{
-    BoxError, Context, Failure, apply_status, log_results, requeue_at_or_await, watched_and_cached, watcher_config,
+    BoxError, Configured, Context, Failure, apply_status, log_results, requeue_at_or_await, watched_and_cached,
+    watcher_config,
 };
 use tracing::info;
 
@@ -50,10 +51,11 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
     let (store, trigger) = watched_and_cached(&context.readiness, api, config);
     let controller = Controller::for_stream(trigger, store);
     let shutdown = context.shutdown_signal();
-    let results = controller
-        .with_config(context.controller_config())
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, Arc::new(State { context }));
+    let results = controller.configured(&context).graceful_shutdown_on(shutdown).run(
+        reconcile,
+        error_policy,
+        Arc::new(State { context }),
+    );
     log_results(NAME, results).await;
     Ok(())
 }

@@ -20,8 +20,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::{Api, Client, Resource, ResourceExt};
 use orrery_runtime::egress::HttpClient;
 use orrery_runtime::{
-    BoxError, Context, Failure, Lock, apply_status, has_finalizer, log_results, set_finalizer, watched_and_cached,
-    watcher_config,
+    BoxError, Configured, Context, Failure, Lock, apply_status, has_finalizer, log_results, set_finalizer,
+    watched_and_cached, watcher_config,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -160,7 +160,7 @@ async fn run_kind<K: Parent>(state: Arc<State>) {
     let config = watcher_config(&api).await;
     let (store, trigger) = watched_and_cached(&state.context.readiness, api, config);
     let results = Controller::for_stream(trigger, store)
-        .with_config(state.context.controller_config())
+        .configured(&state.context)
         .graceful_shutdown_on(state.context.shutdown_signal())
         .run(
             |resource, state: Arc<State>| async move {

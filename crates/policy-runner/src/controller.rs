@@ -18,7 +18,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use orrery_runtime::{
-    BoxError, Context, Failure, Lock, apply_status, log_results, until, watched_and_cached, watcher_config,
+    BoxError, Configured, Context, Failure, Lock, apply_status, log_results, until, watched_and_cached, watcher_config,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -120,7 +120,7 @@ async fn run_kind<K: Subject>(
     });
     let runner = registry.runner;
     let results = Controller::for_stream(trigger, cache)
-        .with_config(context.controller_config())
+        .configured(context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(
             reconcile,

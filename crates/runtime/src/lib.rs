@@ -132,6 +132,46 @@ impl std::fmt::Debug for Context {
 /// `--concurrency`'s default, also used by [`Context::standalone`].
 const DEFAULT_CONCURRENCY: u16 = 16;
 
+/// How every `kube::runtime::Controller` of a binary is set up: `--concurrency`, and no backoff
+/// on its triggers taken together ([`WatchesBackOffAlone`]).
+pub trait Configured {
+    /// The controller with the runtime's settings from `context`.
+    #[must_use]
+    fn configured(self, context: &Context) -> Self;
+}
+
+impl<K> Configured for kube::runtime::Controller<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    fn configured(self, context: &Context) -> Self {
+        self.with_config(context.controller_config())
+            .trigger_backoff(WatchesBackOffAlone)
+    }
+}
+
+/// The backoff a controller puts on all its triggers together: none, as each watch the runtime
+/// makes backs off on its own. kube's default backs off every trigger of the controller when
+/// any one watch fails, and keeps its pace for two minutes; as the caches are filled by those
+/// same streams, after an API server restart (connections refused, then 403s and 410s from
+/// many watches) every cache of a controller froze for up to 30 s at a time, and its writes
+/// conflicted with what it could not see.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WatchesBackOffAlone;
+
+impl Iterator for WatchesBackOffAlone {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchesBackOffAlone {
+    fn reset(&mut self) {}
+}
+
 impl Context {
     /// The configuration every `kube::runtime::Controller` of this binary runs with, each with
     /// the whole `--concurrency`.

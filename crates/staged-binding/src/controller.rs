@@ -13,7 +13,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use orrery_runtime::{
-    BoxError, Context, Failure, Lock, apply_status, delete_if_exists, log_results, requeue_at_or_await,
+    BoxError, Configured, Context, Failure, Lock, apply_status, delete_if_exists, log_results, requeue_at_or_await,
     watched_and_cached, watcher_config,
 };
 
@@ -145,7 +145,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 status.labels().get(combined_status_labels::BINDING_POLICY)?,
             )
         })
-        .with_config(context.controller_config())
+        .configured(&context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(reconcile, error_policy, state);
     log_results(NAME, results).await;

@@ -47,7 +47,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Resource, ResourceExt};
 /// A request to the API server that failed, as the shared I/O reports it.
 use orrery_runtime::Error as Request;
-use orrery_runtime::{BoxError, Context, Failure, log_results, watcher_config};
+use orrery_runtime::{BoxError, Configured, Context, Failure, log_results, watcher_config};
 
 use crate::plan::tenancy::Protected;
 use crate::plan::{Child, Readiness, roll_up};
@@ -346,7 +346,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
             }),
             owned_by(&projects_by_uid),
         )
-        .with_config(context.controller_config())
+        .configured(&context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(project::reconcile, error_policy, state.clone());
 
@@ -362,7 +362,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
             }),
             children_by(&clusters_by_project),
         )
-        .with_config(context.controller_config())
+        .configured(&context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(cluster::reconcile, error_policy, state.clone());
 
@@ -387,7 +387,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
         .watches_stream(limit_changes, owned_by(&virtual_clusters_by_uid))
         .watches_stream(network_policy_changes, owned_by(&virtual_clusters_by_uid))
         .watches_stream(role_binding_changes, owned_by(&virtual_clusters_by_uid))
-        .with_config(context.controller_config())
+        .configured(&context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(virtual_cluster::reconcile, error_policy, state.clone());
 
@@ -407,7 +407,7 @@ pub async fn run_with(context: Context, registry: Registry, protected: Protected
             }),
             children_by(&applications_by_virtual_cluster),
         )
-        .with_config(context.controller_config())
+        .configured(&context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(application::reconcile, error_policy, state);
 

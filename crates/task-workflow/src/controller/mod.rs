@@ -17,8 +17,8 @@ use kube::runtime::reflector::{ObjectRef, ReflectHandle, Store};
 use kube::{Api, ResourceExt};
 use orrery_runtime::egress::HttpClient;
 use orrery_runtime::{
-    BoxError, Context, Failure, Lock, SharedCache, log_results, strip, watched_and_cached, watched_and_cached_as,
-    watched_and_cached_as_shared, watched_and_cached_metadata_shared, watcher_config,
+    BoxError, Configured, Context, Failure, Lock, SharedCache, log_results, strip, watched_and_cached,
+    watched_and_cached_as, watched_and_cached_as_shared, watched_and_cached_metadata_shared, watcher_config,
 };
 
 use crate::actions::Registry;
@@ -321,7 +321,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 .into_iter()
                 .map(move |task| ObjectRef::new(&task).within(&namespace))
         })
-        .with_config(context.controller_config())
+        .configured(&context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(task::reconcile, task::error_policy, state.clone());
     let task_controller = log_results("task", task_controller);
@@ -342,7 +342,7 @@ pub async fn run(context: Context) -> Result<(), BoxError> {
                 })
                 .map(|r| ObjectRef::from_obj(r.as_ref()))
         })
-        .with_config(context.controller_config())
+        .configured(&context)
         .graceful_shutdown_on(context.shutdown_signal())
         .run(run::reconcile, run::error_policy, state.clone());
     let run_controller = log_results("taskrun", run_controller);
