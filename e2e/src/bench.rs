@@ -58,7 +58,7 @@ impl Controller {
             .map(PathBuf::from)
             .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
         let path = dir.join(binary);
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = crate::free_port()?;
         let log = std::fs::File::create(plane.dir().join(format!("{binary}.log")))?;
         let mut command = Command::new(&path);
         command

@@ -28,16 +28,8 @@ impl Drop for Probe {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start_probe(env: &TestEnv, identity: &str) -> Probe {
-    let port = free_port();
+    let port = orrery_e2e::free_port().unwrap();
     let log = std::fs::File::create(env.plane().dir().join(format!("{identity}.log"))).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_runtime-probe"))
         .arg("--kubeconfig")
@@ -183,7 +175,12 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
             >= 1.0
     );
     assert!(
-        metric(&metrics, "orrery_api_requests_total{method=\"PATCH\"}").unwrap_or(0.0) >= 1.0,
+        metric(
+            &metrics,
+            "orrery_api_requests_total{method=\"PATCH\",resource=\"configmaps\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "{metrics}"
     );
     assert_eq!(metric(&metrics, "orrery_leader"), Some(1.0));
@@ -265,7 +262,7 @@ async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
             "{} is not built: `cargo build --workspace --bins` builds it (`just test` does)",
             path.display()
         );
-        let port = free_port();
+        let port = orrery_e2e::free_port().unwrap();
         let log = std::fs::File::create(env.plane().dir().join(format!("{binary}-ready.log"))).unwrap();
         let mut command = Command::new(&path);
         command
@@ -313,7 +310,7 @@ async fn hierarchy_executor_refuses_a_namespace_to_watch_and_exits_saying_why() 
         .arg("--kubeconfig")
         .arg(env.plane().kubeconfig_path())
         .arg("--http-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(format!("127.0.0.1:{}", orrery_e2e::free_port().unwrap()))
         .arg("--leader-elect=false")
         .args(["--watch-namespace", &env.namespace])
         .stdin(Stdio::null())
@@ -352,7 +349,7 @@ async fn a_missing_watch_permission_is_logged() {
         .arg("--kubeconfig")
         .arg(&kubeconfig_path)
         .arg("--http-addr")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(format!("127.0.0.1:{}", orrery_e2e::free_port().unwrap()))
         .arg("--leader-elect=false")
         .args(["--watch-namespace", &env.namespace])
         .env("RUST_LOG", "info")

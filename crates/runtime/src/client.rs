@@ -162,7 +162,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         self.has_token = false;
-        self.metrics.request(request.method());
+        self.metrics.request(request.method(), request.uri().path());
         self.inner.call(request)
     }
 }

@@ -32,6 +32,9 @@ pub struct FailureLabels {
 pub struct RequestLabels {
     /// HTTP method: GET (read, list, watch), POST, PUT, PATCH, DELETE.
     pub method: String,
+    /// The resource, as its URL names it (`pods`, `taskruns/status`, `leases`); `discovery`
+    /// for the API server's lists of its APIs.
+    pub resource: String,
 }
 
 /// Reconcile metrics, cheap to clone into every controller.
@@ -134,16 +137,37 @@ pub struct RequestMetrics {
 }
 
 impl RequestMetrics {
-    pub(crate) fn request(&self, method: &http::Method) {
+    pub(crate) fn request(&self, method: &http::Method, path: &str) {
         self.requests
             .get_or_create(&RequestLabels {
                 method: method.as_str().to_owned(),
+                resource: resource_of(path),
             })
             .inc();
     }
 
     pub(crate) fn throttled(&self) {
         self.throttled.inc();
+    }
+}
+
+/// The resource a request's path names: `/apis/G/V/namespaces/N/R/NAME/SUB` is `R/SUB`.
+fn resource_of(path: &str) -> String {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    let rest = match rest {
+        ["namespaces", _, tail @ ..] if !tail.is_empty() => tail,
+        other => other,
+    };
+    match rest {
+        [] => "discovery".to_owned(),
+        [resource] | [resource, _] => (*resource).to_owned(),
+        [resource, _, sub, ..] => format!("{resource}/{sub}"),
     }
 }
 
@@ -180,7 +204,7 @@ impl Metrics {
         );
         registry.register(
             "api_requests",
-            "API requests sent, by HTTP method",
+            "API requests sent, by HTTP method and resource",
             requests.requests.clone(),
         );
         registry.register(
@@ -209,5 +233,32 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_of;
+
+    #[test]
+    fn a_request_is_counted_under_the_resource_its_path_names() {
+        for (path, resource) in [
+            ("/api/v1/namespaces/ns/pods", "pods"),
+            ("/api/v1/namespaces/ns/pods/p", "pods"),
+            ("/api/v1/namespaces/ns/pods/p/log", "pods/log"),
+            ("/api/v1/namespaces", "namespaces"),
+            ("/api/v1/namespaces/ns", "namespaces"),
+            ("/apis/coordination.k8s.io/v1/namespaces/ns/leases/l", "leases"),
+            (
+                "/apis/workflow.orrery.dev/v1alpha1/namespaces/ns/taskruns/r/status",
+                "taskruns/status",
+            ),
+            ("/apis/hierarchy.orrery.dev/v1alpha1/projects", "projects"),
+            ("/apis/hierarchy.orrery.dev/v1alpha1", "discovery"),
+            ("/api", "discovery"),
+            ("/version", "discovery"),
+        ] {
+            assert_eq!(resource_of(path), resource, "{path}");
+        }
     }
 }
