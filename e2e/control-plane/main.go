@@ -2,14 +2,17 @@
 // benchmarks and demo: embedded etcd, kube-apiserver (RBAC on) and, as a second process of
 // this same binary, kube-controller-manager.
 //
-//	control-plane serve --dir DIR [--controller-manager=true] [--address IP] [--port N] [--priority-and-fairness]
+//	control-plane serve --dir DIR [--controller-manager=true] [--address IP] [--port N] [--priority-and-fairness] [--watch-cache=false]
 //
-// writes DIR/kubeconfig (admin, system:masters) once the API server is ready, and runs until
+// writes DIR/kubeconfig (admin, system:masters) once the API server is ready, and DIR/etcd-url
+// (etcd's client URL, plain HTTP on 127.0.0.1), and runs until
 // SIGINT/SIGTERM or until the process that started it exits. With --address the API server
 // listens on that address instead of 127.0.0.1 and advertises it in the `kubernetes` Service,
 // so pods of a real node reach it. Started again on the same DIR and --port, it serves the
 // same data with the same certificates. --priority-and-fairness turns on API Priority and
 // Fairness (FlowSchemas and PriorityLevelConfigurations throttle clients with 429s).
+// --watch-cache=false serves every watch from etcd, so compacting etcd expires resumed watches
+// (410 Gone) as a watch cache's window would only after a long outage.
 //
 // The same binary is the real node's Kubernetes parts, from the same k8s.io/kubernetes module
 // (see node.go): `kubelet`, `kube-scheduler` and `kube-proxy` take those commands' own flags,
@@ -63,7 +66,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false] [--address IP] [--port N] [--priority-and-fairness]\n       control-plane kubelet|kube-scheduler|kube-proxy|supervise ...")
+		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false] [--address IP] [--port N] [--priority-and-fairness] [--watch-cache=false]\n       control-plane kubelet|kube-scheduler|kube-proxy|supervise ...")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
@@ -73,6 +76,7 @@ func main() {
 	removeDir := fs.Bool("remove-dir-on-exit", false, "delete --dir when stopping (for throwaway test control planes)")
 	address := fs.String("address", "127.0.0.1", "address the API server listens on and advertises (a real node's pods reach it there)")
 	flowControl := fs.Bool("priority-and-fairness", false, "turn on API Priority and Fairness (off: the plain in-flight limits)")
+	watchCache := fs.Bool("watch-cache", true, "serve watches from the API server's cache (off: from etcd, so its compaction expires them)")
 	_ = fs.Parse(os.Args[2:])
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "--dir is required")
@@ -83,7 +87,7 @@ func main() {
 		fmt.Fprintf(os.Stderr, "--address %q is not an IPv4 address\n", *address)
 		os.Exit(2)
 	}
-	err := serve(*dir, *withKCM, *port, ip, *flowControl)
+	err := serve(*dir, *withKCM, *port, ip, *flowControl, *watchCache)
 	if *removeDir {
 		_ = os.RemoveAll(*dir)
 	}
@@ -93,7 +97,7 @@ func main() {
 	}
 }
 
-func serve(dir string, withKCM bool, port int, address net.IP, flowControl bool) error {
+func serve(dir string, withKCM bool, port int, address net.IP, flowControl, watchCache bool) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -114,6 +118,11 @@ func serve(dir string, withKCM bool, port int, address net.IP, flowControl bool)
 		return fmt.Errorf("etcd: %w", err)
 	}
 	defer etcd.Close()
+	// Where a test reaches etcd itself (to compact it): its client URL changes at each start.
+	etcdURL := "http://" + etcd.Clients[0].Addr().String()
+	if err := os.WriteFile(filepath.Join(dir, "etcd-url"), []byte(etcdURL), 0o600); err != nil {
+		return err
+	}
 
 	if port == 0 {
 		if port, err = freePort(); err != nil {
@@ -132,7 +141,8 @@ func serve(dir string, withKCM bool, port int, address net.IP, flowControl bool)
 	}
 	certDir := filepath.Join(dir, "apiserver")
 	apiArgs := []string{
-		"--etcd-servers=http://" + etcd.Clients[0].Addr().String(),
+		"--etcd-servers=" + etcdURL,
+		"--watch-cache=" + strconv.FormatBool(watchCache),
 		"--cert-dir=" + certDir,
 		"--tls-cert-file=" + pki.servingCert,
 		"--tls-private-key-file=" + pki.servingKey,

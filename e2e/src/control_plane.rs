@@ -52,6 +52,13 @@ impl ControlPlane {
         Self::start_at_with(true, "127.0.0.1", &["--priority-and-fairness"])
     }
 
+    /// Starts one without kube-controller-manager whose API server has no watch cache: every
+    /// watch is served from etcd, so [`Self::compact_etcd`] expires watches resumed from before
+    /// it (410 Gone), as a watch cache's window does only after a long outage.
+    pub fn start_without_watch_cache() -> anyhow::Result<Self> {
+        Self::start_at_with(false, "127.0.0.1", &["--watch-cache=false"])
+    }
+
     /// Starts one with a real node ([`crate::node`]): the API server listens on the host's
     /// address on the node's link, kube-controller-manager also runs the node lifecycle and
     /// EndpointSlice controllers, and the call returns once the Node is Ready. Fails with the
@@ -163,6 +170,32 @@ impl ControlPlane {
     fn process(&self) -> std::sync::MutexGuard<'_, Child> {
         // A poisoned lock only means a restart panicked; the child it holds is still the one to use.
         self.process.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Compacts etcd at its current revision (through its JSON gateway), dropping every older
+    /// revision; returns that revision.
+    pub async fn compact_etcd(&self) -> anyhow::Result<i64> {
+        let url = std::fs::read_to_string(self.dir().join("etcd-url")).context("reading etcd's URL")?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        // Any read answers with the current revision in its header; int64s come as strings.
+        let range: serde_json::Value = http
+            .post(format!("{url}/v3/kv/range"))
+            .json(&serde_json::json!({"key": "AA==", "limit": 1}))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        let revision: i64 = range["header"]["revision"]
+            .as_str()
+            .and_then(|r| r.parse().ok())
+            .with_context(|| format!("no revision in etcd's answer {range}"))?;
+        http.post(format!("{url}/v3/kv/compaction"))
+            .json(&serde_json::json!({"revision": revision.to_string(), "physical": true}))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(revision)
     }
 
     /// The admin kubeconfig file.

@@ -1,0 +1,224 @@
+//! A fault proxy between clients and the API server: Toxiproxy (a Go program, built once per
+//! machine by `e2e/toxiproxy/fetch.sh`), driven over its HTTP API. Clients given
+//! [`FaultProxy::config_for`] reach the API server through it; its toxics then reset their
+//! connections, delay them, stall them, starve their bandwidth or cut their streams after a
+//! number of bytes (a watch cut mid-event). TLS passes through untouched: the proxy listens on
+//! 127.0.0.1, which the API server's certificate names.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use kube::Config;
+use serde_json::{Value, json};
+
+use crate::control_plane::cached_tool;
+use crate::free_port;
+use crate::wait::{Deadline, until};
+
+/// The Toxiproxy server binary: `$ORRERY_TOXIPROXY`, or built (once, cached).
+pub fn binary() -> anyhow::Result<PathBuf> {
+    cached_tool("ORRERY_TOXIPROXY", "toxiproxy/fetch.sh")
+}
+
+/// The name of the one proxy: to the API server.
+const PROXY: &str = "api-server";
+
+/// A network fault, as one Toxiproxy toxic on the connections to the API server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Toxic {
+    /// Every connection reset (TCP RST) as soon as it carries data.
+    ResetPeer,
+    /// Each chunk delayed 300 ms ± 200 ms on its way back.
+    Latency,
+    /// Nothing gets through, and connections close after 3 s: a half-open network.
+    Timeout,
+    /// Responses trickle at 16 KB/s.
+    Bandwidth,
+    /// Each connection cut after its first 8 KiB back: a watch stream ends mid-event.
+    LimitData,
+    /// Responses sliced into small packets, each a little delayed.
+    Slicer,
+}
+
+impl Toxic {
+    /// Every kind of toxic.
+    pub const ALL: [Toxic; 6] = [
+        Toxic::ResetPeer,
+        Toxic::Latency,
+        Toxic::Timeout,
+        Toxic::Bandwidth,
+        Toxic::LimitData,
+        Toxic::Slicer,
+    ];
+
+    /// Its name in Toxiproxy's API, and how a report names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Toxic::ResetPeer => "reset_peer",
+            Toxic::Latency => "latency",
+            Toxic::Timeout => "timeout",
+            Toxic::Bandwidth => "bandwidth",
+            Toxic::LimitData => "limit_data",
+            Toxic::Slicer => "slicer",
+        }
+    }
+
+    fn body(self) -> Value {
+        let (stream, attributes) = match self {
+            Toxic::ResetPeer => ("upstream", json!({"timeout": 0})),
+            Toxic::Latency => ("downstream", json!({"latency": 300, "jitter": 200})),
+            Toxic::Timeout => ("upstream", json!({"timeout": 3000})),
+            Toxic::Bandwidth => ("downstream", json!({"rate": 16})),
+            Toxic::LimitData => ("downstream", json!({"bytes": 8192})),
+            Toxic::Slicer => (
+                "downstream",
+                json!({"average_size": 64, "size_variation": 32, "delay": 2000}),
+            ),
+        };
+        json!({
+            "name": self.name(),
+            "type": self.name(),
+            "stream": stream,
+            "toxicity": 1.0,
+            "attributes": attributes,
+        })
+    }
+}
+
+/// A running Toxiproxy with one proxy to the API server; killed when dropped.
+pub struct FaultProxy {
+    child: Child,
+    api: String,
+    listen: SocketAddr,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl FaultProxy {
+    /// Starts Toxiproxy with a proxy to the API server `config` names, its log in `log`.
+    pub async fn start(config: &Config, log: &std::path::Path) -> anyhow::Result<Self> {
+        let upstream = config
+            .cluster_url
+            .authority()
+            .context("the API server URL has no host and port")?
+            .to_string();
+        let port = free_port()?;
+        let log = std::fs::File::create(log)?;
+        let child = Command::new(binary()?)
+            .args(["-host", "127.0.0.1", "-port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting toxiproxy")?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
+        let mut proxy = FaultProxy {
+            child,
+            api: format!("http://127.0.0.1:{port}"),
+            listen: "127.0.0.1:0".parse()?,
+            http,
+        };
+        until("toxiproxy to answer", Deadline(Duration::from_secs(30)), || async {
+            proxy
+                .call(reqwest::Method::GET, "/version", None)
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .await?;
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let created = proxy
+            .call(
+                reqwest::Method::POST,
+                "/proxies",
+                Some(json!({"name": PROXY, "listen": listen, "upstream": upstream, "enabled": true})),
+            )
+            .await?;
+        proxy.listen = created["listen"]
+            .as_str()
+            .unwrap_or(&listen)
+            .parse()
+            .context("toxiproxy's listen address")?;
+        Ok(proxy)
+    }
+
+    /// The API server's URL through this proxy.
+    pub fn url(&self) -> String {
+        format!("https://{}", self.listen)
+    }
+
+    /// `config` with its API server reached through this proxy.
+    pub fn config_for(&self, config: &Config) -> anyhow::Result<Config> {
+        let mut config = config.clone();
+        let path = config
+            .cluster_url
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default();
+        config.cluster_url = format!("{}{path}", self.url()).parse()?;
+        Ok(config)
+    }
+
+    /// Puts `toxic` on every connection, new and open.
+    pub async fn add(&self, toxic: Toxic) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/proxies/{PROXY}/toxics"),
+            Some(toxic.body()),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Takes `toxic` away again.
+    pub async fn remove(&self, toxic: Toxic) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::DELETE,
+            &format!("/proxies/{PROXY}/toxics/{}", toxic.name()),
+            None,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Cuts every connection and refuses new ones (`false`), or lets them through again.
+    pub async fn set_enabled(&self, enabled: bool) -> anyhow::Result<()> {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/proxies/{PROXY}"),
+            Some(json!({"enabled": enabled})),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut request = self.http.request(method.clone(), format!("{}{path}", self.api));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("toxiproxy {method} {path}: {status}: {text}");
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+}
