@@ -40,6 +40,7 @@ build:
 test: lint
     bash e2e/control-plane/build.sh > /dev/null
     bash e2e/helm/fetch.sh > /dev/null
+    bash e2e/toxiproxy/fetch.sh > /dev/null
     cargo build --workspace --bins
     cargo test --workspace --all-targets --no-fail-fast
 
@@ -69,13 +70,16 @@ bench:
     cargo bench -p orrery-e2e --bench policies
 
 # The chaos campaign: a mixed workload (workflow chains, a cron Ignitor, Project trees released
-# by canary) with every controller in-process, under controller kills, API server restarts and
-# throttling (429s from a FlowSchema), each alone then all at once, for `seconds` of faults;
+# by canary) with every controller in-process, under controller kills, API server restarts,
+# throttling (429s from a FlowSchema) and network faults (Toxiproxy between the controllers and
+# the API server), each alone then all at once, for `seconds` of faults;
 # then the invariants (nothing lost, nothing run twice, no stuck work, no writes at rest) and
 # the figures. ORRERY_CHAOS_SEED repeats a fault schedule. Built with the dev profile: the
 # release profile's fat LTO would take longer to build than the campaign takes to run.
 chaos seconds="300":
     bash e2e/control-plane/build.sh > /dev/null
+    bash e2e/toxiproxy/fetch.sh > /dev/null
+    cargo build -q --workspace --bins
     ORRERY_CHAOS_SECONDS={{seconds}} cargo bench -p orrery-e2e --profile dev --bench chaos
 
 # Fuzz for `seconds` per target (needs nightly and cargo-fuzz): CEL compile+evaluate; cron

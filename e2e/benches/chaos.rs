@@ -1,5 +1,6 @@
-//! The chaos campaign: the mixed workload of `orrery_e2e::chaos` under controller kills, API
-//! server restarts and throttling, each alone then all at once, for `ORRERY_CHAOS_SECONDS`
+//! The chaos campaign: the mixed workload of `orrery_e2e::chaos` under controller kills (the
+//! leader of a replicated controller among them), API server restarts, throttling and network
+//! faults, each alone then all at once, for `ORRERY_CHAOS_SECONDS`
 //! (default 300) of phases; then the invariants and the figures. The seed is printed;
 //! `ORRERY_CHAOS_SEED` runs the same fault schedule again. Exits non-zero if an invariant broke.
 //! `ORRERY_CHAOS_QUIET_SECONDS` (default 60) is the window in which the converged controllers

@@ -9,20 +9,17 @@
 //! out; the pod simulator plays the kubelet.
 //!
 //! Phases, each with its fault classes: calm (none, the baseline), controller kills, API server
-//! restarts, throttling, then all three at once. Faults come at times drawn from the seed
-//! (`ORRERY_CHAOS_SEED`, printed at the start); the run's timing still varies with the machine,
-//! so a seed reproduces the schedule, not every interleaving.
+//! restarts, throttling, network faults, then all four at once. Faults come at times drawn from
+//! the seed (`ORRERY_CHAOS_SEED`, printed at the start); the run's timing still varies with the
+//! machine, so a seed reproduces the schedule, not every interleaving.
 //!
 //! After the phases the workload stops, everything must converge, the controllers must then
 //! send no write for a minute, and [`Report`] checks the invariants and prints the figures.
 //! Writes at rest are counted on the controllers' side: each runs with a client built by
 //! `orrery_runtime::build_client`, whose request metrics count every request but GET.
 //!
-//! What it found first: right after an API server restart, before its RBAC authorizer has
-//! caught up, requests of a user bound by a ClusterRoleBinding are answered 403. The runtime
-//! takes a 403 as a refusal that will repeat (`orrery_runtime::failures::is_refused`) and waits
-//! for the object to change, so the object stays where it was: a TaskRun Pending with its pod
-//! finished, an Ignitor that never fires, a canary held at 75%.
+//! The controllers reach the API server through a fault proxy ([`crate::fault_proxy`]); the
+//! harness itself goes direct. What it found is in `docs/development.md`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,7 +42,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 
+use crate::fault_proxy::{FaultProxy, Toxic};
 use crate::pod_simulator::{self, PodSimulator};
+use crate::replicas::{Replicas, TAKEOVER_LIMIT, Takeover, is_write, kubeconfig_as};
 use crate::{ControlPlane, Deadline, InProcess, until};
 
 /// The user every controller acts as (through impersonation), matched by the throttling
@@ -73,8 +72,8 @@ pub struct Settings {
     pub quiet: Duration,
     /// How long everything may take to converge after the faults stop.
     pub converge_limit: Duration,
-    /// The phases to run, by index (0 calm, 1 kills, 2 API restarts, 3 throttling, 4 all at
-    /// once): all of them unless `ORRERY_CHAOS_PHASES` (e.g. `0,2`) picks some, to look at
+    /// The phases to run, by index (0 calm, 1 kills, 2 API restarts, 3 throttling, 4 network
+    /// faults, 5 all at once): all of them unless `ORRERY_CHAOS_PHASES` (e.g. `0,2`) picks some, to look at
     /// one fault class alone.
     pub phases: Vec<usize>,
 }
@@ -111,6 +110,9 @@ pub enum FaultClass {
     /// A FlowSchema gives the controllers' user a priority level of one share that rejects
     /// what exceeds it: the API server answers 429.
     Throttling,
+    /// A toxic of the fault proxy between the controllers and the API server, for 2-6 s:
+    /// connections reset, delayed, stalled, starved or cut mid-stream ([`Toxic`]).
+    Network,
 }
 
 impl FaultClass {
@@ -119,6 +121,7 @@ impl FaultClass {
             FaultClass::ControllerKill => "controller kill",
             FaultClass::ApiServerRestart => "API server restart",
             FaultClass::Throttling => "throttling (429)",
+            FaultClass::Network => "network fault (proxy)",
         }
     }
 }
@@ -130,7 +133,7 @@ struct Phase {
     share: f64,
 }
 
-const PHASES: [Phase; 5] = [
+const PHASES: [Phase; 6] = [
     Phase {
         name: "calm",
         faults: &[],
@@ -139,17 +142,22 @@ const PHASES: [Phase; 5] = [
     Phase {
         name: "kills",
         faults: &[FaultClass::ControllerKill],
-        share: 0.25,
+        share: 0.20,
     },
     Phase {
         name: "API restarts",
         faults: &[FaultClass::ApiServerRestart],
-        share: 0.20,
+        share: 0.15,
     },
     Phase {
         name: "throttling",
         faults: &[FaultClass::Throttling],
-        share: 0.20,
+        share: 0.15,
+    },
+    Phase {
+        name: "network",
+        faults: &[FaultClass::Network],
+        share: 0.15,
     },
     Phase {
         name: "all at once",
@@ -157,6 +165,7 @@ const PHASES: [Phase; 5] = [
             FaultClass::ControllerKill,
             FaultClass::ApiServerRestart,
             FaultClass::Throttling,
+            FaultClass::Network,
         ],
         share: 0.25,
     },
@@ -186,26 +195,29 @@ enum UnitKind {
     Tree,
 }
 
-/// The controllers under test.
+/// The controllers under test in this process; ignitor-scheduler runs as [`REPLICATED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ControllerKind {
-    IgnitorScheduler,
     TaskWorkflow,
     HierarchyExecutor,
     PolicyRunner,
 }
 
-const CONTROLLERS: [ControllerKind; 4] = [
-    ControllerKind::IgnitorScheduler,
+const CONTROLLERS: [ControllerKind; 3] = [
     ControllerKind::TaskWorkflow,
     ControllerKind::HierarchyExecutor,
     ControllerKind::PolicyRunner,
 ];
 
+/// The controller run as two replicas (processes of its binary) electing a leader: its kills
+/// kill the leader, and the other must take over.
+const REPLICATED: &str = ignitor_scheduler::controller::NAME;
+/// How long its Lease lasts unrenewed (15 s in the chart; short here, for many takeovers).
+const REPLICA_LEASE_SECONDS: u64 = 4;
+
 impl ControllerKind {
     fn name(self) -> &'static str {
         match self {
-            ControllerKind::IgnitorScheduler => ignitor_scheduler::controller::NAME,
             ControllerKind::TaskWorkflow => task_workflow::controller::NAME,
             ControllerKind::HierarchyExecutor => hierarchy_executor::controller::NAME,
             ControllerKind::PolicyRunner => policy_runner::NAME,
@@ -215,7 +227,6 @@ impl ControllerKind {
     fn start(self, client: Client) -> InProcess {
         let name = self.name();
         match self {
-            ControllerKind::IgnitorScheduler => InProcess::start_cluster_wide(client, name, ignitor_scheduler::run),
             ControllerKind::TaskWorkflow => InProcess::start_cluster_wide(client, name, task_workflow::run),
             ControllerKind::HierarchyExecutor => InProcess::start_cluster_wide(client, name, hierarchy_executor::run),
             ControllerKind::PolicyRunner => InProcess::start_cluster_wide(client, name, policy_runner::controller::run),
@@ -326,12 +337,12 @@ fn counting_client(config: &Config, requests: &Metrics) -> anyhow::Result<Client
     )?)
 }
 
-/// The non-GET requests counted in `metrics` (`orrery_api_requests_total{method=...}`).
+/// The writes ([`is_write`]) counted in `metrics`.
 fn writes_sent(metrics: &Metrics) -> u64 {
     metrics
         .encode()
         .lines()
-        .filter(|l| l.starts_with("orrery_api_requests_total{") && !l.contains("method=\"GET\""))
+        .filter(|l| is_write(l))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
 }
@@ -393,10 +404,18 @@ pub struct Report {
     pub recovery: BTreeMap<String, Vec<f64>>,
     /// Controller kills by controller.
     pub kills: BTreeMap<&'static str, usize>,
+    /// Seconds from killing the leading replica of ignitor-scheduler until the other held
+    /// its Lease.
+    pub takeovers: Vec<f64>,
     /// How long each API server restart kept it away, seconds.
     pub restarts: Vec<f64>,
     /// Requests the API server rejected with 429 for the controllers' FlowSchema.
     pub rejected_429: u64,
+    /// The fault proxy's toxics put on, by kind.
+    pub toxics: BTreeMap<&'static str, usize>,
+    /// The longest a task of this process waited to run past its time, seconds: every
+    /// controller runs on this process's runtime, so a long wait stalls them all.
+    pub worst_scheduling_delay: f64,
     /// From the end of the faults to everything converged.
     pub converged_after: Duration,
     /// Writes by controller over [`Settings::quiet`] once converged.
@@ -474,6 +493,12 @@ impl Report {
         let kills: usize = self.kills.values().sum();
         println!("\ncontroller kills: {kills} ({:?})", self.kills);
         println!(
+            "leader takeovers ({REPLICATED}, 2 replicas, {REPLICA_LEASE_SECONDS} s Lease): {} (p50 {:.1}s, max {:.1}s)",
+            self.takeovers.len(),
+            percentile(&self.takeovers, 0.5),
+            percentile(&self.takeovers, 1.0)
+        );
+        println!(
             "API server restarts: {} (away p50 {:.1}s, max {:.1}s)",
             self.restarts.len(),
             percentile(&self.restarts, 0.5),
@@ -482,6 +507,11 @@ impl Report {
         println!(
             "requests rejected with 429 by the controllers' FlowSchema: {}",
             self.rejected_429
+        );
+        println!("network faults by toxic: {:?}", self.toxics);
+        println!(
+            "worst scheduling delay of this process's runtime: {:.2}s",
+            self.worst_scheduling_delay
         );
         println!(
             "converged (or gave up) {:.1}s after the faults stopped; writes over the next {:.0}s: {:?} \
@@ -512,6 +542,12 @@ struct World {
     faults: Mutex<Vec<Fault>>,
     restarts: Mutex<Vec<f64>>,
     rejected_429: AtomicUsize,
+    proxy: FaultProxy,
+    replicas: tokio::sync::Mutex<Replicas>,
+    replica_kills: AtomicUsize,
+    takeovers: Mutex<Vec<Takeover>>,
+    toxics: Mutex<BTreeMap<&'static str, usize>>,
+    worst_delay_ms: AtomicUsize,
     phase: AtomicUsize,
     route_checks: Mutex<RouteChecks>,
 }
@@ -537,11 +573,36 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let admin = plane.client().await;
     let _kubelet = PodSimulator::start(admin.clone(), None).await?;
     prepare_access(&admin).await?;
-    let mut config = plane.config().clone();
+    // The controllers reach the API server through the fault proxy; the harness goes direct.
+    let proxy = FaultProxy::start(plane.config(), &plane.dir().join("toxiproxy.log")).await?;
+    let mut config = proxy.config_for(plane.config())?;
     config.auth_info.impersonate = Some(CONTROLLER_USER.to_owned());
     config.auth_info.impersonate_groups = Some(vec!["system:authenticated".to_owned()]);
+    // ignitor-scheduler: two replicas of its binary, as the same user through the same proxy.
+    create_retrying(
+        &Api::<Namespace>::all(admin.clone()),
+        json!({"metadata": {"name": WORKFLOW_NAMESPACE}}),
+    )
+    .await?;
+    let kubeconfig = plane.dir().join("controllers.kubeconfig");
+    kubeconfig_as(&plane.kubeconfig_path(), &proxy.url(), CONTROLLER_USER, &kubeconfig)?;
+    let replicas = Replicas::start(
+        REPLICATED,
+        2,
+        &kubeconfig,
+        WORKFLOW_NAMESPACE,
+        REPLICA_LEASE_SECONDS,
+        plane.dir(),
+        &admin,
+    )?;
     let world = Arc::new(World {
         controllers: Controllers::start(config)?,
+        proxy,
+        replicas: tokio::sync::Mutex::new(replicas),
+        replica_kills: AtomicUsize::new(0),
+        takeovers: Mutex::new(Vec::new()),
+        toxics: Mutex::new(BTreeMap::new()),
+        worst_delay_ms: AtomicUsize::new(0),
         plane,
         admin,
         units: Mutex::new(Vec::new()),
@@ -561,6 +622,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     println!("chaos: set up in {:.1}s", started.elapsed().as_secs_f64());
 
     let tracker = tokio::spawn(track_convergence(world.clone(), stores.clone()));
+    let heartbeat = tokio::spawn(heartbeat(world.clone()));
     let generator = tokio::spawn(generate_workload(world.clone(), settings.clone()));
     let mut phases = Vec::new();
     for (index, phase) in PHASES.iter().enumerate() {
@@ -594,6 +656,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     // Stuck work is a finding, not an end: the invariants below name it.
     if let Err(stuck) = world.wait_converged(&stores, settings.converge_limit).await {
         println!("chaos: {stuck}");
+        for line in world.describe_stuck_trees().await {
+            println!("chaos:   {line}");
+        }
     }
     let converged_after = faults_over.elapsed();
     println!(
@@ -603,9 +668,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
 
     let writes_at_rest = world.writes_at_rest(settings.quiet).await;
     tracker.abort();
+    heartbeat.abort();
     route_watch.abort();
     world.controllers.stop().await;
     let mut invariants = world.check_invariants().await?;
+    world.replicas.lock().await.stop();
     invariants.push(Invariant {
         name: format!(
             "no controller writes in {:.0} s once converged",
@@ -878,15 +945,69 @@ impl World {
         pending
     }
 
+    /// Writes (every request but GET) each controller has sent so far.
+    async fn writes(&self) -> BTreeMap<&'static str, u64> {
+        let mut writes = self.controllers.writes().await;
+        writes.insert(REPLICATED, self.replicas.lock().await.writes().await);
+        writes
+    }
+
+    /// What each tree not converged has on the API server: each level's `Ready` condition and
+    /// whether its namespace exists, to tell where it stopped.
+    async fn describe_stuck_trees(&self) -> Vec<String> {
+        use crd_types::hierarchy::{Cluster, HierarchyStatus, VirtualCluster};
+        fn ready(status: Option<&HierarchyStatus>) -> String {
+            status
+                .and_then(|s| find_condition(&s.conditions, CONDITION_READY))
+                .map(|c| format!("{} {}: {}", c.status, c.reason, c.message))
+                .unwrap_or_else(|| "no Ready condition".to_owned())
+        }
+        let units = self.units.lock().map(|u| u.clone()).unwrap_or_default();
+        let mut lines = Vec::new();
+        for unit in units
+            .iter()
+            .filter(|u| u.kind == UnitKind::Tree && u.converged.is_none())
+        {
+            let name = format!("tree-{}", unit.index);
+            let admin = &self.admin;
+            let project = Api::<Project>::all(admin.clone()).get_opt(&name).await.ok().flatten();
+            let cluster = Api::<Cluster>::all(admin.clone())
+                .get_opt(&format!("{name}-local"))
+                .await
+                .ok()
+                .flatten();
+            let virtual_cluster = Api::<VirtualCluster>::all(admin.clone())
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten();
+            let namespace = Api::<Namespace>::all(admin.clone()).get_opt(&name).await.ok().flatten();
+            let application = Api::<Application>::namespaced(admin.clone(), &name)
+                .get_opt("web")
+                .await
+                .ok()
+                .flatten();
+            lines.push(format!(
+                "{name}: Project {}; Cluster {}; VirtualCluster {}; namespace {}; Application {}",
+                ready(project.as_ref().and_then(|p| p.status.as_ref())),
+                cluster.map_or("missing".to_owned(), |c| ready(c.status.as_ref().map(|s| &s.common))),
+                virtual_cluster.map_or("missing".to_owned(), |v| ready(v.status.as_ref().map(|s| &s.common))),
+                if namespace.is_some() { "exists" } else { "missing" },
+                application.map_or("missing".to_owned(), |a| ready(a.status.as_ref().map(|s| &s.common))),
+            ));
+        }
+        lines
+    }
+
     /// Waits until the controllers have written nothing for 5 s, then counts their writes
     /// over `quiet`.
     async fn writes_at_rest(&self, quiet: Duration) -> BTreeMap<&'static str, u64> {
-        let settled = Mutex::new((self.controllers.writes().await, Instant::now()));
+        let settled = Mutex::new((self.writes().await, Instant::now()));
         let _ = until(
             "the controllers to stop writing",
             Deadline(Duration::from_secs(120)),
             || async {
-                let writes = self.controllers.writes().await;
+                let writes = self.writes().await;
                 let Ok(mut last) = settled.lock() else {
                     return Ok(());
                 };
@@ -901,10 +1022,10 @@ impl World {
             },
         )
         .await;
-        let before = self.controllers.writes().await;
+        let before = self.writes().await;
         // The window is the measurement itself: nothing is awaited, writes are counted.
         tokio::time::sleep(quiet).await;
-        let after = self.controllers.writes().await;
+        let after = self.writes().await;
         after
             .into_iter()
             .map(|(name, count)| (name, count - before.get(name).copied().unwrap_or(0)))
@@ -1044,6 +1165,20 @@ async fn watch_routes(world: Arc<World>) {
     }
 }
 
+/// Wakes every 100 ms and records how late it woke: a task's wait to be run.
+async fn heartbeat(world: Arc<World>) {
+    const TICK: Duration = Duration::from_millis(100);
+    loop {
+        let asleep = Instant::now();
+        tokio::time::sleep(TICK).await;
+        let late = asleep.elapsed().saturating_sub(TICK).as_millis() as usize;
+        world.worst_delay_ms.fetch_max(late, Ordering::SeqCst);
+        if late > 1000 {
+            println!("chaos: this process's runtime ran a task {late} ms late");
+        }
+    }
+}
+
 /// Injects faults of `class` until `until`, at gaps drawn from `rng`.
 async fn inject(
     world: Arc<World>,
@@ -1057,6 +1192,7 @@ async fn inject(
             FaultClass::ControllerKill => rng.random_range(1.0..4.0),
             FaultClass::ApiServerRestart => rng.random_range(6.0..14.0),
             FaultClass::Throttling => rng.random_range(3.0..8.0),
+            FaultClass::Network => rng.random_range(2.0..6.0),
         };
         let gap = Duration::from_secs_f64(gap);
         if Instant::now() + gap >= until {
@@ -1065,9 +1201,24 @@ async fn inject(
         tokio::time::sleep(gap).await;
         match class {
             FaultClass::ControllerKill => {
-                let index = rng.random_range(0..CONTROLLERS.len());
+                let drawn = rng.random_range(0..=CONTROLLERS.len());
+                // A phase's first kill is of the leading replica: every run measures a takeover.
+                let first = world.faults.lock().is_ok_and(|f| {
+                    !f.iter()
+                        .any(|f| f.phase == phase && f.class == FaultClass::ControllerKill)
+                });
+                let index = if first { CONTROLLERS.len() } else { drawn };
                 let pause = Duration::from_secs_f64(rng.random_range(0.0..5.0));
-                world.controllers.kill_and_restart(index, pause).await?;
+                if index == CONTROLLERS.len() {
+                    let mut replicas = world.replicas.lock().await;
+                    let takeover = replicas.kill_leader(pause).await?;
+                    world.replica_kills.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut takeovers) = world.takeovers.lock() {
+                        takeovers.push(takeover);
+                    }
+                } else {
+                    world.controllers.kill_and_restart(index, pause).await?;
+                }
             }
             FaultClass::ApiServerRestart => {
                 let plane = world.plane.clone();
@@ -1079,6 +1230,16 @@ async fn inject(
             FaultClass::Throttling => {
                 let hold = Duration::from_secs_f64(rng.random_range(5.0..12.0));
                 world.throttle_for(hold).await?;
+            }
+            FaultClass::Network => {
+                let toxic = Toxic::ALL[rng.random_range(0..Toxic::ALL.len())];
+                let hold = Duration::from_secs_f64(rng.random_range(2.0..6.0));
+                world.proxy.add(toxic).await?;
+                tokio::time::sleep(hold).await;
+                world.proxy.remove(toxic).await?;
+                if let Ok(mut toxics) = world.toxics.lock() {
+                    *toxics.entry(toxic.name()).or_default() += 1;
+                }
             }
         }
         if let Ok(mut faults) = world.faults.lock() {
@@ -1252,10 +1413,15 @@ impl World {
             broken: route_checks.1,
         });
         let mut panicked = invariant("no panic in any task; no controller ended by itself");
-        panicked.checked = CONTROLLERS.len();
+        panicked.checked = CONTROLLERS.len() + 1;
         panicked
             .broken
             .extend(panics().lock().map(|p| p.clone()).unwrap_or_default());
+        {
+            let mut replicas = self.replicas.lock().await;
+            panicked.broken.extend(replicas.panics());
+            panicked.broken.extend(replicas.ended_by_themselves());
+        }
         panicked.broken.extend(
             self.controllers
                 .ended_by_themselves
@@ -1264,6 +1430,17 @@ impl World {
                 .unwrap_or_default(),
         );
         invariants.push(panicked);
+        let mut replaced = invariant(&format!(
+            "a killed leader of {REPLICATED} is replaced within {} s",
+            TAKEOVER_LIMIT.as_secs()
+        ));
+        for takeover in self.takeovers.lock().map(|t| t.clone()).unwrap_or_default() {
+            replaced.checked += 1;
+            if let Takeover::NotWithin(limit) = takeover {
+                replaced.broken.push(format!("still not replaced after {limit:?}"));
+            }
+        }
+        invariants.push(replaced);
         let mut converged = invariant("after the faults: every chain done, every Project Ready and promoted");
         converged.checked = units.len();
         for unit in units.iter().filter(|u| u.converged.is_none()) {
@@ -1488,9 +1665,27 @@ impl World {
             invariants,
             phases: figures,
             recovery,
-            kills: self.controllers.kills().await,
+            kills: {
+                let mut kills = self.controllers.kills().await;
+                kills.insert(REPLICATED, self.replica_kills.load(Ordering::SeqCst));
+                kills
+            },
+            takeovers: self
+                .takeovers
+                .lock()
+                .map(|t| {
+                    t.iter()
+                        .filter_map(|t| match t {
+                            Takeover::After(took) => Some(took.as_secs_f64()),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
             restarts: self.restarts.lock().map(|r| r.clone()).unwrap_or_default(),
             rejected_429: self.rejected_429.load(Ordering::SeqCst) as u64,
+            toxics: self.toxics.lock().map(|t| t.clone()).unwrap_or_default(),
+            worst_scheduling_delay: self.worst_delay_ms.load(Ordering::SeqCst) as f64 / 1000.0,
             converged_after,
             writes_at_rest,
             quiet: settings.quiet,

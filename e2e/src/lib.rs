@@ -16,12 +16,14 @@ pub mod bench;
 pub mod chaos;
 pub mod control_plane;
 pub mod demo;
+pub mod fault_proxy;
 pub mod helm;
 pub mod in_process;
 pub mod kubestellar_simulator;
 pub mod node;
 pub mod pod_simulator;
 pub mod prometheus;
+pub mod replicas;
 pub mod wait;
 
 use std::sync::OnceLock;
@@ -39,6 +41,11 @@ pub use in_process::InProcess;
 pub use wait::{
     Deadline, TimedOut, poll_until, ready_condition, stays, until, wait_gone, wait_not_ready, wait_ready, warnings_for,
 };
+
+/// A TCP port free on 127.0.0.1 now, for a server a test starts.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
 
 /// The control plane of this test binary, started on first use and stopped when the binary exits.
 pub fn shared_control_plane() -> &'static ControlPlane {
