@@ -407,6 +407,8 @@ pub struct Report {
     /// Seconds from killing the leading replica of ignitor-scheduler until the other held
     /// its Lease.
     pub takeovers: Vec<f64>,
+    /// Replicas that exited by themselves (and were started again), and how.
+    pub replica_exits: Vec<String>,
     /// How long each API server restart kept it away, seconds.
     pub restarts: Vec<f64>,
     /// Requests the API server rejected with 429 for the controllers' FlowSchema.
@@ -498,6 +500,11 @@ impl Report {
             percentile(&self.takeovers, 0.5),
             percentile(&self.takeovers, 1.0)
         );
+        let lost = self.replica_exits.iter().filter(|e| e.contains(LOST_LEASE)).count();
+        println!(
+            "replicas that exited by themselves and were started again: {} ({lost} after losing the Lease)",
+            self.replica_exits.len()
+        );
         println!(
             "API server restarts: {} (away p50 {:.1}s, max {:.1}s)",
             self.restarts.len(),
@@ -546,6 +553,7 @@ struct World {
     replicas: tokio::sync::Mutex<Replicas>,
     replica_kills: AtomicUsize,
     takeovers: Mutex<Vec<Takeover>>,
+    replica_exits: Mutex<Vec<String>>,
     toxics: Mutex<BTreeMap<&'static str, usize>>,
     worst_delay_ms: AtomicUsize,
     phase: AtomicUsize,
@@ -601,6 +609,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         replicas: tokio::sync::Mutex::new(replicas),
         replica_kills: AtomicUsize::new(0),
         takeovers: Mutex::new(Vec::new()),
+        replica_exits: Mutex::new(Vec::new()),
         toxics: Mutex::new(BTreeMap::new()),
         worst_delay_ms: AtomicUsize::new(0),
         plane,
@@ -623,6 +632,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
 
     let tracker = tokio::spawn(track_convergence(world.clone(), stores.clone()));
     let heartbeat = tokio::spawn(heartbeat(world.clone()));
+    let supervisor = tokio::spawn(supervise_replicas(world.clone()));
     let generator = tokio::spawn(generate_workload(world.clone(), settings.clone()));
     let mut phases = Vec::new();
     for (index, phase) in PHASES.iter().enumerate() {
@@ -669,6 +679,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     let writes_at_rest = world.writes_at_rest(settings.quiet).await;
     tracker.abort();
     heartbeat.abort();
+    supervisor.abort();
     route_watch.abort();
     world.controllers.stop().await;
     let mut invariants = world.check_invariants().await?;
@@ -1165,6 +1176,26 @@ async fn watch_routes(world: Arc<World>) {
     }
 }
 
+/// The words of a replica's exit when it lost its Lease.
+const LOST_LEASE: &str = "lost the Lease";
+
+/// Plays the kubelet for the replicas: every second, starts again those that exited.
+async fn supervise_replicas(world: Arc<World>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let exits = world.replicas.lock().await.restart_exited();
+        match exits {
+            Ok(exits) if !exits.is_empty() => {
+                if let Ok(mut recorded) = world.replica_exits.lock() {
+                    recorded.extend(exits);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => println!("chaos: restarting a replica failed: {error:#}"),
+        }
+    }
+}
+
 /// Wakes every 100 ms and records how late it woke: a task's wait to be run.
 async fn heartbeat(world: Arc<World>) {
     const TICK: Duration = Duration::from_millis(100);
@@ -1210,8 +1241,7 @@ async fn inject(
                 let index = if first { CONTROLLERS.len() } else { drawn };
                 let pause = Duration::from_secs_f64(rng.random_range(0.0..5.0));
                 if index == CONTROLLERS.len() {
-                    let mut replicas = world.replicas.lock().await;
-                    let takeover = replicas.kill_leader(pause).await?;
+                    let takeover = Replicas::kill_leader(&world.replicas, pause).await?;
                     world.replica_kills.fetch_add(1, Ordering::SeqCst);
                     if let Ok(mut takeovers) = world.takeovers.lock() {
                         takeovers.push(takeover);
@@ -1417,11 +1447,20 @@ impl World {
         panicked
             .broken
             .extend(panics().lock().map(|p| p.clone()).unwrap_or_default());
-        {
-            let mut replicas = self.replicas.lock().await;
-            panicked.broken.extend(replicas.panics());
-            panicked.broken.extend(replicas.ended_by_themselves());
-        }
+        panicked.broken.extend(self.replicas.lock().await.panics());
+        // A replica that lost its Lease exits to stand by afresh, by design; any other exit
+        // is the replica's own failure.
+        panicked.broken.extend(
+            self.replica_exits
+                .lock()
+                .map(|e| {
+                    e.iter()
+                        .filter(|e| !e.contains(LOST_LEASE))
+                        .cloned()
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default(),
+        );
         panicked.broken.extend(
             self.controllers
                 .ended_by_themselves
@@ -1670,6 +1709,7 @@ impl World {
                 kills.insert(REPLICATED, self.replica_kills.load(Ordering::SeqCst));
                 kills
             },
+            replica_exits: self.replica_exits.lock().map(|e| e.clone()).unwrap_or_default(),
             takeovers: self
                 .takeovers
                 .lock()

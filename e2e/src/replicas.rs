@@ -58,6 +58,12 @@ pub fn kubeconfig_as(kubeconfig: &Path, server: &str, user: &str, to: &Path) -> 
     Ok(())
 }
 
+/// The identity holding Lease `name` among `leases`, if any.
+async fn holder(leases: &Api<Lease>, name: &str) -> Option<String> {
+    let lease = leases.get_opt(name).await.ok()??;
+    lease.spec?.holder_identity
+}
+
 /// What followed a leader's kill.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Takeover {
@@ -159,6 +165,7 @@ impl Replicas {
             .arg(format!("--identity={}", replica.identity))
             .arg(format!("--lease-duration-seconds={}", self.lease_seconds))
             .env("RUST_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -170,23 +177,27 @@ impl Replicas {
 
     /// The identity holding the controller's Lease, if any.
     pub async fn leader(&self) -> Option<String> {
-        let lease = self.leases.get_opt(self.name).await.ok()??;
-        lease.spec?.holder_identity
+        holder(&self.leases, self.name).await
     }
 
-    /// Kills the leader with SIGKILL, waits (up to [`TAKEOVER_LIMIT`]) until another replica
-    /// holds the Lease, and starts the killed one again after `pause`. With no leader yet, kills
-    /// the first replica.
-    pub async fn kill_leader(&mut self, pause: Duration) -> anyhow::Result<Takeover> {
-        let leader = self.leader().await;
-        let index = leader
-            .as_ref()
-            .and_then(|l| self.replicas.iter().position(|r| &r.identity == l))
-            .unwrap_or(0);
-        if let Some(mut child) = self.replicas[index].child.take() {
-            child.kill()?;
-            child.wait()?;
-        }
+    /// Kills the leader of `replicas` with SIGKILL, waits (up to [`TAKEOVER_LIMIT`]) until
+    /// another replica holds the Lease, and starts the killed one again after `pause`. With no
+    /// leader yet, kills the first replica. The replicas are not locked while it waits, so a
+    /// supervisor ([`Self::restart_exited`]) may go on restarting them.
+    pub async fn kill_leader(replicas: &tokio::sync::Mutex<Self>, pause: Duration) -> anyhow::Result<Takeover> {
+        let (leader, index, leases, name) = {
+            let mut this = replicas.lock().await;
+            let leader = this.leader().await;
+            let index = leader
+                .as_ref()
+                .and_then(|l| this.replicas.iter().position(|r| &r.identity == l))
+                .unwrap_or(0);
+            if let Some(mut child) = this.replicas[index].child.take() {
+                child.kill()?;
+                child.wait()?;
+            }
+            (leader, index, this.leases.clone(), this.name)
+        };
         let killed = Instant::now();
         let takeover = match leader {
             Some(old) => {
@@ -194,7 +205,7 @@ impl Replicas {
                     "another replica to hold the Lease",
                     Deadline(TAKEOVER_LIMIT),
                     || async {
-                        match self.leader().await {
+                        match holder(&leases, name).await {
                             Some(holder) if holder != old => Ok(()),
                             holder => Err(format!("held by {holder:?}")),
                         }
@@ -209,8 +220,32 @@ impl Replicas {
             None => Takeover::NoLeader,
         };
         tokio::time::sleep(pause).await;
-        self.spawn(index)?;
+        replicas.lock().await.spawn(index)?;
         Ok(takeover)
+    }
+
+    /// Starts again each replica that exited by itself, as the kubelet restarts a container;
+    /// returns, for each, how it ended: its exit status and the last line of its log.
+    pub fn restart_exited(&mut self) -> anyhow::Result<Vec<String>> {
+        let mut exits = Vec::new();
+        for index in 0..self.replicas.len() {
+            let status = match self.replicas[index].child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => status,
+                _ => continue,
+            };
+            let log = std::fs::read_to_string(self.log_path(index)).unwrap_or_default();
+            // A binary returning an error prints it as its last `Error: ` line.
+            let why = log
+                .lines()
+                .rev()
+                .find(|l| l.starts_with("Error: "))
+                .or_else(|| log.lines().rev().find(|l| !l.trim().is_empty()))
+                .unwrap_or("")
+                .trim();
+            exits.push(format!("{} exited ({status}): {why}", self.replicas[index].identity));
+            self.spawn(index)?;
+        }
+        Ok(exits)
     }
 
     /// Kills every replica.
@@ -221,17 +256,6 @@ impl Replicas {
                 let _ = child.wait();
             }
         }
-    }
-
-    /// Replicas that exited without being killed, by identity.
-    pub fn ended_by_themselves(&mut self) -> Vec<String> {
-        self.replicas
-            .iter_mut()
-            .filter_map(|r| match r.child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(format!("{} exited: {status}", r.identity)),
-                _ => None,
-            })
-            .collect()
     }
 
     /// Panics in the replicas' logs.

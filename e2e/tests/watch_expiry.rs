@@ -64,6 +64,43 @@ async fn wait_one_succeeded(runs: &Api<TaskRun>, task: &str) {
     .await;
 }
 
+/// Work named `name` arrives: Task `name` starting on Ignitor `now-name`, which fires NOW, and
+/// a ConfigMap `name`.
+async fn work_arrives(admin: &kube::Client, name: &str) {
+    let ignitor = format!("now-{name}");
+    Api::<Task>::namespaced(admin.clone(), NAMESPACE)
+        .create(&PostParams::default(), &task(name, &ignitor))
+        .await
+        .unwrap();
+    Api::<Ignitor>::namespaced(admin.clone(), NAMESPACE)
+        .create(
+            &PostParams::default(),
+            &object(json!({"metadata": {"name": ignitor}, "spec": {"scheduled": "NOW"}})),
+        )
+        .await
+        .unwrap();
+    Api::<ConfigMap>::namespaced(admin.clone(), NAMESPACE)
+        .create(&PostParams::default(), &object(json!({"metadata": {"name": name}})))
+        .await
+        .unwrap();
+}
+
+async fn wait_cached(cache: &kube::runtime::reflector::Store<ConfigMap>, name: &str) {
+    poll_until(
+        &format!("the watch to have ConfigMap {name}"),
+        Deadline(Duration::from_secs(60)),
+        || async {
+            cache
+                .state()
+                .iter()
+                .any(|c| c.name_any() == name)
+                .then_some(())
+                .ok_or_else(|| "not yet".to_owned())
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_etcd_compaction_resumed_watches_list_again_and_nothing_is_lost_or_doubled() {
     let plane = Arc::new(
@@ -110,71 +147,20 @@ async fn after_etcd_compaction_resumed_watches_list_again_and_nothing_is_lost_or
         }
     });
 
-    let tasks: Api<Task> = Api::namespaced(admin.clone(), NAMESPACE);
-    let ignitors: Api<Ignitor> = Api::namespaced(admin.clone(), NAMESPACE);
     let runs: Api<TaskRun> = Api::namespaced(admin.clone(), NAMESPACE);
-    let admin_configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), NAMESPACE);
-    tasks
-        .create(&PostParams::default(), &task("before", "now-before"))
-        .await
-        .unwrap();
-    ignitors
-        .create(
-            &PostParams::default(),
-            &object(json!({"metadata": {"name": "now-before"}, "spec": {"scheduled": "NOW"}})),
-        )
-        .await
-        .unwrap();
+    work_arrives(&admin, "before").await;
     wait_one_succeeded(&runs, "before").await;
-    admin_configmaps
-        .create(&PostParams::default(), &object(json!({"metadata": {"name": "before"}})))
-        .await
-        .unwrap();
-    poll_until("the watch to see the ConfigMap", Deadline::default(), || async {
-        cache
-            .state()
-            .iter()
-            .any(|c| c.name_any() == "before")
-            .then_some(())
-            .ok_or_else(|| "not yet".to_owned())
-    })
-    .await;
+    wait_cached(&cache, "before").await;
 
     // Cut off: work arrives, and the revisions they last saw are compacted away.
     proxy.set_enabled(false).await.unwrap();
-    tasks
-        .create(&PostParams::default(), &task("during", "now-during"))
-        .await
-        .unwrap();
-    ignitors
-        .create(
-            &PostParams::default(),
-            &object(json!({"metadata": {"name": "now-during"}, "spec": {"scheduled": "NOW"}})),
-        )
-        .await
-        .unwrap();
-    admin_configmaps
-        .create(&PostParams::default(), &object(json!({"metadata": {"name": "during"}})))
-        .await
-        .unwrap();
+    work_arrives(&admin, "during").await;
     let revision = plane.compact_etcd().await.unwrap();
     eprintln!("etcd compacted at revision {revision} while the controllers were cut off");
     proxy.set_enabled(true).await.unwrap();
 
     wait_one_succeeded(&runs, "during").await;
-    poll_until(
-        "the watch to list the ConfigMap made meanwhile",
-        Deadline(Duration::from_secs(60)),
-        || async {
-            cache
-                .state()
-                .iter()
-                .any(|c| c.name_any() == "during")
-                .then_some(())
-                .ok_or_else(|| "not yet".to_owned())
-        },
-    )
-    .await;
+    wait_cached(&cache, "during").await;
     let expired = *expired.lock().unwrap();
     assert!(
         expired > 0,
