@@ -4,9 +4,10 @@
 //! The workload, created at a steady pace for the whole run: workflow chains (an Ignitor firing
 //! `NOW` starts Task A, whose success starts Task B, and a Task whose pod fails and is retried),
 //! one cron Ignitor firing every minute, and Project trees (a Cluster, a VirtualCluster and an
-//! Application with two versions released by canary). Every controller runs in-process,
-//! cluster-wide, as a user of its own (impersonated) so API Priority and Fairness can single it
-//! out; the pod simulator plays the kubelet.
+//! Application with two versions released by canary). Every controller runs cluster-wide, as a
+//! user of its own (impersonated) so API Priority and Fairness can single it out: in-process,
+//! except ignitor-scheduler, which runs as two replicas of its binary electing a leader
+//! ([`crate::replicas`]). The pod simulator plays the kubelet.
 //!
 //! Phases, each with its fault classes: calm (none, the baseline), controller kills, API server
 //! restarts, throttling, network faults, then all four at once. Faults come at times drawn from
@@ -103,7 +104,8 @@ impl Settings {
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultClass {
-    /// A controller's task aborted mid-work (as SIGKILL would), started again after 0-5 s.
+    /// A controller's task aborted mid-work (as SIGKILL would), or the leading replica of
+    /// [`REPLICATED`] killed with SIGKILL; started again after 0-5 s.
     ControllerKill,
     /// The control plane killed and started again on its data.
     ApiServerRestart,
