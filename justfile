@@ -71,9 +71,9 @@ bench:
 
 # The chaos campaign: a mixed workload (workflow chains, a cron Ignitor, Project trees released
 # by canary) with every controller in-process, under controller kills, API server restarts,
-# throttling (429s from a FlowSchema) and network faults (Toxiproxy between the controllers and
-# the API server), each alone then all at once, for `seconds` of faults;
-# then the invariants (nothing lost, nothing run twice, no stuck work, no writes at rest) and
+# throttling (429s from a FlowSchema), network faults (Toxiproxy between the controllers and
+# the API server) and watch expiry (etcd compacted while they are cut off), each alone then all
+# at once, for `seconds` of faults; then the invariants (nothing lost, nothing run twice, no stuck work, no writes at rest) and
 # the figures. ORRERY_CHAOS_SEED repeats a fault schedule. Built with the dev profile: the
 # release profile's fat LTO would take longer to build than the campaign takes to run.
 chaos seconds="300":

@@ -2,7 +2,7 @@
 // benchmarks and demo: embedded etcd, kube-apiserver (RBAC on) and, as a second process of
 // this same binary, kube-controller-manager.
 //
-//	control-plane serve --dir DIR [--controller-manager=true] [--address IP] [--port N] [--priority-and-fairness] [--watch-cache=false]
+//	control-plane serve --dir DIR [--controller-manager=true] [--address IP] [--port N] [--priority-and-fairness] [--watch-cache=false] [--uncached=R,...]
 //
 // writes DIR/kubeconfig (admin, system:masters) once the API server is ready, and DIR/etcd-url
 // (etcd's client URL, plain HTTP on 127.0.0.1), and runs until
@@ -12,7 +12,8 @@
 // same data with the same certificates. --priority-and-fairness turns on API Priority and
 // Fairness (FlowSchemas and PriorityLevelConfigurations throttle clients with 429s).
 // --watch-cache=false serves every watch from etcd, so compacting etcd expires resumed watches
-// (410 Gone) as a watch cache's window would only after a long outage.
+// (410 Gone) as a watch cache's window would only after a long outage; --uncached=pods,... does
+// that for some built-in resources only (resource[.group]: custom resources always have one).
 //
 // The same binary is the real node's Kubernetes parts, from the same k8s.io/kubernetes module
 // (see node.go): `kubelet`, `kube-scheduler` and `kube-proxy` take those commands' own flags,
@@ -34,6 +35,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -66,7 +68,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 || os.Args[1] != "serve" {
-		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false] [--address IP] [--port N] [--priority-and-fairness] [--watch-cache=false]\n       control-plane kubelet|kube-scheduler|kube-proxy|supervise ...")
+		fmt.Fprintln(os.Stderr, "usage: control-plane serve --dir DIR [--controller-manager=false] [--address IP] [--port N] [--priority-and-fairness] [--watch-cache=false] [--uncached=R,...]\n       control-plane kubelet|kube-scheduler|kube-proxy|supervise ...")
 		os.Exit(2)
 	}
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
@@ -77,6 +79,7 @@ func main() {
 	address := fs.String("address", "127.0.0.1", "address the API server listens on and advertises (a real node's pods reach it there)")
 	flowControl := fs.Bool("priority-and-fairness", false, "turn on API Priority and Fairness (off: the plain in-flight limits)")
 	watchCache := fs.Bool("watch-cache", true, "serve watches from the API server's cache (off: from etcd, so its compaction expires them)")
+	uncached := fs.String("uncached", "", "built-in resources (resource[.group], comma separated) whose watches are served from etcd, not the watch cache")
 	_ = fs.Parse(os.Args[2:])
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "--dir is required")
@@ -87,7 +90,11 @@ func main() {
 		fmt.Fprintf(os.Stderr, "--address %q is not an IPv4 address\n", *address)
 		os.Exit(2)
 	}
-	err := serve(*dir, *withKCM, *port, ip, *flowControl, *watchCache)
+	var uncachedResources []string
+	if *uncached != "" {
+		uncachedResources = strings.Split(*uncached, ",")
+	}
+	err := serve(*dir, *withKCM, *port, ip, *flowControl, *watchCache, uncachedResources)
 	if *removeDir {
 		_ = os.RemoveAll(*dir)
 	}
@@ -97,7 +104,7 @@ func main() {
 	}
 }
 
-func serve(dir string, withKCM bool, port int, address net.IP, flowControl, watchCache bool) error {
+func serve(dir string, withKCM bool, port int, address net.IP, flowControl, watchCache bool, uncached []string) error {
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return err
@@ -163,6 +170,14 @@ func serve(dir string, withKCM bool, port int, address net.IP, flowControl, watc
 		// Logs and exec reach a real node's kubelet at its IP: its name resolves nowhere.
 		"--kubelet-preferred-address-types=InternalIP",
 		"--profiling=false",
+	}
+	if len(uncached) > 0 {
+		// Size 0 turns a resource's watch cache off.
+		sizes := make([]string, len(uncached))
+		for i, resource := range uncached {
+			sizes[i] = resource + "#0"
+		}
+		apiArgs = append(apiArgs, "--watch-cache-sizes="+strings.Join(sizes, ","))
 	}
 
 	api := apiserver.NewAPIServerCommand()

@@ -10,7 +10,7 @@
 //! ([`crate::replicas`]). The pod simulator plays the kubelet.
 //!
 //! Phases, each with its fault classes: calm (none, the baseline), controller kills, API server
-//! restarts, throttling, network faults, then all four at once. Faults come at times drawn from
+//! restarts, throttling, network faults, watch expiry, then all five at once. Faults come at times drawn from
 //! the seed (`ORRERY_CHAOS_SEED`, printed at the start); the run's timing still varies with the
 //! machine, so a seed reproduces the schedule, not every interleaving.
 //!
@@ -74,7 +74,7 @@ pub struct Settings {
     /// How long everything may take to converge after the faults stop.
     pub converge_limit: Duration,
     /// The phases to run, by index (0 calm, 1 kills, 2 API restarts, 3 throttling, 4 network
-    /// faults, 5 all at once): all of them unless `ORRERY_CHAOS_PHASES` (e.g. `0,2`) picks some, to look at
+    /// faults, 5 watch expiry, 6 all at once): all of them unless `ORRERY_CHAOS_PHASES` (e.g. `0,2`) picks some, to look at
     /// one fault class alone.
     pub phases: Vec<usize>,
 }
@@ -115,7 +115,25 @@ pub enum FaultClass {
     /// A toxic of the fault proxy between the controllers and the API server, for 2-6 s:
     /// connections reset, delayed, stalled, starved or cut mid-stream ([`Toxic`]).
     Network,
+    /// The controllers cut off (the proxy off) for 2-5 s while work goes on, and etcd compacted
+    /// meanwhile: the watches they resume of [`UNCACHED`] kinds, served from etcd, answer
+    /// 410 Gone, and they must list again.
+    WatchExpiry,
 }
+
+/// The built-in kinds the controllers watch, served without the API server's watch cache so
+/// that an etcd compaction expires their watches (custom resources always have a cache: the
+/// API server answers 410 for them only beyond its window, which its restarts exercise).
+const UNCACHED: &[&str] = &[
+    "pods",
+    "namespaces",
+    "services",
+    "resourcequotas",
+    "limitranges",
+    "deployments.apps",
+    "networkpolicies.networking.k8s.io",
+    "rolebindings.rbac.authorization.k8s.io",
+];
 
 impl FaultClass {
     fn label(self) -> &'static str {
@@ -124,6 +142,7 @@ impl FaultClass {
             FaultClass::ApiServerRestart => "API server restart",
             FaultClass::Throttling => "throttling (429)",
             FaultClass::Network => "network fault (proxy)",
+            FaultClass::WatchExpiry => "watch expiry (compaction)",
         }
     }
 }
@@ -135,7 +154,7 @@ struct Phase {
     share: f64,
 }
 
-const PHASES: [Phase; 6] = [
+const PHASES: [Phase; 7] = [
     Phase {
         name: "calm",
         faults: &[],
@@ -149,17 +168,22 @@ const PHASES: [Phase; 6] = [
     Phase {
         name: "API restarts",
         faults: &[FaultClass::ApiServerRestart],
-        share: 0.15,
+        share: 0.12,
     },
     Phase {
         name: "throttling",
         faults: &[FaultClass::Throttling],
-        share: 0.15,
+        share: 0.12,
     },
     Phase {
         name: "network",
         faults: &[FaultClass::Network],
-        share: 0.15,
+        share: 0.12,
+    },
+    Phase {
+        name: "watch expiry",
+        faults: &[FaultClass::WatchExpiry],
+        share: 0.10,
     },
     Phase {
         name: "all at once",
@@ -168,8 +192,9 @@ const PHASES: [Phase; 6] = [
             FaultClass::ApiServerRestart,
             FaultClass::Throttling,
             FaultClass::Network,
+            FaultClass::WatchExpiry,
         ],
-        share: 0.25,
+        share: 0.24,
     },
 ];
 
@@ -417,6 +442,8 @@ pub struct Report {
     pub rejected_429: u64,
     /// The fault proxy's toxics put on, by kind.
     pub toxics: BTreeMap<&'static str, usize>,
+    /// Watches of the workflow's pods through the proxy answered 410 Gone.
+    pub expired_watches: usize,
     /// The longest a task of this process waited to run past its time, seconds: every
     /// controller runs on this process's runtime, so a long wait stalls them all.
     pub worst_scheduling_delay: f64,
@@ -519,6 +546,10 @@ impl Report {
         );
         println!("network faults by toxic: {:?}", self.toxics);
         println!(
+            "watches of pods through the proxy answered 410 Gone: {}",
+            self.expired_watches
+        );
+        println!(
             "worst scheduling delay of this process's runtime: {:.2}s",
             self.worst_scheduling_delay
         );
@@ -558,6 +589,7 @@ struct World {
     replica_exits: Mutex<Vec<String>>,
     toxics: Mutex<BTreeMap<&'static str, usize>>,
     worst_delay_ms: AtomicUsize,
+    expired_watches: AtomicUsize,
     phase: AtomicUsize,
     route_checks: Mutex<RouteChecks>,
 }
@@ -578,7 +610,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     );
     let started = Instant::now();
     panics().lock().map(|mut p| p.clear()).ok();
-    let plane = Arc::new(tokio::task::spawn_blocking(ControlPlane::start_with_flow_control).await??);
+    let plane = Arc::new(tokio::task::spawn_blocking(|| ControlPlane::start_with_flow_control(UNCACHED)).await??);
     plane.install_crds_blocking()?;
     let admin = plane.client().await;
     let _kubelet = PodSimulator::start(admin.clone(), None).await?;
@@ -614,6 +646,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
         replica_exits: Mutex::new(Vec::new()),
         toxics: Mutex::new(BTreeMap::new()),
         worst_delay_ms: AtomicUsize::new(0),
+        expired_watches: AtomicUsize::new(0),
         plane,
         admin,
         units: Mutex::new(Vec::new()),
@@ -630,6 +663,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     world.create_tree(0).await?;
     world.wait_converged(&stores, Duration::from_secs(120)).await?;
     let route_watch = tokio::spawn(watch_routes(world.clone()));
+    let expiry_count = tokio::spawn(count_expired_watches(
+        world.clone(),
+        Client::try_from(world.proxy.config_for(world.plane.config())?)?,
+    ));
     println!("chaos: set up in {:.1}s", started.elapsed().as_secs_f64());
 
     let tracker = tokio::spawn(track_convergence(world.clone(), stores.clone()));
@@ -683,6 +720,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<Report> {
     heartbeat.abort();
     supervisor.abort();
     route_watch.abort();
+    expiry_count.abort();
     world.controllers.stop().await;
     let mut invariants = world.check_invariants().await?;
     world.replicas.lock().await.stop();
@@ -1178,6 +1216,21 @@ async fn watch_routes(world: Arc<World>) {
     }
 }
 
+/// Watches the workflow's pods through the fault proxy, as the controllers do, and counts the
+/// 410s (resource version too old) it is answered: proof that watch expiry reached clients.
+async fn count_expired_watches(world: Arc<World>, through_proxy: Client) {
+    let pods: Api<Pod> = Api::namespaced(through_proxy, WORKFLOW_NAMESPACE);
+    let stream = watcher(pods, watcher::Config::default()).default_backoff();
+    futures::pin_mut!(stream);
+    while let Some(event) = stream.next().await {
+        if let Err(watcher::Error::WatchError(status)) = event
+            && status.code == 410
+        {
+            world.expired_watches.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The words of a replica's exit when it lost its Lease.
 const LOST_LEASE: &str = "lost the Lease";
 
@@ -1226,6 +1279,7 @@ async fn inject(
             FaultClass::ApiServerRestart => rng.random_range(6.0..14.0),
             FaultClass::Throttling => rng.random_range(3.0..8.0),
             FaultClass::Network => rng.random_range(2.0..6.0),
+            FaultClass::WatchExpiry => rng.random_range(3.0..8.0),
         };
         let gap = Duration::from_secs_f64(gap);
         if Instant::now() + gap >= until {
@@ -1273,6 +1327,10 @@ async fn inject(
                     *toxics.entry(toxic.name()).or_default() += 1;
                 }
             }
+            FaultClass::WatchExpiry => {
+                let hold = Duration::from_secs_f64(rng.random_range(2.0..5.0));
+                world.expire_watches(hold).await?;
+            }
         }
         if let Ok(mut faults) = world.faults.lock() {
             faults.push(Fault {
@@ -1285,6 +1343,20 @@ async fn inject(
 }
 
 impl World {
+    /// Cuts the controllers off for `hold`, compacts etcd, and lets them back.
+    async fn expire_watches(&self, hold: Duration) -> anyhow::Result<()> {
+        self.proxy.set_enabled(false).await?;
+        tokio::time::sleep(hold).await;
+        // An API server restarting meanwhile (all at once) moves etcd to a new URL.
+        let compacted = until("compacting etcd", Deadline(Duration::from_secs(60)), || async {
+            self.plane.compact_etcd().await.map_err(|e| format!("{e:#}"))
+        })
+        .await;
+        self.proxy.set_enabled(true).await?;
+        compacted?;
+        Ok(())
+    }
+
     /// Puts the controllers' user under the trickle priority level for `hold`, and counts the
     /// 429s the API server answered meanwhile.
     async fn throttle_for(&self, hold: Duration) -> anyhow::Result<()> {
@@ -1727,6 +1799,7 @@ impl World {
             restarts: self.restarts.lock().map(|r| r.clone()).unwrap_or_default(),
             rejected_429: self.rejected_429.load(Ordering::SeqCst) as u64,
             toxics: self.toxics.lock().map(|t| t.clone()).unwrap_or_default(),
+            expired_watches: self.expired_watches.load(Ordering::SeqCst),
             worst_scheduling_delay: self.worst_delay_ms.load(Ordering::SeqCst) as f64 / 1000.0,
             converged_after,
             writes_at_rest,

@@ -47,9 +47,12 @@ impl ControlPlane {
 
     /// Starts one with kube-controller-manager and API Priority and Fairness on, so that
     /// FlowSchemas and PriorityLevelConfigurations throttle clients (with 429s) as a
-    /// production API server does. The other constructors leave it off.
-    pub fn start_with_flow_control() -> anyhow::Result<Self> {
-        Self::start_at_with(true, "127.0.0.1", &["--priority-and-fairness"])
+    /// production API server does (the other constructors leave it off), and without a watch
+    /// cache for the `uncached` built-in resources (`resource[.group]`, e.g. `pods`,
+    /// `deployments.apps`): [`Self::compact_etcd`] expires their watches when resumed.
+    pub fn start_with_flow_control(uncached: &[&str]) -> anyhow::Result<Self> {
+        let uncached = format!("--uncached={}", uncached.join(","));
+        Self::start_at_with(true, "127.0.0.1", &["--priority-and-fairness", &uncached])
     }
 
     /// Starts one without kube-controller-manager whose API server has no watch cache: every

@@ -1,5 +1,6 @@
 //! The chaos harness's short run, with a fixed seed: controller kills, API server restarts,
-//! throttling and network faults (a fault proxy), each alone then all at once, on the mixed
+//! throttling, network faults (a fault proxy) and watch expiry (etcd compacted), each alone
+//! then all at once, on the mixed
 //! workload of `orrery_e2e::chaos`; then every invariant must hold (nothing lost, nothing run
 //! twice, routes always summing to 100, no panic, everything converged, no write at rest for
 //! 60 s). About three minutes; the long
@@ -40,6 +41,7 @@ async fn under_kills_restarts_and_throttling_nothing_is_lost_doubled_or_stuck() 
         "throttling never made the API server answer 429"
     );
     assert!(!report.toxics.is_empty(), "the fault proxy never put a toxic on");
+    assert!(report.expired_watches > 0, "no resumed watch was answered 410 Gone");
     assert!(
         !report.takeovers.is_empty(),
         "no replica took over from a killed leader"
