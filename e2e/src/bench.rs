@@ -4,12 +4,13 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
 use crate::ControlPlane;
+use crate::process::KilledOnDrop;
 
 /// Starts a control plane with kube-controller-manager and every CRD installed, says how long
 /// it took, and returns it with an admin client.
@@ -39,15 +40,8 @@ pub fn invoked_as_benchmark() -> bool {
 /// settings, leader election off so Lease renewals do not count as writes); killed on drop.
 #[derive(Debug)]
 pub struct Controller {
-    child: Child,
+    child: KilledOnDrop,
     port: u16,
-}
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Controller {
@@ -76,7 +70,10 @@ impl Controller {
             .stderr(log)
             .spawn()
             .with_context(|| format!("{} (run `just bench`, which builds it)", path.display()))?;
-        Ok(Controller { child, port })
+        Ok(Controller {
+            child: child.into(),
+            port,
+        })
     }
 
     /// Resident memory (VmRSS), in MiB.

@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use crate::control_plane::cached_tool;
 use crate::free_port;
+use crate::process::KilledOnDrop;
 use crate::wait::{Deadline, until};
 
 /// The Toxiproxy server binary: `$ORRERY_TOXIPROXY`, or built (once, cached).
@@ -89,26 +90,12 @@ impl Toxic {
 }
 
 /// A running Toxiproxy with one proxy to the API server; killed when dropped.
+#[derive(Debug)]
 pub struct FaultProxy {
-    child: Child,
+    _toxiproxy: KilledOnDrop,
     api: String,
     listen: SocketAddr,
     http: reqwest::Client,
-}
-
-impl std::fmt::Debug for FaultProxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaultProxy")
-            .field("listen", &self.listen)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl FaultProxy {
@@ -130,7 +117,7 @@ impl FaultProxy {
             .context("starting toxiproxy")?;
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
         let mut proxy = FaultProxy {
-            child,
+            _toxiproxy: child.into(),
             api: format!("http://127.0.0.1:{port}"),
             listen: "127.0.0.1:0".parse()?,
             http,

@@ -22,6 +22,7 @@ pub mod in_process;
 pub mod kubestellar_simulator;
 pub mod node;
 pub mod pod_simulator;
+pub mod process;
 pub mod prometheus;
 pub mod replicas;
 pub mod wait;

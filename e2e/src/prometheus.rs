@@ -16,11 +16,13 @@ use std::fmt::Write as _;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
+
+use crate::process::KilledOnDrop;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -190,7 +192,7 @@ fn format_value(value: f64) -> String {
 /// on drop; a test binary killed outright leaves it running.
 #[derive(Debug)]
 pub struct Prometheus {
-    process: Child,
+    process: KilledOnDrop,
     dir: tempfile::TempDir,
     url: String,
     http: reqwest::Client,
@@ -260,7 +262,7 @@ impl Prometheus {
             .spawn()
             .with_context(|| format!("spawning {}", binary.display()))?;
         Ok(Self {
-            process,
+            process: process.into(),
             dir,
             url: format!("http://127.0.0.1:{port}"),
             http,
@@ -370,26 +372,14 @@ impl Prometheus {
     }
 
     /// Kills Prometheus and waits for it to exit; its port refuses connections afterwards.
-    pub fn stop(mut self) {
-        self.kill();
-    }
-
-    fn kill(&mut self) {
-        // Killing an exited but unreaped process is harmless; `wait` reaps it either way.
-        let _ = self.process.kill();
-        let _ = self.process.wait();
+    pub fn stop(self) {
+        drop(self);
     }
 
     fn log_tail(&self) -> String {
         let log = self.log();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
