@@ -4,7 +4,7 @@
 //! --workspace --bins`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -13,6 +13,7 @@ use kube::config::Kubeconfig;
 use kube::{Api, Client};
 
 use crate::free_port;
+use crate::process::KilledOnDrop;
 use crate::wait::{Deadline, until};
 
 /// Whether `line` of a controller's `/metrics` counts writes: requests but GET, and but the
@@ -39,9 +40,10 @@ pub fn built_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// `kubeconfig` (a file) rewritten to reach `server` as `user` (impersonated, in
-/// `system:authenticated`), written to `to`: how the replicas reach the API server.
-pub fn kubeconfig_as(kubeconfig: &Path, server: &str, user: &str, to: &Path) -> anyhow::Result<()> {
+/// `kubeconfig` (a file) rewritten to reach `server`, as `user` if given (impersonated, in
+/// `system:authenticated`), written to `to`: how a controller process reaches the API server
+/// through a [`crate::fault_proxy::FaultProxy`].
+pub fn kubeconfig_through(kubeconfig: &Path, server: &str, user: Option<&str>, to: &Path) -> anyhow::Result<()> {
     let mut config = Kubeconfig::read_from(kubeconfig)?;
     for named in &mut config.clusters {
         if let Some(cluster) = named.cluster.as_mut() {
@@ -49,7 +51,7 @@ pub fn kubeconfig_as(kubeconfig: &Path, server: &str, user: &str, to: &Path) -> 
         }
     }
     for named in &mut config.auth_infos {
-        if let Some(auth) = named.auth_info.as_mut() {
+        if let (Some(auth), Some(user)) = (named.auth_info.as_mut(), user) {
             auth.impersonate = Some(user.to_owned());
             auth.impersonate_groups = Some(vec!["system:authenticated".to_owned()]);
         }
@@ -83,10 +85,12 @@ pub const TAKEOVER_LIMIT: Duration = Duration::from_secs(120);
 struct Replica {
     identity: String,
     port: u16,
-    child: Option<Child>,
+    /// `None` while killed, until started again.
+    child: Option<KilledOnDrop>,
 }
 
-/// Replicas of one controller binary, each with its log in the state directory.
+/// Replicas of one controller binary, each with its log in the state directory; killed when
+/// dropped.
 pub struct Replicas {
     name: &'static str,
     binary: PathBuf,
@@ -103,12 +107,6 @@ impl std::fmt::Debug for Replicas {
         f.debug_struct("Replicas")
             .field("name", &self.name)
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Replicas {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -171,7 +169,7 @@ impl Replicas {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.binary.display()))?;
-        self.replicas[index].child = Some(child);
+        self.replicas[index].child = Some(child.into());
         Ok(())
     }
 
@@ -192,10 +190,8 @@ impl Replicas {
                 .as_ref()
                 .and_then(|l| this.replicas.iter().position(|r| &r.identity == l))
                 .unwrap_or(0);
-            if let Some(mut child) = this.replicas[index].child.take() {
-                child.kill()?;
-                child.wait()?;
-            }
+            // Dropped, it is killed with SIGKILL.
+            drop(this.replicas[index].child.take());
             (leader, index, this.leases.clone(), this.name)
         };
         let killed = Instant::now();
@@ -229,7 +225,7 @@ impl Replicas {
     pub fn restart_exited(&mut self) -> anyhow::Result<Vec<String>> {
         let mut exits = Vec::new();
         for index in 0..self.replicas.len() {
-            let status = match self.replicas[index].child.as_mut().map(Child::try_wait) {
+            let status = match self.replicas[index].child.as_mut().map(|child| child.try_wait()) {
                 Some(Ok(Some(status))) => status,
                 _ => continue,
             };
@@ -251,10 +247,7 @@ impl Replicas {
     /// Kills every replica.
     pub fn stop(&mut self) {
         for replica in &mut self.replicas {
-            if let Some(mut child) = replica.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            replica.child = None;
         }
     }
 
