@@ -5,35 +5,39 @@
 // A test that cannot proceed should stop right there, with the error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
 use kube::api::PostParams;
+use orrery_e2e::fault_proxy::FaultProxy;
+use orrery_e2e::process::KilledOnDrop;
+use orrery_e2e::replicas::kubeconfig_through;
 use orrery_e2e::{Deadline, TestEnv, poll_until};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A probe controller process, killed if the test ends without stopping it.
 struct Probe {
-    child: Child,
+    child: KilledOnDrop,
     port: u16,
 }
 
-impl Drop for Probe {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_probe(env: &TestEnv, identity: &str) -> Probe {
+    start_probe_with(env, identity, &env.plane().kubeconfig_path())
 }
 
-fn start_probe(env: &TestEnv, identity: &str) -> Probe {
+fn probe_log(env: &TestEnv, identity: &str) -> std::path::PathBuf {
+    env.plane().dir().join(format!("{identity}.log"))
+}
+
+fn start_probe_with(env: &TestEnv, identity: &str, kubeconfig: &std::path::Path) -> Probe {
     let port = orrery_e2e::free_port().unwrap();
-    let log = std::fs::File::create(env.plane().dir().join(format!("{identity}.log"))).unwrap();
+    let log = std::fs::File::create(probe_log(env, identity)).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_runtime-probe"))
         .arg("--kubeconfig")
-        .arg(env.plane().kubeconfig_path())
+        .arg(kubeconfig)
         .arg("--http-addr")
         .arg(format!("127.0.0.1:{port}"))
         .arg("--lease-namespace")
@@ -47,7 +51,10 @@ fn start_probe(env: &TestEnv, identity: &str) -> Probe {
         .stderr(log)
         .spawn()
         .expect("spawn runtime-probe");
-    Probe { child, port }
+    Probe {
+        child: child.into(),
+        port,
+    }
 }
 
 /// A plain HTTP/1.0 GET: status code and body.
@@ -211,6 +218,56 @@ async fn leader_serves_health_and_metrics_hands_over_on_sigterm() {
     assert!(status.success(), "SIGTERM is a clean exit, got {status}");
 }
 
+/// A replica that starts while the API server is out of reach (restarting, upgraded) waits for
+/// it and then leads, rather than exiting: a Deployment would restart it with ever longer
+/// delays (CrashLoopBackOff).
+#[tokio::test]
+async fn a_replica_started_while_the_api_server_is_out_of_reach_waits_for_it() {
+    let env = TestEnv::new().await;
+    let identity = format!("{}-cut-off", env.namespace);
+    let dir = env.plane().dir();
+    let proxy = FaultProxy::start(env.plane().config(), &dir.join(format!("{identity}-toxiproxy.log")))
+        .await
+        .unwrap();
+    proxy.set_enabled(false).await.unwrap();
+    let kubeconfig = dir.join(format!("{identity}.kubeconfig"));
+    kubeconfig_through(&env.plane().kubeconfig_path(), &proxy.url(), None, &kubeconfig).unwrap();
+    let mut probe = start_probe_with(&env, &identity, &kubeconfig);
+
+    poll_until("the probe to say it tries again", Deadline::default(), || async {
+        let logged = std::fs::read_to_string(probe_log(&env, &identity)).map_err(|e| e.to_string())?;
+        let retries = logged.matches("cannot read the Lease yet; trying again").count();
+        if retries >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{retries} retries logged: {logged}"))
+        }
+    })
+    .await;
+    assert!(
+        probe.child.try_wait().unwrap().is_none(),
+        "the probe exited instead of waiting: {}",
+        std::fs::read_to_string(probe_log(&env, &identity)).unwrap_or_default()
+    );
+    assert_eq!(
+        get(probe.port, "/healthz").await.unwrap().0,
+        200,
+        "alive while it waits"
+    );
+
+    proxy.set_enabled(true).await.unwrap();
+    poll_until("the probe to hold the Lease", Deadline::default(), || async {
+        match lease_holder(&env).await {
+            Some(holder) if holder == identity => Ok(()),
+            other => Err(format!("holder {other:?}")),
+        }
+    })
+    .await;
+    wait_ready(&probe, "leading, caches synced").await;
+    let status = stop(&mut probe).await;
+    assert!(status.success(), "SIGTERM is a clean exit, got {status}");
+}
+
 #[tokio::test]
 async fn watches_stream_their_initial_objects_where_the_api_server_offers_it() {
     use kube::runtime::watcher::{InitialListStrategy, ListSemantic};
@@ -282,7 +339,10 @@ async fn every_controller_binary_turns_ready_once_its_caches_have_listed() {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|err| panic!("spawn {binary}: {err}"));
-        let controller = Probe { child, port };
+        let controller = Probe {
+            child: child.into(),
+            port,
+        };
         poll_until(&format!("{binary}'s /readyz"), Deadline::default(), || async {
             let (health, _) = get(controller.port, "/healthz").await?;
             assert_eq!(health, 200, "{binary}'s /healthz while starting");
@@ -345,20 +405,21 @@ async fn a_missing_watch_permission_is_logged() {
     std::fs::write(&kubeconfig_path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
     let log_path = dir.join(format!("{}-nobody.log", env.namespace));
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(built_binaries().join("ignitor-scheduler"))
-        .arg("--kubeconfig")
-        .arg(&kubeconfig_path)
-        .arg("--http-addr")
-        .arg(format!("127.0.0.1:{}", orrery_e2e::free_port().unwrap()))
-        .arg("--leader-elect=false")
-        .args(["--watch-namespace", &env.namespace])
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let _controller = Probe { child, port: 0 };
+    let _controller = KilledOnDrop::new(
+        Command::new(built_binaries().join("ignitor-scheduler"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig_path)
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", orrery_e2e::free_port().unwrap()))
+            .arg("--leader-elect=false")
+            .args(["--watch-namespace", &env.namespace])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
     poll_until("a logged watch error", Deadline::default(), || async {
         let logged = std::fs::read_to_string(&log_path).map_err(|e| e.to_string())?;
         let warning = logged

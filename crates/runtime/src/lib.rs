@@ -290,6 +290,14 @@ impl Context {
     }
 }
 
+/// The first wait before reading the Lease again, doubling up to [`LEASE_RETRY_MAX`].
+const LEASE_RETRY_FIRST: Duration = Duration::from_secs(1);
+const LEASE_RETRY_MAX: Duration = Duration::from_secs(16);
+/// How long a starting replica goes on trying to read its Lease: an API server upgrade takes
+/// a minute or two; past that, more likely a setting (RBAC, the namespace) is wrong, and the
+/// exit says so.
+const LEASE_PATIENCE: Duration = Duration::from_secs(300);
+
 /// Runs `controllers` as the controller `name`: loads config, serves metrics and health,
 /// waits for the Lease (unless `--leader-elect=false`), and stops them gracefully on SIGTERM.
 pub async fn run<F, Fut>(name: &'static str, args: RuntimeArgs, controllers: F) -> Result<(), RuntimeError>
@@ -335,20 +343,41 @@ where
     let mut leadership = None;
     if args.leader_elect {
         readiness.set_standby();
-        let manager = LeaseManagerBuilder::new(client.clone(), name)
-            .with_namespace(lease_namespace.as_str())
-            .with_parameters(LeaseParams::new(
-                identity.as_str(),
-                args.lease_duration_seconds,
-                (args.lease_duration_seconds / 3).max(1),
-            ))
-            .with_field_manager(name)
-            .build()
-            .await
-            .map_err(|err| RuntimeError::Lease {
-                lease: name.into(),
-                message: err.to_string(),
-            })?;
+        // The manager reads (or creates) the Lease as it is built. An API server restarting
+        // or out of reach must not end the process: a Deployment would restart it with ever
+        // longer delays. Only one out of reach for longer than that is an error.
+        let mut retry = LEASE_RETRY_FIRST;
+        let unreachable_since = std::time::Instant::now();
+        let manager = loop {
+            let built = LeaseManagerBuilder::new(client.clone(), name)
+                .with_namespace(lease_namespace.as_str())
+                .with_parameters(LeaseParams::new(
+                    identity.as_str(),
+                    args.lease_duration_seconds,
+                    (args.lease_duration_seconds / 3).max(1),
+                ))
+                .with_field_manager(name)
+                .build()
+                .await;
+            let err = match built {
+                Ok(manager) => break manager,
+                Err(err) if unreachable_since.elapsed() >= LEASE_PATIENCE => {
+                    return Err(RuntimeError::Lease {
+                        lease: name.into(),
+                        message: format!("{err} (for {LEASE_PATIENCE:?})"),
+                    });
+                }
+                Err(err) => err,
+            };
+            warn!(controller = name, error = %err, ?retry, "cannot read the Lease yet; trying again");
+            tokio::select! {
+                () = tokio::time::sleep(retry) => retry = (retry * 2).min(LEASE_RETRY_MAX),
+                _ = &mut terminate => {
+                    info!("stopping before becoming leader");
+                    return Ok(());
+                }
+            }
+        };
         let (mut leader_rx, task) = manager.watch().await;
         info!(
             controller = name,
