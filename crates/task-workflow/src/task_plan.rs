@@ -85,6 +85,19 @@ fn completed_at(run: &TaskRun) -> Option<Timestamp> {
         .map(|t| t.0)
 }
 
+/// Orders runs by creation. Creation times have whole seconds, and a fast loop makes several
+/// runs a second: of those, one not started yet is the newest, else the one started last
+/// (a loop starts each run after the one before it). Names, hashed, only break what is left.
+fn creation_order(run: &TaskRun) -> (Option<Timestamp>, bool, Option<Timestamp>, String) {
+    let started = run.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0);
+    (
+        run.creation_timestamp().map(|t| t.0),
+        started.is_none(),
+        started,
+        run.name_any(),
+    )
+}
+
 fn is_finished(run: &TaskRun) -> bool {
     matches!(phase(run), Some(TaskRunPhase::Succeeded | TaskRunPhase::Failed))
 }
@@ -176,9 +189,7 @@ pub fn summarize(stored: &TaskStatus, runs: &[&TaskRun]) -> TaskStatus {
     if status.consecutive_failures == 0 {
         status.loop_guard_offset = 0;
     }
-    let newest = runs
-        .iter()
-        .max_by_key(|r| (r.creation_timestamp().map(|t| t.0), r.name_any()));
+    let newest = runs.iter().max_by_key(|r| creation_order(r));
     status.last_run = newest.map(|r| r.name_any()).or(stored.last_run.clone());
     // As ORCA shows it: waiting for its next trigger or running; how the last run ended has
     // its own columns (LASTSUCCESS, LASTFAILURE).
@@ -224,6 +235,22 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
         set_cursor(&mut status.ignitions, name, ignition.sequence);
         if !fresh {
             continue;
+        }
+        // An Ignitor's status holds only its latest firing: those this task did not see in
+        // time (its controller down or cut off for longer than the schedule's period) are
+        // folded into it, as a CronJob's missed schedules are, and said so.
+        if let Some(seen) = cursor
+            && ignition.sequence > seen.saturating_add(1)
+        {
+            plan.events.push(TaskEvent {
+                warning: true,
+                reason: "IgnitionsCoalesced",
+                note: format!(
+                    "{name} fired {} times since ignition {seen}, unseen meanwhile; only the latest, {}, starts a run",
+                    ignition.sequence - seen,
+                    ignition.sequence
+                ),
+            });
         }
         let sequence = ignition.sequence.to_string();
         let run = new_run(
@@ -457,6 +484,31 @@ mod tests {
     use crd_types::workflow::{Ignition, IgnitorSpec, IgnitorStatus, InitiatorKind, MAX_DATA_BYTES};
 
     #[test]
+    fn the_last_run_of_a_fast_loop_is_the_newest_whatever_its_name() {
+        // Three runs of a loop made within one second; their names sort against their order.
+        let mut first = finished("loop", "loop-c", TaskRunPhase::Failed, 0, "");
+        let mut second = finished("loop", "loop-b", TaskRunPhase::Failed, 0, "");
+        for (run, started) in [(&mut first, 100), (&mut second, 400)] {
+            let status = run.status.as_mut().expect("finished");
+            status.start_time = Some(crd_types::common::micros(
+                t("2026-01-01T00:00:00Z") + jiff::SignedDuration::from_millis(started),
+            ));
+        }
+        let mut third = crate::testing::run_of("loop", "loop-a");
+        third.metadata.creation_timestamp = first.metadata.creation_timestamp.clone();
+        let stored = TaskStatus::default();
+
+        let status = summarize(&stored, &[&third, &second, &first]);
+        assert_eq!(
+            status.last_run.as_deref(),
+            Some("loop-a"),
+            "not started yet: the newest"
+        );
+        let status = summarize(&stored, &[&first, &second]);
+        assert_eq!(status.last_run.as_deref(), Some("loop-b"), "started last");
+    }
+
+    #[test]
     fn a_run_is_handed_at_most_the_data_a_taskrun_holds() {
         let initiator = Initiator {
             kind: InitiatorKind::Task,
@@ -597,6 +649,34 @@ mod tests {
         let again = plan_task(&view(&task, vec![&started], &ignitors));
         assert!(again.create.is_empty());
         assert!(again.cancel.is_empty(), "{:?}", again.cancel);
+    }
+
+    #[test]
+    fn firings_folded_into_the_latest_while_unseen_are_said_so() {
+        let mut task = simple_task("task1");
+        task.spec.start_on_ignition = vec!["ignitor1".into()];
+        let first = plan_task(&view(&task, vec![], &[ignitor("ignitor1", 1, "2026-01-01T00:00:01Z")]));
+        assert!(first.events.is_empty(), "{:?}", first.events);
+        task.status = Some(first.status);
+
+        let plan = plan_task(&view(&task, vec![], &[ignitor("ignitor1", 4, "2026-01-01T00:03:01Z")]));
+        assert_eq!(plan.create.len(), 1, "one run, for the latest firing");
+        let coalesced: Vec<&TaskEvent> = plan
+            .events
+            .iter()
+            .filter(|e| e.reason == "IgnitionsCoalesced")
+            .collect();
+        assert_eq!(coalesced.len(), 1, "{:?}", plan.events);
+        assert!(coalesced[0].warning);
+        assert!(
+            coalesced[0].note.contains("fired 3 times since ignition 1"),
+            "{}",
+            coalesced[0].note
+        );
+
+        task.status = Some(plan.status);
+        let next = plan_task(&view(&task, vec![], &[ignitor("ignitor1", 5, "2026-01-01T00:04:01Z")]));
+        assert!(next.events.is_empty(), "the next firing in turn: {:?}", next.events);
     }
 
     #[test]

@@ -186,24 +186,49 @@ async fn run_actions(state: &State, run: &TaskRun, task: &Task) -> Vec<crd_types
     results
 }
 
+/// How many times a hand-off reads its Tasks and runs again when runs went meanwhile.
+const HAND_OFF_READS: usize = 3;
+
 /// Starts every Task the finished `run` triggers.
 async fn hand_off(state: &State, run: &TaskRun, namespace: &str) -> Result<(), Error> {
     let names = state.triggers.started_after(namespace, &run.spec.task_ref.name);
     if names.is_empty() {
         return Ok(());
     }
-    // The runs first, then the Tasks: a Task's status counts the runs it pruned, so read after
-    // the runs it may count one twice but never miss one (the loop guard must not run over).
-    let runs: Vec<Arc<TaskRun>> = state
-        .runs
-        .state()
-        .into_iter()
-        .filter(|r| r.namespace().as_deref() == Some(namespace))
-        .collect();
-    let mut tasks = Vec::new();
-    for name in names {
-        tasks.extend(state.task(namespace, &name, Read::Fresh).await?);
-    }
+    // A Task's status counts the runs it pruned. Runs read before the Task hold every run it
+    // had not counted yet (the loop guard must not run over); runs read after it hold none it
+    // counted and saw deleted (the guard must not stop short). When no run of these Tasks went
+    // in between, the runs read after are both; else read again, and in the end keep the
+    // first kind of error.
+    let runs_in_namespace = || -> Vec<Arc<TaskRun>> {
+        state
+            .runs
+            .state()
+            .into_iter()
+            .filter(|r| r.namespace().as_deref() == Some(namespace))
+            .collect()
+    };
+    let mut before = runs_in_namespace();
+    let mut reads = 0;
+    let (runs, tasks) = loop {
+        let mut tasks = Vec::new();
+        for name in &names {
+            tasks.extend(state.task(namespace, name, Read::Fresh).await?);
+        }
+        let after = runs_in_namespace();
+        reads += 1;
+        let none_went = before
+            .iter()
+            .filter(|r| names.contains(&r.spec.task_ref.name))
+            .all(|r| after.iter().any(|a| a.metadata.uid == r.metadata.uid));
+        if none_went {
+            break (after, tasks);
+        }
+        if reads == HAND_OFF_READS {
+            break (before, tasks);
+        }
+        before = after;
+    };
     if tasks.is_empty() {
         return Ok(());
     }
