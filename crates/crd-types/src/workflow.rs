@@ -183,6 +183,11 @@ pub struct IgnitorStatus {
     /// The latest firing. Written before anything acts on it, so a firing is never lost or doubled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_ignition: Option<Ignition>,
+    /// The firings before the latest, newest first, at most [`EARLIER_IGNITIONS`]: a Task that
+    /// did not see them in time (its controller down, or two firings close together) still
+    /// starts a run for each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier_ignitions: Vec<Ignition>,
     /// When the next firing is due, if any (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_ignition: Option<Time>,
@@ -203,6 +208,9 @@ pub struct IgnitorStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_manual_fire: Option<String>,
 }
+
+/// How many firings before the latest an Ignitor's status keeps.
+pub const EARLIER_IGNITIONS: usize = 4;
 
 /// One firing of an Ignitor.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -2,7 +2,7 @@
 //! the firing in it, if one is due), the Events to emit, and when to look again.
 
 use crd_types::common::{CONDITION_READY, find_condition, micros, seconds, set_condition};
-use crd_types::workflow::{Ignition, IgnitorSpec, IgnitorStatus, MissedFiringPolicy};
+use crd_types::workflow::{EARLIER_IGNITIONS, Ignition, IgnitorSpec, IgnitorStatus, MissedFiringPolicy};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::schedule::Schedule;
@@ -276,7 +276,10 @@ fn fire(
         reason: reason.to_owned(),
     };
     status.ignitions_count = status.ignitions_count.saturating_add(1);
-    status.last_ignition = Some(ignition.clone());
+    if let Some(previous) = status.last_ignition.replace(ignition.clone()) {
+        status.earlier_ignitions.insert(0, previous);
+        status.earlier_ignitions.truncate(EARLIER_IGNITIONS);
+    }
     ignition
 }
 
@@ -369,6 +372,18 @@ mod tests {
         let missed = run(&skip, &status, "2026-01-02T00:00:30Z", None);
         assert_eq!(missed.fired, None);
         assert_eq!(missed.status.missed_count, i64::MAX);
+    }
+
+    #[test]
+    fn the_status_keeps_the_firings_before_the_latest_newest_first() {
+        let mut status = IgnitorStatus::default();
+        for (minute, manual) in ["a", "b", "c", "d", "e", "f"].iter().enumerate() {
+            let now = format!("2026-01-01T00:0{minute}:00Z");
+            status = run(&spec("NOW"), &status, &now, Some(manual)).status;
+        }
+        assert_eq!(status.last_ignition.map(|i| i.sequence), Some(6));
+        let kept: Vec<i64> = status.earlier_ignitions.iter().map(|i| i.sequence).collect();
+        assert_eq!(kept, [5, 4, 3, 2]);
     }
 
     #[test]

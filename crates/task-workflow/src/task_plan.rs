@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crd_types::common::{CONDITION_READY, seconds, set_condition};
 use crd_types::workflow::{
-    ActionRef, CANCEL_ANNOTATION, IgnitionCursor, Ignitor, Initiator, InitiatorKind, PrunedRuns, Task, TaskRef,
-    TaskRun, TaskRunPhase, TaskRunSpec, TaskStatus,
+    ActionRef, CANCEL_ANNOTATION, EARLIER_IGNITIONS, Ignition, IgnitionCursor, Ignitor, IgnitorStatus, Initiator,
+    InitiatorKind, PrunedRuns, Task, TaskRef, TaskRun, TaskRunPhase, TaskRunSpec, TaskStatus,
 };
 use jiff::Timestamp;
 use kube::{Resource, ResourceExt};
@@ -198,6 +198,50 @@ pub fn summarize(stored: &TaskStatus, runs: &[&TaskRun]) -> TaskStatus {
     status
 }
 
+/// The firings of Ignitor `name` (its `status`, `latest` firing among them) this task has not
+/// acted on, oldest first: those after `cursor`, the last firing it saw. A task that has seen
+/// none acts only on a latest firing from `acts_from` on. Firings that went by unseen and are
+/// no longer in the Ignitor's status (its controller down or cut off for longer than a few of
+/// the schedule's periods) start no run, and an Event says so.
+fn fresh_ignitions<'a>(
+    name: &str,
+    ignitor_status: &'a IgnitorStatus,
+    latest: &'a Ignition,
+    cursor: Option<i64>,
+    acts_from: Timestamp,
+    events: &mut Vec<TaskEvent>,
+) -> Vec<&'a Ignition> {
+    let Some(seen) = cursor else {
+        // Firings from before this task existed are not its to act on, unless it was
+        // applied together with the Ignitor.
+        return if latest.time.0 >= acts_from {
+            vec![latest]
+        } else {
+            vec![]
+        };
+    };
+    // The status is anyone's to write who may write it: take no more than the scheduler keeps.
+    let mut fresh: Vec<&Ignition> = (ignitor_status.earlier_ignitions.iter().take(EARLIER_IGNITIONS))
+        .chain(std::iter::once(latest))
+        .filter(|i| i.sequence > seen && i.sequence <= latest.sequence)
+        .collect();
+    fresh.sort_by_key(|i| i.sequence);
+    fresh.dedup_by_key(|i| i.sequence);
+    if let Some(oldest) = fresh.first()
+        && oldest.sequence > seen.saturating_add(1)
+    {
+        events.push(TaskEvent {
+            warning: true,
+            reason: "IgnitionsLost",
+            note: format!(
+                "{name} fired {} time(s) after ignition {seen} that this task never saw in time; they start no run",
+                oldest.sequence - seen - 1
+            ),
+        });
+    }
+    fresh
+}
+
 /// Plans the Task reconcile.
 pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
     let task = view.task;
@@ -219,71 +263,52 @@ pub fn plan_task(view: &TaskView<'_>) -> TaskPlan {
     let mut runs: Vec<&TaskRun> = view.runs.clone();
     let mut new_runs: Vec<TaskRun> = Vec::new();
     for (name, ignitor) in &view.ignitors {
-        let Some(ignition) = ignitor
-            .and_then(|i| i.status.as_ref())
-            .and_then(|s| s.last_ignition.as_ref())
-        else {
+        let Some(ignitor_status) = ignitor.and_then(|i| i.status.as_ref()) else {
+            continue;
+        };
+        let Some(latest) = ignitor_status.last_ignition.as_ref() else {
             continue;
         };
         let cursor = status.ignitions.iter().find(|c| &c.name == name).map(|c| c.sequence);
-        let fresh = match cursor {
-            Some(seen) => ignition.sequence > seen,
-            // Firings from before this task existed are not its to act on, unless it was
-            // applied together with the Ignitor.
-            None => ignition.time.0 >= acts_from,
-        };
-        set_cursor(&mut status.ignitions, name, ignition.sequence);
-        if !fresh {
-            continue;
-        }
-        // An Ignitor's status holds only its latest firing: those this task did not see in
-        // time (its controller down or cut off for longer than the schedule's period) are
-        // folded into it, as a CronJob's missed schedules are, and said so.
-        if let Some(seen) = cursor
-            && ignition.sequence > seen.saturating_add(1)
-        {
-            plan.events.push(TaskEvent {
-                warning: true,
-                reason: "IgnitionsCoalesced",
-                note: format!(
-                    "{name} fired {} times since ignition {seen}, unseen meanwhile; only the latest, {}, starts a run",
-                    ignition.sequence - seen,
-                    ignition.sequence
-                ),
-            });
-        }
-        let sequence = ignition.sequence.to_string();
-        let run = new_run(
-            task,
-            Initiator {
-                kind: InitiatorKind::Ignitor,
-                name: name.clone(),
-                run: Some(sequence.clone()),
-            },
-            ignition.data.clone(),
-            &["Ignitor", name, &sequence],
-        );
-        // Already started: this firing was seen before (a replay, or a cache older than
-        // our own last write). Gating it again could cancel the very run it started.
-        if runs.iter().any(|r| r.metadata.name == run.metadata.name) {
-            continue;
-        }
-        let active: Vec<&TaskRun> = runs.iter().copied().chain(new_runs.iter()).collect();
-        match gate(task, &status, &active) {
-            Gate::Start => new_runs.push(run),
-            Gate::Replace(cancel) => {
-                plan.cancel.extend(cancel);
-                runs.retain(|r| !plan.cancel.contains(&r.name_any()));
-                new_runs.push(run);
+        let fresh = fresh_ignitions(name, ignitor_status, latest, cursor, acts_from, &mut plan.events);
+        set_cursor(&mut status.ignitions, name, latest.sequence);
+        for ignition in fresh {
+            let sequence = ignition.sequence.to_string();
+            let run = new_run(
+                task,
+                Initiator {
+                    kind: InitiatorKind::Ignitor,
+                    name: name.clone(),
+                    run: Some(sequence.clone()),
+                },
+                ignition.data.clone(),
+                &["Ignitor", name, &sequence],
+            );
+            // Already started: this firing was seen before (a replay, or a cache older than
+            // our own last write). Gating it again could cancel the very run it started.
+            if runs.iter().any(|r| r.metadata.name == run.metadata.name) {
+                continue;
             }
-            Gate::Skip { reason, message } => plan.events.push(TaskEvent {
-                warning: false,
-                reason,
-                note: format!(
-                    "ignition {} of {name} did not start a run: {message}",
-                    ignition.sequence
-                ),
-            }),
+            let active: Vec<&TaskRun> = runs.iter().copied().chain(new_runs.iter()).collect();
+            match gate(task, &status, &active) {
+                Gate::Start => new_runs.push(run),
+                Gate::Replace(cancel) => {
+                    // A run planned in this same pass is simply not created.
+                    new_runs.retain(|r| !cancel.contains(&r.name_any()));
+                    plan.cancel
+                        .extend(cancel.into_iter().filter(|c| runs.iter().any(|r| r.name_any() == *c)));
+                    runs.retain(|r| !plan.cancel.contains(&r.name_any()));
+                    new_runs.push(run);
+                }
+                Gate::Skip { reason, message } => plan.events.push(TaskEvent {
+                    warning: false,
+                    reason,
+                    note: format!(
+                        "ignition {} of {name} did not start a run: {message}",
+                        ignition.sequence
+                    ),
+                }),
+            }
         }
     }
     status.ignitions.retain(|c| view.ignitors.contains_key(&c.name));
@@ -651,32 +676,86 @@ mod tests {
         assert!(again.cancel.is_empty(), "{:?}", again.cancel);
     }
 
+    /// Ignitor `name` whose latest firing is `latest`, keeping `earlier` (newest first).
+    fn ignitor_keeping(name: &str, latest: i64, earlier: std::ops::RangeInclusive<i64>) -> Ignitor {
+        let mut fired = ignitor(name, latest, "2026-01-01T00:10:01Z");
+        let kept = earlier
+            .rev()
+            .filter_map(|s| ignitor(name, s, "2026-01-01T00:05:01Z").status?.last_ignition);
+        fired.status.as_mut().expect("fired").earlier_ignitions = kept.collect();
+        fired
+    }
+
+    fn started_sequences(plan: &TaskPlan) -> Vec<String> {
+        plan.create
+            .iter()
+            .filter_map(|r| r.spec.initiator.as_ref()?.run.clone())
+            .collect()
+    }
+
     #[test]
-    fn firings_folded_into_the_latest_while_unseen_are_said_so() {
+    fn firings_the_task_did_not_see_in_time_each_start_a_run_while_the_ignitor_keeps_them() {
         let mut task = simple_task("task1");
         task.spec.start_on_ignition = vec!["ignitor1".into()];
         let first = plan_task(&view(&task, vec![], &[ignitor("ignitor1", 1, "2026-01-01T00:00:01Z")]));
-        assert!(first.events.is_empty(), "{:?}", first.events);
         task.status = Some(first.status);
 
-        let plan = plan_task(&view(&task, vec![], &[ignitor("ignitor1", 4, "2026-01-01T00:03:01Z")]));
-        assert_eq!(plan.create.len(), 1, "one run, for the latest firing");
-        let coalesced: Vec<&TaskEvent> = plan
-            .events
-            .iter()
-            .filter(|e| e.reason == "IgnitionsCoalesced")
-            .collect();
-        assert_eq!(coalesced.len(), 1, "{:?}", plan.events);
-        assert!(coalesced[0].warning);
+        // Firings 2 and 3 went by unseen; the Ignitor keeps them (and 1) before its latest, 4.
+        let plan = plan_task(&view(&task, vec![], &[ignitor_keeping("ignitor1", 4, 1..=3)]));
+        assert_eq!(started_sequences(&plan), ["2", "3", "4"]);
+        assert!(plan.events.is_empty(), "{:?}", plan.events);
+        assert_eq!(plan.status.ignitions[0].sequence, 4);
+
+        // Past what it keeps: 5 is gone, 6 to 10 start.
+        task.status = Some(plan.status);
+        let plan = plan_task(&view(&task, vec![], &[ignitor_keeping("ignitor1", 10, 6..=9)]));
+        assert_eq!(started_sequences(&plan), ["6", "7", "8", "9", "10"]);
+        let lost: Vec<&TaskEvent> = plan.events.iter().filter(|e| e.reason == "IgnitionsLost").collect();
+        assert_eq!(lost.len(), 1, "{:?}", plan.events);
+        assert!(lost[0].warning);
         assert!(
-            coalesced[0].note.contains("fired 3 times since ignition 1"),
+            lost[0].note.contains("fired 1 time(s) after ignition 4"),
             "{}",
-            coalesced[0].note
+            lost[0].note
         );
 
+        // A status claiming more than the scheduler keeps is read no further than that.
         task.status = Some(plan.status);
-        let next = plan_task(&view(&task, vec![], &[ignitor("ignitor1", 5, "2026-01-01T00:04:01Z")]));
-        assert!(next.events.is_empty(), "the next firing in turn: {:?}", next.events);
+        let plan = plan_task(&view(&task, vec![], &[ignitor_keeping("ignitor1", 20, 11..=19)]));
+        assert_eq!(started_sequences(&plan), ["16", "17", "18", "19", "20"]);
+    }
+
+    #[test]
+    fn firings_planned_together_follow_the_concurrency_policy() {
+        let mut task = simple_task("task1");
+        task.spec.start_on_ignition = vec!["ignitor1".into()];
+        let first = plan_task(&view(&task, vec![], &[ignitor("ignitor1", 1, "2026-01-01T00:00:01Z")]));
+        task.status = Some(first.status);
+        let unseen = [ignitor_keeping("ignitor1", 3, 1..=2)];
+
+        task.spec.concurrency_policy = Some(crd_types::workflow::ConcurrencyPolicy::Forbid);
+        let plan = plan_task(&view(&task, vec![], &unseen));
+        assert_eq!(
+            started_sequences(&plan),
+            ["2"],
+            "the first runs, the others are refused"
+        );
+        assert_eq!(
+            plan.events
+                .iter()
+                .filter(|e| e.reason == "ConcurrencyForbidden")
+                .count(),
+            1
+        );
+
+        task.spec.concurrency_policy = Some(crd_types::workflow::ConcurrencyPolicy::Replace);
+        let plan = plan_task(&view(&task, vec![], &unseen));
+        assert_eq!(started_sequences(&plan), ["3"], "only the latest is created");
+        assert!(
+            plan.cancel.is_empty(),
+            "nothing that exists is cancelled: {:?}",
+            plan.cancel
+        );
     }
 
     #[test]
