@@ -529,6 +529,34 @@ async fn layer_by_layer_with_parent_references_builds_the_same_tree() {
     executor.stop().await;
 }
 
+/// A Cluster not Ready on its own account looks again by itself: nothing it watches changes
+/// when someone installs the Gateway API by hand (or its API server answers again).
+#[tokio::test]
+async fn a_local_cluster_missing_the_gateway_api_is_ready_once_someone_installs_it() {
+    // A control plane of its own: the shared one has the Gateway API from the other tests.
+    let plane = tokio::task::spawn_blocking(|| ControlPlane::start_with(false))
+        .await
+        .unwrap()
+        .unwrap();
+    plane.install_crds_blocking().unwrap();
+    let admin = plane.client().await;
+    let _executor = InProcess::start_cluster_wide(
+        admin.clone(),
+        hierarchy_executor::controller::NAME,
+        hierarchy_executor::run,
+    );
+    let clusters: Api<Cluster> = Api::all(admin.clone());
+    create(&clusters, json!({"metadata": {"name": "local"}, "spec": {}})).await;
+    let message = wait_not_ready(&clusters, "local", "GatewayAPIMissing").await;
+    assert!(message.contains("httproutes.gateway.networking.k8s.io"), "{message}");
+
+    let crds: Api<CustomResourceDefinition> = Api::all(admin);
+    for crd in hierarchy_executor::gateway::crds() {
+        crds.create(&PostParams::default(), &crd).await.unwrap();
+    }
+    wait_ready(&clusters, "local").await;
+}
+
 #[tokio::test]
 async fn a_remote_cluster_gets_its_namespace_and_objects_and_gateway_api_only_when_asked() {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -72,6 +72,13 @@ async fn execute(cluster: &Cluster, state: &State) -> Result<Action, Error> {
                 Ok(target) => {
                     let install = flag(&parameters, INSTALL_GATEWAY_API);
                     let own = inspect_recently(state, cluster, &target.client, install, &mut status).await;
+                    // Nothing watched says when an API server answers again or someone
+                    // installs the missing CRDs: a Cluster not Ready on its own account looks
+                    // again. (Its failed inspection may also be a reused one, from before the
+                    // fault ended.)
+                    if own != Readiness::Ready {
+                        recheck = Some(UNWATCHED_RECHECK);
+                    }
                     let vcs = virtual_clusters_of(state, cluster);
                     roll_up_children(
                         own,
