@@ -229,7 +229,7 @@ impl World {
             .iter()
             .map(|u| (u.converged.unwrap_or_else(Instant::now) - u.created, u))
             .collect();
-        slowest.sort_by(|a, b| b.0.cmp(&a.0));
+        slowest.sort_by_key(|(took, _)| std::cmp::Reverse(*took));
         let slowest = slowest
             .iter()
             .take(SLOWEST_SHOWN)
