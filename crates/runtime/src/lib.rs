@@ -40,8 +40,8 @@ pub use lock::Lock;
 pub use metrics::{Metrics, ReconcileMetrics};
 pub use reconcile::{Failure, Retries, log_results, requeue_at, requeue_at_or_await, until};
 pub use shared::{
-    SharedCache, once_listed, strip, watched, watched_and_cached, watched_and_cached_as, watched_and_cached_as_shared,
-    watched_and_cached_metadata_shared, watched_and_cached_slim, watcher_config,
+    SharedCache, once_listed, strip, watch_backoff, watched, watched_and_cached, watched_and_cached_as,
+    watched_and_cached_as_shared, watched_and_cached_metadata_shared, watched_and_cached_slim, watcher_config,
 };
 pub use telemetry::init_tracing;
 pub use write::{Error, apply_status, delete_if_exists, has_finalizer, is_not_found, set_finalizer};

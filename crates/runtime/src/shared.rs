@@ -7,12 +7,15 @@
 //! dropped on the way in: together they are most of an object's metadata and no controller
 //! reads them. A list's objects trigger only once the whole list is cached ([`once_listed`]).
 
+use std::time::Duration;
+
 use futures::Stream;
 use kube::api::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
-use kube::runtime::watcher::{self, watcher};
+use kube::runtime::utils::ResetTimerBackoff;
+use kube::runtime::watcher::{self, ExponentialBackoff, watcher};
 use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 
@@ -25,7 +28,30 @@ fn stripped<K>(
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
-    watcher(api, config).default_backoff().modify(strip::<K>)
+    watcher(api, config).backoff(watch_backoff()).modify(strip::<K>)
+}
+
+/// The longest pause between a failing watch's tries, before jitter (which adds up to as much
+/// again): kube's default is 30 s.
+const WATCH_BACKOFF_CEILING: Duration = Duration::from_secs(5);
+
+/// How every watch backs off while the API server is away: as kube's default does (from
+/// 800 ms, doubling, jittered, starting over once the watch works) but at most 10 s apart
+/// instead of 60 s. A controller whose watch is down is blind: one request per watch every
+/// few seconds is nothing to an API server, and after a cut-off every watch is back within
+/// seconds rather than a minute.
+pub fn watch_backoff() -> ResetTimerBackoff<ExponentialBackoff> {
+    ResetTimerBackoff::new(
+        ExponentialBackoff::from(
+            backon::ExponentialBuilder::default()
+                .with_min_delay(Duration::from_millis(800))
+                .with_max_delay(WATCH_BACKOFF_CEILING)
+                .with_factor(2.0)
+                .with_jitter()
+                .without_max_times(),
+        ),
+        Duration::from_secs(120),
+    )
 }
 
 /// The annotation `kubectl apply` keeps the last applied object in.
@@ -192,7 +218,7 @@ where
     use futures::StreamExt;
     use watcher::Event;
 
-    watcher(api, config).default_backoff().map(move |event| {
+    watcher(api, config).backoff(watch_backoff()).map(move |event| {
         event.map(|event| {
             observe(&event);
             match event {
@@ -407,5 +433,22 @@ mod tests {
         };
         assert_eq!(cached.metadata, expected);
         assert!(cached.types.is_none());
+    }
+
+    #[test]
+    fn a_failing_watch_tries_again_within_ten_seconds_and_starts_over_when_it_works() {
+        use kube::runtime::utils::Backoff;
+
+        let mut backoff = watch_backoff();
+        let first = backoff.next().unwrap();
+        assert!(
+            first >= Duration::from_millis(800) && first < Duration::from_millis(1600),
+            "{first:?}"
+        );
+        let later: Vec<Duration> = (0..20).map(|_| backoff.next().unwrap()).collect();
+        assert!(later.iter().all(|pause| *pause <= Duration::from_secs(10)), "{later:?}");
+        assert!(later.last().unwrap() >= &WATCH_BACKOFF_CEILING, "{later:?}");
+        backoff.reset();
+        assert!(backoff.next().unwrap() < Duration::from_millis(1600));
     }
 }

@@ -135,7 +135,7 @@ where
         readiness.track(&store);
     }
     let events = watcher(api, config)
-        .default_backoff()
+        .backoff(orrery_runtime::watch_backoff())
         .modify(orrery_runtime::strip::<K>)
         .map(move |event| {
             if let Ok(event) = &event {

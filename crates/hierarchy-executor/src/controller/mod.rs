@@ -449,7 +449,7 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     watcher::watcher(Api::<K>::all(client.clone()), config.clone())
-        .default_backoff()
+        .backoff(orrery_runtime::watch_backoff())
         .modify(orrery_runtime::strip::<K>)
 }
 
@@ -462,7 +462,7 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let api = Api::<PartialObjectMeta<K>>::all(client.clone());
-    watcher::watcher(api, config.clone().labels(OWNER_LABEL)).default_backoff()
+    watcher::watcher(api, config.clone().labels(OWNER_LABEL)).backoff(orrery_runtime::watch_backoff())
 }
 
 /// The objects of `events` whose `read` (what the controller triggered reads of them)
