@@ -76,7 +76,7 @@ bench:
 # at once, for `seconds` of faults; then the invariants (nothing lost, nothing run twice, no stuck work, no writes at rest) and
 # the figures. ORRERY_CHAOS_SEED repeats a fault schedule. Built with the dev profile: the
 # release profile's fat LTO would take longer to build than the campaign takes to run.
-chaos seconds="300":
+chaos seconds="900":
     bash e2e/control-plane/build.sh > /dev/null
     bash e2e/toxiproxy/fetch.sh > /dev/null
     cargo build -q --workspace --bins

@@ -114,7 +114,7 @@ pub(super) async fn inject(
 ) -> anyhow::Result<()> {
     loop {
         let gap = match class {
-            FaultClass::ControllerKill => rng.random_range(1.0..4.0),
+            FaultClass::ControllerKill => rng.random_range(0.5..2.5),
             FaultClass::ApiServerRestart => rng.random_range(6.0..14.0),
             FaultClass::Throttling => rng.random_range(3.0..8.0),
             FaultClass::Network => rng.random_range(2.0..6.0),
@@ -134,7 +134,7 @@ pub(super) async fn inject(
                         .any(|f| f.phase == phase && f.class == FaultClass::ControllerKill)
                 });
                 let index = if first { CONTROLLERS.len() } else { drawn };
-                let pause = Duration::from_secs_f64(rng.random_range(0.0..5.0));
+                let pause = Duration::from_secs_f64(rng.random_range(0.0..4.0));
                 if index == CONTROLLERS.len() {
                     let takeover = Replicas::kill_leader(&world.replicas, pause).await?;
                     world.replica_kills.fetch_add(1, Ordering::SeqCst);
