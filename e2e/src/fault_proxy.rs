@@ -8,10 +8,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use kube::Config;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::control_plane::cached_tool;
@@ -26,6 +28,9 @@ pub fn binary() -> anyhow::Result<PathBuf> {
 
 /// The name of the one proxy: to the API server.
 const PROXY: &str = "api-server";
+
+/// How long a change to the proxy may take before the run gives up on Toxiproxy.
+const CHANGE_PATIENCE: Duration = Duration::from_secs(300);
 
 /// A network fault, as one Toxiproxy toxic on the connections to the API server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -164,48 +169,74 @@ impl FaultProxy {
 
     /// Puts `toxic` on every connection, new and open.
     pub async fn add(&self, toxic: Toxic) -> anyhow::Result<()> {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/proxies/{PROXY}/toxics"),
-            Some(toxic.body()),
-        )
-        .await
-        .map(drop)
+        let path = format!("/proxies/{PROXY}/toxics");
+        self.change(reqwest::Method::POST, &path, Some(toxic.body()), StatusCode::CONFLICT)
+            .await
     }
 
     /// Takes `toxic` away again.
     pub async fn remove(&self, toxic: Toxic) -> anyhow::Result<()> {
-        self.call(
-            reqwest::Method::DELETE,
-            &format!("/proxies/{PROXY}/toxics/{}", toxic.name()),
-            None,
-        )
-        .await
-        .map(drop)
+        let path = format!("/proxies/{PROXY}/toxics/{}", toxic.name());
+        self.change(reqwest::Method::DELETE, &path, None, StatusCode::NOT_FOUND)
+            .await
     }
 
     /// Cuts every connection and refuses new ones (`false`), or lets them through again.
     pub async fn set_enabled(&self, enabled: bool) -> anyhow::Result<()> {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/proxies/{PROXY}"),
-            Some(json!({"enabled": enabled})),
-        )
-        .await
-        .map(drop)
+        let path = format!("/proxies/{PROXY}");
+        let body = json!({"enabled": enabled});
+        self.change(reqwest::Method::POST, &path, Some(body), StatusCode::OK)
+            .await
+    }
+
+    /// Makes a change, trying again until it is made: Toxiproxy's API can hang while a toxic
+    /// is taken off a stalled connection (its issue #558) and answer a later try. A first try
+    /// that timed out may have made the change: an answer of `done_already` (409 to a toxic
+    /// added again, 404 to one removed again) means it did.
+    async fn change(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+        done_already: StatusCode,
+    ) -> anyhow::Result<()> {
+        let tries = AtomicUsize::new(0);
+        let what = format!("toxiproxy to take {method} {path}");
+        until(&what, Deadline(CHANGE_PATIENCE), || async {
+            tries.fetch_add(1, Ordering::Relaxed);
+            match self.send(method.clone(), path, body.clone()).await {
+                Ok((status, _)) if status.is_success() || status == done_already => Ok(()),
+                Ok((status, text)) => Err(format!("{status}: {text}")),
+                Err(err) => Err(format!("{err:#}")),
+            }
+        })
+        .await?;
+        let tries = tries.into_inner();
+        if tries > 1 {
+            eprintln!("chaos: {what} took {tries} tries");
+        }
+        Ok(())
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
-        let mut request = self.http.request(method.clone(), format!("{}{path}", self.api));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await?;
-        let status = response.status();
-        let text = response.text().await?;
+        let (status, text) = self.send(method.clone(), path, body).await?;
         if !status.is_success() {
             bail!("toxiproxy {method} {path}: {status}: {text}");
         }
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(StatusCode, String)> {
+        let mut request = self.http.request(method, format!("{}{path}", self.api));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await?;
+        Ok((response.status(), response.text().await?))
     }
 }
