@@ -139,7 +139,7 @@ pub(super) async fn inject(
                     let takeover = Replicas::kill_leader(&world.replicas, pause).await?;
                     world.replica_kills.fetch_add(1, Ordering::SeqCst);
                     if let Ok(mut takeovers) = world.takeovers.lock() {
-                        takeovers.push(takeover);
+                        takeovers.push((phase, takeover));
                     }
                 } else {
                     world.controllers.kill_and_restart(index, pause).await?;

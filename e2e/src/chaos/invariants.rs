@@ -174,10 +174,13 @@ impl World {
             "a killed leader of {REPLICATED} is replaced within {} s",
             TAKEOVER_LIMIT.as_secs()
         ));
-        for takeover in self.takeovers.lock().map(|t| t.clone()).unwrap_or_default() {
+        for (phase, takeover) in self.takeovers.lock().map(|t| t.clone()).unwrap_or_default() {
             replaced.checked += 1;
             if let Takeover::NotWithin(limit) = takeover {
-                replaced.broken.push(format!("still not replaced after {limit:?}"));
+                let phase = PHASES[phase].name;
+                replaced
+                    .broken
+                    .push(format!("killed in phase {phase}, still not replaced after {limit:?}"));
             }
         }
         invariants.push(replaced);

@@ -195,7 +195,8 @@ struct World {
     proxy: FaultProxy,
     replicas: tokio::sync::Mutex<Replicas>,
     replica_kills: AtomicUsize,
-    takeovers: Mutex<Vec<Takeover>>,
+    /// Each leader kill's takeover, with the phase it was killed in.
+    takeovers: Mutex<Vec<(usize, Takeover)>>,
     replica_exits: Mutex<Vec<String>>,
     toxics: Mutex<BTreeMap<&'static str, usize>>,
     worst_delay_ms: AtomicUsize,

@@ -281,7 +281,7 @@ impl World {
                 .lock()
                 .map(|t| {
                     t.iter()
-                        .filter_map(|t| match t {
+                        .filter_map(|(_, t)| match t {
                             Takeover::After(took) => Some(took.as_secs_f64()),
                             _ => None,
                         })
